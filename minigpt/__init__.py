@@ -1,0 +1,24 @@
+"""minigpt: a from-scratch deep-learning engine, small enough to read, fast enough to use.
+
+    import minigpt
+    from minigpt import functional as F, nn, optim
+
+The pieces, in the order to read them:
+    backend.py     NumPy or CuPy (``xp``), devices, the random generator
+    tensor.py      Tensor, the op base class Function, backward, no_grad
+    ops.py         the Tensor operators (+ - * / @ sum ...) with their backward
+    functional.py  the neural-net ops with hand-written backward passes
+    nn/            Module and the layers
+    optim.py       AdamW, gradient clipping, the learning-rate schedule
+    gradcheck.py   numerical gradient checks
+"""
+
+from minigpt import backend, functional, nn, optim
+from minigpt.backend import available_devices, get_array_module, manual_seed
+from minigpt.gradcheck import GradcheckError, gradcheck
+from minigpt.tensor import Tensor, is_grad_enabled, no_grad
+
+__version__ = "0.1.0"
+
+__all__ = ["Tensor", "no_grad", "is_grad_enabled", "manual_seed", "gradcheck", "GradcheckError",
+           "available_devices", "get_array_module", "backend", "functional", "nn", "optim"]

@@ -1,0 +1,156 @@
+"""Array backends: NumPy on device "cpu", CuPy on device "cuda".
+
+Every op in minigpt asks its inputs which array module they live in
+(``xp = get_array_module(x)``) and then writes ``xp.exp``, ``xp.matmul``... so the
+same line of code runs on the CPU and on a GPU. This is Chainer's trick.
+
+CuPy is optional: it is imported only when something asks for device "cuda" or
+meets a CuPy array, and asking for "cuda" without it gives a clear error.
+
+This module is also the home of minigpt's random number generators, one per
+device, which :func:`manual_seed` resets.
+"""
+
+from __future__ import annotations
+
+import sys
+from types import ModuleType
+from typing import Any
+
+import numpy
+
+DEFAULT_DTYPE = numpy.float32
+DEVICES = ("cpu", "cuda")
+
+
+class DeviceError(RuntimeError):
+    """Raised when a device is unknown or cannot be used on this machine."""
+
+
+def _cupy_if_loaded() -> ModuleType | None:
+    """CuPy if something already imported it, without importing it ourselves."""
+    return sys.modules.get("cupy")
+
+
+def _import_cupy() -> ModuleType:
+    """Import CuPy and check that a GPU is visible, or say precisely what is missing."""
+    try:
+        import cupy  # noqa: PLC0415 - optional dependency, imported on demand
+    except ImportError as e:
+        raise DeviceError(
+            "device 'cuda' needs CuPy, which is not installed "
+            "(pip install 'minigpt[cuda]' or a cupy-cudaXXx wheel matching your CUDA)"
+        ) from e
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:  # CUDA driver missing, no GPU, ...
+        raise DeviceError(f"device 'cuda': CuPy is installed but no CUDA GPU is usable ({e})") from e
+    if count < 1:
+        raise DeviceError("device 'cuda': CuPy is installed but no CUDA GPU was found")
+    return cupy
+
+
+def check_device(device: str | None) -> str:
+    """Normalise a device name ("cpu", "cuda", "cuda:0"); None means "cpu"."""
+    if device is None:
+        return "cpu"
+    name = str(device).split(":")[0]
+    if name not in DEVICES:
+        raise DeviceError(f"unknown device {device!r}: expected one of {', '.join(DEVICES)}")
+    return name
+
+
+def xp_for(device: str | None) -> ModuleType:
+    """The array module of a device: numpy for "cpu", cupy for "cuda"."""
+    if check_device(device) == "cpu":
+        return numpy
+    return _import_cupy()
+
+
+def get_array_module(x: Any) -> ModuleType:
+    """``numpy`` or ``cupy``, whichever ``x`` (an array or a Tensor) lives in."""
+    x = getattr(x, "data", x) if not isinstance(x, numpy.ndarray) else x
+    cupy = _cupy_if_loaded()
+    if cupy is not None and isinstance(x, cupy.ndarray):
+        return cupy
+    return numpy
+
+
+def device_of(array: Any) -> str:
+    """"cuda" for a CuPy array, "cpu" for anything else."""
+    return "cpu" if get_array_module(array) is numpy else "cuda"
+
+
+def available_devices() -> list[str]:
+    """``["cpu"]``, or ``["cpu", "cuda"]`` where CuPy and a GPU are present."""
+    try:
+        _import_cupy()
+    except DeviceError:
+        return ["cpu"]
+    return ["cpu", "cuda"]
+
+
+def to_numpy(array: Any) -> numpy.ndarray:
+    """A NumPy array holding ``array``'s values (copied off the GPU if needed)."""
+    if get_array_module(array) is numpy:
+        return numpy.asarray(array)
+    return array.get()
+
+
+def ensure_array(x: Any) -> Any:
+    """``x`` as an array: NumPy reductions return scalars (numpy.float32), not 0-d arrays."""
+    if isinstance(x, numpy.generic):
+        return numpy.asarray(x)
+    return x
+
+
+def move(array: Any, device: str) -> Any:
+    """``array`` on ``device``; the same object when it is already there."""
+    device = check_device(device)
+    if device_of(array) == device:
+        return array
+    if device == "cpu":
+        return array.get()
+    return xp_for("cuda").asarray(array)
+
+
+# ----------------------------------------------------------------------------- randomness
+# One NumPy Generator drives every random choice minigpt makes: init, batches, sampling,
+# and dropout masks. On the GPU a dropout mask is drawn by a CuPy generator seeded from
+# this one, so a single JSON-able state (saved in checkpoints) fixes the whole run.
+_SEED = 1337
+_generator: numpy.random.Generator | None = None
+
+
+def manual_seed(seed: int) -> None:
+    """Seed every random choice minigpt makes (init, dropout, batches, sampling)."""
+    global _SEED, _generator
+    _SEED = int(seed)
+    _generator = numpy.random.Generator(numpy.random.PCG64(_SEED))
+
+
+def generator() -> numpy.random.Generator:
+    """minigpt's random generator (created from the current seed on first use)."""
+    if _generator is None:
+        manual_seed(_SEED)
+    return _generator
+
+
+def uniform(shape: tuple[int, ...], dtype: Any, device: str) -> Any:
+    """Uniform [0, 1) samples of ``shape`` on ``device``, drawn from minigpt's generator."""
+    if check_device(device) == "cpu":
+        return generator().random(shape, dtype=numpy.dtype(dtype))
+    cupy = _import_cupy()
+    seed = int(generator().integers(2**63))
+    return cupy.random.RandomState(seed).random_sample(shape, dtype=dtype)
+
+
+def get_rng_state() -> dict:
+    """The generator's state as plain JSON-able data (for checkpoints)."""
+    return {"seed": _SEED, "bit_generator": generator().bit_generator.state}
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore the state saved by :func:`get_rng_state`."""
+    manual_seed(state["seed"])
+    generator().bit_generator.state = state["bit_generator"]

@@ -1,0 +1,434 @@
+"""The neural-network ops, each a forward with a backward written by hand from the math.
+
+Legend: B batch, T time (sequence), C channels, V vocab, nh heads, hs head size,
+N rows (any leading axes flattened), "*" any leading axes.
+
+Every op reads its array module from its inputs (``xp``), so one code path runs on
+NumPy and CuPy, and keeps its inputs' float dtype (float32 stays float32: constants are
+Python numbers, which NumPy and CuPy do not let promote an array).
+
+Each docstring states the forward, the gradient and what is saved for backward.
+Each backward mirrors its forward in reverse, with the forward line it inverts above it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from minigpt import backend
+from minigpt.tensor import Function, Tensor
+
+__all__ = ["embedding", "linear", "softmax", "log_softmax", "cross_entropy", "layer_norm",
+           "gelu", "dropout", "scaled_dot_product_attention"]
+
+
+def _data(x: Any) -> Any:
+    return x.data if isinstance(x, Tensor) else x
+
+
+# ----------------------------------------------------------------------------- embedding
+class Embedding(Function):
+    """out[*, :] = weight[idx[*], :]: row lookup.
+
+    Each output row is a copy of one weight row, so weight row v receives the sum of
+    the output gradients of every position whose index is v:
+        dweight[v] = sum_{n : idx[n] = v} dout[n]          (a scatter-add)
+    idx gets no gradient. Saves idx (the int array, *).
+    """
+
+    def forward(self, idx: Any, weight: Any) -> Any:
+        xp = backend.get_array_module(weight)
+        idx = xp.asarray(idx)
+        if idx.dtype.kind not in "iu":
+            raise TypeError(f"embedding indices must be integers, not {idx.dtype}")
+        V = weight.shape[0]
+        if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= V):
+            raise IndexError(f"embedding index out of range: indices must lie in [0, {V})")
+        self.saved, self.weight_shape, self.dtype = idx, weight.shape, weight.dtype
+        return weight[idx]  # (*) -> (*, C)
+
+    def backward(self, dout: Any) -> tuple[None, Any]:
+        idx = self.saved
+        xp = backend.get_array_module(dout)
+        V, C = self.weight_shape
+        # forward: out[n] = weight[idx[n]]  =>  dweight[idx[n]] += dout[n]
+        dweight = xp.zeros((V, C), dtype=self.dtype)
+        xp.add.at(dweight, idx.reshape(-1), dout.reshape(-1, C))
+        return None, dweight
+
+
+def embedding(idx: Any, weight: Tensor) -> Tensor:
+    """Look up rows of ``weight`` (V, C) at integer ``idx`` (*): returns (*, C)."""
+    return Embedding.apply(_data(idx), weight)
+
+
+# ----------------------------------------------------------------------------- linear
+class Linear(Function):
+    """y = x @ Wᵀ + b, over the last axis of x.   x (*, in), W (out, in), b (out,) -> y (*, out).
+
+    With rows flattened to N = prod(*):  y[n, o] = sum_i x[n, i] W[o, i] + b[o], so
+        dx = dy @ W        (N, out) @ (out, in) -> (N, in)
+        dW = dyᵀ @ x       (out, N) @ (N, in)   -> (out, in)
+        db = sum_n dy[n]                        -> (out,)
+    Saves x and W (references, no copies).
+    """
+
+    def forward(self, x: Any, weight: Any, bias: Any = None) -> Any:
+        self.saved = (x, weight)
+        out_features, in_features = weight.shape
+        x2 = x.reshape(-1, in_features)  # (*, in) -> (N, in)
+        y = x2 @ weight.T  # (N, in) @ (in, out) -> (N, out)
+        if bias is not None:
+            y += bias
+        return y.reshape(*x.shape[:-1], out_features)  # (N, out) -> (*, out)
+
+    def backward(self, dy: Any) -> tuple[Any, Any, Any]:
+        x, weight = self.saved
+        out_features, in_features = weight.shape
+        dy2 = dy.reshape(-1, out_features)  # (*, out) -> (N, out)
+        dx = dW = db = None
+        # forward: y = x @ Wᵀ + b
+        if self.needs_input_grad[0]:
+            dx = (dy2 @ weight).reshape(x.shape)  # (N, out) @ (out, in) -> (*, in)
+        if self.needs_input_grad[1]:
+            dW = dy2.T @ x.reshape(-1, in_features)  # (out, N) @ (N, in) -> (out, in)
+        if len(self.needs_input_grad) > 2 and self.needs_input_grad[2]:
+            db = dy2.sum(axis=0)  # (out,)
+        return dx, dW, db
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``x @ weight.T + bias``: x (*, in), weight (out, in), bias (out,) -> (*, out)."""
+    if bias is None:
+        return Linear.apply(x, weight)
+    return Linear.apply(x, weight, bias)
+
+
+# ----------------------------------------------------------------------------- softmax
+def _softmax(x: Any, axis: int) -> Any:
+    """softmax along ``axis``, stable: subtracting the max changes nothing but keeps exp ≤ 1."""
+    xp = backend.get_array_module(x)
+    y = x - x.max(axis=axis, keepdims=True)
+    xp.exp(y, out=y)
+    y /= y.sum(axis=axis, keepdims=True)
+    return y
+
+
+def _softmax_backward(y: Any, dy: Any, axis: int) -> Any:
+    """forward: y = softmax(x)  =>  dx = y * (dy - sum(y * dy)).
+
+    Because dy_i/dx_j = y_i (δ_ij - y_j):  dx_j = sum_i dy_i y_i (δ_ij - y_j)
+                                              = y_j (dy_j - sum_i y_i dy_i).
+    """
+    dx = y * dy
+    dx -= y * dx.sum(axis=axis, keepdims=True)
+    return dx
+
+
+class Softmax(Function):
+    """y = exp(x - max x) / sum exp(x - max x) along ``axis``.
+
+    dx = y * (dy - sum(y * dy)) along ``axis``. Saves y (same shape as x).
+    """
+
+    def forward(self, x: Any, axis: int = -1) -> Any:
+        self.axis = axis
+        self.saved = _softmax(x, axis)
+        return self.saved
+
+    def backward(self, dy: Any) -> Any:
+        return _softmax_backward(self.saved, dy, self.axis)
+
+
+def softmax(x: Tensor, axis: int = -1) -> Tensor:
+    """Numerically stable softmax along ``axis`` (rows sum to 1)."""
+    return Softmax.apply(x, axis=axis)
+
+
+def _logsumexp(x: Any, axis: int) -> Any:
+    """log(sum(exp(x))) along ``axis`` (kept as a size-1 axis), without overflow."""
+    xp = backend.get_array_module(x)
+    m = x.max(axis=axis, keepdims=True)
+    return m + xp.log(xp.exp(x - m).sum(axis=axis, keepdims=True))
+
+
+class LogSoftmax(Function):
+    """y = x - logsumexp(x) along ``axis``.
+
+    dy_i/dx_j = δ_ij - softmax(x)_j, so dx = dy - softmax(x) * sum(dy), with
+    softmax(x) = exp(y). Saves y.
+    """
+
+    def forward(self, x: Any, axis: int = -1) -> Any:
+        self.axis = axis
+        self.saved = x - _logsumexp(x, axis)
+        return self.saved
+
+    def backward(self, dy: Any) -> Any:
+        xp = backend.get_array_module(dy)
+        return dy - xp.exp(self.saved) * dy.sum(axis=self.axis, keepdims=True)
+
+
+def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
+    """Numerically stable log(softmax(x)) along ``axis``."""
+    return LogSoftmax.apply(x, axis=axis)
+
+
+# ----------------------------------------------------------------------------- cross-entropy
+class CrossEntropy(Function):
+    """Mean negative log-likelihood of the targets under softmax(logits).
+
+    logits (N, V) with targets (N,), or (B, T, V) with (B, T) (rows are flattened).
+    Rows whose target is ``ignore_index`` count for nothing. With p = softmax(z_n) and
+    M the number of counted rows:
+        loss = (1/M) sum_n [logsumexp(z_n) - z_n[t_n]]
+        dz_n = (p_n - onehot(t_n)) / M      for counted rows, 0 for ignored ones.
+    ``reduction`` "sum" drops the 1/M; "none" returns the per-row losses (shape of targets).
+    No target counted gives NaN for "mean", as torch does. Saves p (N, V) and the targets.
+    """
+
+    def forward(self, logits: Any, targets: Any, ignore_index: int = -100,
+                reduction: str = "mean") -> Any:
+        xp = backend.get_array_module(logits)
+        V = logits.shape[-1]
+        targets = xp.asarray(targets)
+        if targets.shape != logits.shape[:-1]:
+            raise ValueError(f"cross_entropy: targets of shape {targets.shape} do not match "
+                             f"logits of shape {logits.shape} (expected {logits.shape[:-1]})")
+        if reduction not in ("mean", "sum", "none"):
+            raise ValueError(f"cross_entropy: unknown reduction {reduction!r}")
+        z = logits.reshape(-1, V)  # (*, V) -> (N, V)
+        t = targets.reshape(-1).astype(xp.int64)  # (N,)
+        counted = t != ignore_index  # (N,)
+        t = xp.where(counted, t, 0)
+        if t.size and (int(t.min()) < 0 or int(t.max()) >= V):
+            raise IndexError(f"cross_entropy: target out of range: targets must lie in [0, {V}) or be ignore_index")
+        rows = xp.arange(z.shape[0])
+        p = _softmax(z, axis=-1)  # (N, V)
+        # logsumexp(z) - z[t] = -log p[t]; computed from z, not log(p), so p[t] = 0 stays finite
+        zmax = z.max(axis=-1)
+        lse = zmax + xp.log(xp.exp(z - zmax[:, None]).sum(axis=-1))  # (N,)
+        nll = (lse - z[rows, t]) * counted  # (N,), 0 where ignored
+        self.saved = (p, t, counted)
+        self.reduction, self.targets_shape = reduction, targets.shape
+        if reduction == "none":
+            return nll.reshape(targets.shape)
+        if reduction == "sum":
+            return nll.sum()
+        self.count = int(counted.sum())
+        if self.count == 0:
+            return xp.asarray(float("nan"), dtype=logits.dtype)
+        return nll.sum() / self.count
+
+    def backward(self, dloss: Any) -> tuple[Any, None]:
+        p, t, counted = self.saved
+        xp = backend.get_array_module(p)
+        rows = xp.arange(p.shape[0])
+        # forward: loss_n = logsumexp(z_n) - z_n[t_n]  =>  dz_n = (p_n - onehot(t_n)) * dloss_n
+        dz = p.copy()
+        dz[rows, t] -= 1
+        if self.reduction == "none":
+            scale = (dloss.reshape(-1) * counted)[:, None]  # (N, 1)
+        elif self.reduction == "sum":
+            scale = dloss * counted[:, None]
+        else:
+            scale = (dloss / max(self.count, 1)) * counted[:, None]
+        dz *= scale.astype(dz.dtype, copy=False)
+        return dz.reshape(*self.targets_shape, p.shape[-1]), None
+
+
+def cross_entropy(logits: Tensor, targets: Any, ignore_index: int = -100, reduction: str = "mean") -> Tensor:
+    """Cross-entropy of ``logits`` (N, V) or (B, T, V) against int ``targets`` (N,) or (B, T).
+
+    The mean over targets != ``ignore_index`` (``reduction="sum"`` or ``"none"`` as torch).
+    """
+    return CrossEntropy.apply(logits, _data(targets), ignore_index=ignore_index, reduction=reduction)
+
+
+# ----------------------------------------------------------------------------- layer norm
+class LayerNorm(Function):
+    """Normalise each row over the last axis (C), then scale and shift:
+        mu = mean(x), var = mean((x - mu)²), rstd = 1/sqrt(var + eps)
+        xhat = (x - mu) * rstd,  y = xhat * w + b
+    Backward, with g = dy * w (the gradient reaching xhat):
+        dx = rstd * (g - mean(g) - xhat * mean(g * xhat))      (means over C)
+        dw = sum over rows of dy * xhat,   db = sum over rows of dy
+    (mean(g) is how shifting every x moves mu; xhat * mean(g * xhat) how scaling moves rstd.)
+    Saves xhat (*, C), rstd (*, 1) and w.
+    """
+
+    def forward(self, x: Any, weight: Any = None, bias: Any = None, eps: float = 1e-5) -> Any:
+        xp = backend.get_array_module(x)
+        xc = x - x.mean(axis=-1, keepdims=True)  # (*, C)
+        var = (xc * xc).mean(axis=-1, keepdims=True)  # (*, 1)
+        rstd = 1.0 / xp.sqrt(var + eps)  # (*, 1)
+        xhat = xc
+        xhat *= rstd  # (*, C), reusing xc's buffer
+        self.saved = (xhat, rstd, weight)
+        self.has_weight, self.has_bias = weight is not None, bias is not None
+        y = xhat * weight if weight is not None else xhat.copy()
+        if bias is not None:
+            y += bias
+        return y
+
+    def backward(self, dy: Any) -> tuple[Any, Any, Any]:
+        xhat, rstd, weight = self.saved
+        C = xhat.shape[-1]
+        dw = db = None
+        # forward: y = xhat * w + b
+        if self.has_bias and self.needs_input_grad[2]:
+            db = dy.reshape(-1, C).sum(axis=0)
+        if self.has_weight and self.needs_input_grad[1]:
+            dw = (dy * xhat).reshape(-1, C).sum(axis=0)
+        g = dy * weight if self.has_weight else dy
+        # forward: xhat = (x - mu) * rstd
+        dx = None
+        if self.needs_input_grad[0]:
+            dx = g - g.mean(axis=-1, keepdims=True)
+            dx -= xhat * (g * xhat).mean(axis=-1, keepdims=True)
+            dx *= rstd
+        return dx, dw, db
+
+
+def layer_norm(x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
+    """Layer normalisation over the last axis of x (*, C), with optional weight and bias (C,)."""
+    args = [x, weight, bias]
+    while args and args[-1] is None:  # trailing Nones need no slot
+        args.pop()
+    return LayerNorm.apply(*args, eps=eps)
+
+
+# ----------------------------------------------------------------------------- GELU
+_GELU_K = math.sqrt(2.0 / math.pi)
+_GELU_A = 0.044715
+
+
+class GELU(Function):
+    """GELU, tanh form (GPT-2; torch ``approximate="tanh"``):
+        u = k (x + a x³),  k = sqrt(2/π), a = 0.044715
+        y = 0.5 x (1 + tanh u)
+        dy/dx = 0.5 (1 + tanh u) + 0.5 x (1 - tanh² u) k (1 + 3 a x²)
+    Saves x and tanh u (both the shape of x).
+    """
+
+    def forward(self, x: Any) -> Any:
+        xp = backend.get_array_module(x)
+        th = xp.tanh(_GELU_K * (x + _GELU_A * x * x * x))
+        self.saved = (x, th)
+        return 0.5 * x * (1.0 + th)
+
+    def backward(self, dy: Any) -> Any:
+        x, th = self.saved
+        # forward: y = 0.5 x (1 + tanh u)  =>  dx = dy * dy/dx
+        dudx = _GELU_K * (1.0 + 3.0 * _GELU_A * x * x)
+        return dy * (0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * dudx)
+
+
+def gelu(x: Tensor) -> Tensor:
+    """GELU with the tanh approximation, as in GPT-2."""
+    return GELU.apply(x)
+
+
+# ----------------------------------------------------------------------------- dropout
+def _dropout_mask(like: Any, p: float) -> Any:
+    """Inverted-dropout mask: 0 with probability p, else 1/(1-p), in like's dtype and device."""
+    keep = backend.uniform(like.shape, like.dtype, backend.device_of(like)) >= p
+    mask = keep.astype(like.dtype)
+    mask *= 1.0 / (1.0 - p) if p < 1 else 0.0
+    return mask
+
+
+class Dropout(Function):
+    """y = x * mask, mask = keep / (1 - p) with keep ~ Bernoulli(1 - p)  (inverted dropout:
+    the expected value of y is x, so nothing changes at eval time).
+    dx = dy * mask. Saves mask (shape of x).
+    """
+
+    def forward(self, x: Any, p: float) -> Any:
+        self.saved = _dropout_mask(x, p)
+        return x * self.saved
+
+    def backward(self, dy: Any) -> Any:
+        return dy * self.saved
+
+
+def _check_p(p: float) -> None:
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+
+
+def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
+    """Zero each element with probability ``p`` and scale the rest by 1/(1-p).
+
+    The identity (the very same tensor) when ``training`` is False or ``p`` is 0.
+    """
+    _check_p(p)
+    if not training or p == 0.0:
+        return x if isinstance(x, Tensor) else Tensor(x)
+    return Dropout.apply(x, p=p)
+
+
+# ----------------------------------------------------------------------------- attention
+def causal_mask(T_q: int, T_k: int, xp: Any) -> Any:
+    """(T_q, T_k) bool, True where query i may look at key j (j <= i), as torch's is_causal."""
+    return xp.tril(xp.ones((T_q, T_k), dtype=bool))
+
+
+class ScaledDotProductAttention(Function):
+    """y = softmax(q kᵀ * s + mask) v, s = 1/sqrt(hs) by default; -inf above the diagonal if causal.
+
+    q (B, nh, T, hs), k and v (B, nh, S, hs) -> y (B, nh, T, hs). Forward:
+        att = q @ kᵀ * s                     (B, nh, T, S)
+        att = softmax(masked att)            masked entries become exactly 0
+        att_d = att * drop                   (drop: inverted-dropout mask, when dropout_p > 0)
+        y = att_d @ v
+    Backward, in reverse:
+        dv = att_dᵀ @ dy,   datt_d = dy @ vᵀ
+        datt = datt_d * drop
+        ds = att * (datt - sum(att * datt)) * s      (softmax backward; masked entries stay 0)
+        dq = ds @ k,   dk = dsᵀ @ q
+    Saves q, k, v, att (B, nh, T, S) and, with dropout, its mask (B, nh, T, S).
+    """
+
+    def forward(self, q: Any, k: Any, v: Any, is_causal: bool = True, dropout_p: float = 0.0,
+                scale: float | None = None) -> Any:
+        xp = backend.get_array_module(q)
+        T, S, hs = q.shape[-2], k.shape[-2], q.shape[-1]
+        self.scale = 1.0 / math.sqrt(hs) if scale is None else scale
+        att = q @ xp.swapaxes(k, -1, -2)  # (B, nh, T, hs) @ (B, nh, hs, S) -> (B, nh, T, S)
+        att *= self.scale
+        if is_causal:
+            att = xp.where(causal_mask(T, S, xp), att, -math.inf)
+        att = _softmax(att, axis=-1)  # (B, nh, T, S)
+        drop = None
+        att_d = att
+        if dropout_p > 0.0:
+            drop = _dropout_mask(att, dropout_p)
+            att_d = att * drop
+        self.saved = (q, k, v, att, drop)
+        return att_d @ v  # (B, nh, T, S) @ (B, nh, S, hs) -> (B, nh, T, hs)
+
+    def backward(self, dy: Any) -> tuple[Any, Any, Any]:
+        q, k, v, att, drop = self.saved
+        xp = backend.get_array_module(dy)
+        att_d = att if drop is None else att * drop
+        # forward: y = att_d @ v
+        dv = xp.swapaxes(att_d, -1, -2) @ dy  # (B, nh, S, T) @ (B, nh, T, hs) -> (B, nh, S, hs)
+        datt = dy @ xp.swapaxes(v, -1, -2)  # (B, nh, T, hs) @ (B, nh, hs, S) -> (B, nh, T, S)
+        # forward: att_d = att * drop
+        if drop is not None:
+            datt *= drop
+        # forward: att = softmax(s * q @ kᵀ)
+        ds = _softmax_backward(att, datt, axis=-1)
+        ds *= self.scale
+        dq = ds @ k  # (B, nh, T, S) @ (B, nh, S, hs) -> (B, nh, T, hs)
+        dk = xp.swapaxes(ds, -1, -2) @ q  # (B, nh, S, T) @ (B, nh, T, hs) -> (B, nh, S, hs)
+        return dq, dk, dv
+
+
+def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, is_causal: bool = True,
+                                 dropout_p: float = 0.0, scale: float | None = None) -> Tensor:
+    """softmax(q kᵀ/√hs, causal mask) v: q (B, nh, T, hs), k and v (B, nh, S, hs) -> (B, nh, T, hs)."""
+    _check_p(dropout_p)
+    return ScaledDotProductAttention.apply(q, k, v, is_causal=is_causal, dropout_p=dropout_p, scale=scale)

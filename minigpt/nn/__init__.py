@@ -1,0 +1,7 @@
+"""minigpt.nn: Module, the layers, and the models built from them."""
+
+from minigpt.nn.layers import Dropout, Embedding, LayerNorm, Linear
+from minigpt.nn.module import LoadResult, Module, ModuleDict, ModuleList, Parameter
+
+__all__ = ["Module", "ModuleList", "ModuleDict", "Parameter", "LoadResult",
+           "Linear", "Embedding", "LayerNorm", "Dropout"]

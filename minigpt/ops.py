@@ -1,0 +1,288 @@
+"""The Tensor operators (+ - * / ** @, sum, mean, max, reshape, transpose, exp, log, tanh,
+indexing, .to) as ``Function`` subclasses, each backward beside its forward.
+
+Binary operators broadcast like NumPy; their backward sums the gradient back to each
+input's shape (``unbroadcast``). Everything uses ``xp``, the inputs' array module.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from minigpt import backend
+from minigpt.tensor import Function, unbroadcast
+
+
+def _shape(x: Any) -> tuple[int, ...]:
+    return getattr(x, "shape", ())
+
+
+class Add(Function):
+    """y = a + b.   da = dy, db = dy (each summed back to its input's shape)."""
+
+    def forward(self, a: Any, b: Any) -> Any:
+        self.shapes = (_shape(a), _shape(b))
+        return a + b
+
+    def backward(self, dy: Any) -> tuple[Any, Any]:
+        return unbroadcast(dy, self.shapes[0]), unbroadcast(dy, self.shapes[1])
+
+
+class Sub(Function):
+    """y = a - b.   da = dy, db = -dy."""
+
+    def forward(self, a: Any, b: Any) -> Any:
+        self.shapes = (_shape(a), _shape(b))
+        return a - b
+
+    def backward(self, dy: Any) -> tuple[Any, Any]:
+        db = -unbroadcast(dy, self.shapes[1]) if self.needs_input_grad[1] else None
+        return unbroadcast(dy, self.shapes[0]), db
+
+
+class Mul(Function):
+    """y = a * b.   da = dy * b, db = dy * a.   Saves a and b."""
+
+    def forward(self, a: Any, b: Any) -> Any:
+        self.saved = (a, b)
+        return a * b
+
+    def backward(self, dy: Any) -> tuple[Any, Any]:
+        a, b = self.saved
+        da = unbroadcast(dy * b, _shape(a)) if self.needs_input_grad[0] else None
+        db = unbroadcast(dy * a, _shape(b)) if self.needs_input_grad[1] else None
+        return da, db
+
+
+class Div(Function):
+    """y = a / b.   da = dy / b, db = -dy * a / b² = -dy * y / b.   Saves b and y."""
+
+    def forward(self, a: Any, b: Any) -> Any:
+        y = a / b
+        self.saved = (b, y)
+        self.shape_a = _shape(a)
+        return y
+
+    def backward(self, dy: Any) -> tuple[Any, Any]:
+        b, y = self.saved
+        da = unbroadcast(dy / b, self.shape_a) if self.needs_input_grad[0] else None
+        db = unbroadcast(-dy * y / b, _shape(b)) if self.needs_input_grad[1] else None
+        return da, db
+
+
+class Neg(Function):
+    """y = -x.   dx = -dy."""
+
+    def forward(self, x: Any) -> Any:
+        return -x
+
+    def backward(self, dy: Any) -> Any:
+        return -dy
+
+
+class Pow(Function):
+    """y = x ** p for a Python number p.   dx = dy * p * x ** (p - 1).   Saves x."""
+
+    def forward(self, x: Any, exponent: float) -> Any:
+        self.saved, self.p = x, exponent
+        return x**exponent
+
+    def backward(self, dy: Any) -> Any:
+        x, p = self.saved, self.p
+        return dy * (p * x ** (p - 1))
+
+
+class MatMul(Function):
+    """y = a @ b with numpy.matmul's batching and broadcasting.
+
+    For the matrix part, y[i, j] = sum_k a[i, k] b[k, j], so
+        da = dy @ bᵀ   and   db = aᵀ @ dy,
+    then summed over the batch axes that broadcasting added. A 1-D operand is treated
+    as a row (a) or a column (b) vector, as matmul does. Saves a and b.
+    """
+
+    def forward(self, a: Any, b: Any) -> Any:
+        self.saved = (a, b)
+        return a @ b
+
+    def backward(self, dy: Any) -> tuple[Any, Any]:
+        a, b = self.saved
+        xp = backend.get_array_module(dy)
+        a2 = a[None, :] if a.ndim == 1 else a  # (k,) -> (1, k)
+        b2 = b[:, None] if b.ndim == 1 else b  # (k,) -> (k, 1)
+        if a.ndim == 1:
+            dy = xp.expand_dims(dy, -2)
+        if b.ndim == 1:
+            dy = xp.expand_dims(dy, -1)
+        da = db = None
+        if self.needs_input_grad[0]:
+            da = unbroadcast(dy @ xp.swapaxes(b2, -1, -2), a2.shape).reshape(a.shape)
+        if self.needs_input_grad[1]:
+            if b2.ndim == 2 and a2.ndim > 2:  # shared weight: one big GEMM over all rows
+                k, m = b2.shape
+                db = a2.reshape(-1, k).T @ dy.reshape(-1, m)
+            else:
+                db = unbroadcast(xp.swapaxes(a2, -1, -2) @ dy, b2.shape)
+            db = db.reshape(b.shape)
+        return da, db
+
+
+def _normalize_axes(axis: Any, ndim: int) -> tuple[int, ...]:
+    if axis is None:
+        return tuple(range(ndim))
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    return tuple(a % ndim for a in axes)
+
+
+def _expand_reduced(dy: Any, axes: tuple[int, ...], keepdims: bool) -> Any:
+    """Give a reduced gradient its size-1 axes back, so it broadcasts against the input."""
+    if keepdims:
+        return dy
+    xp = backend.get_array_module(dy)
+    return xp.expand_dims(dy, axes) if axes else dy
+
+
+class Sum(Function):
+    """y = sum of x over ``axis``.   Every summed element got weight 1: dx = dy broadcast."""
+
+    def forward(self, x: Any, axis: Any = None, keepdims: bool = False) -> Any:
+        self.axes, self.keepdims, self.shape = _normalize_axes(axis, x.ndim), keepdims, x.shape
+        return x.sum(axis=self.axes, keepdims=keepdims)
+
+    def backward(self, dy: Any) -> Any:
+        xp = backend.get_array_module(dy)
+        return xp.broadcast_to(_expand_reduced(dy, self.axes, self.keepdims), self.shape)
+
+
+class Mean(Function):
+    """y = mean of x over ``axis`` (n elements each).   dx = dy / n broadcast."""
+
+    def forward(self, x: Any, axis: Any = None, keepdims: bool = False) -> Any:
+        self.axes, self.keepdims, self.shape = _normalize_axes(axis, x.ndim), keepdims, x.shape
+        self.n = 1
+        for a in self.axes:
+            self.n *= x.shape[a]
+        return x.mean(axis=self.axes, keepdims=keepdims)
+
+    def backward(self, dy: Any) -> Any:
+        xp = backend.get_array_module(dy)
+        return xp.broadcast_to(_expand_reduced(dy, self.axes, self.keepdims) / self.n, self.shape)
+
+
+class Max(Function):
+    """y = max of x over ``axis``.
+
+    The gradient goes to the maximal elements; ties share it equally (as torch.amax).
+    Saves x and y.
+    """
+
+    def forward(self, x: Any, axis: Any = None, keepdims: bool = False) -> Any:
+        self.axes, self.keepdims = _normalize_axes(axis, x.ndim), keepdims
+        y = x.max(axis=self.axes, keepdims=keepdims)
+        self.saved = (x, y)
+        return y
+
+    def backward(self, dy: Any) -> Any:
+        x, y = self.saved
+        is_max = x == _expand_reduced(y, self.axes, self.keepdims)
+        share = is_max / is_max.sum(axis=self.axes, keepdims=True)
+        return (_expand_reduced(dy, self.axes, self.keepdims) * share).astype(x.dtype)
+
+
+class Reshape(Function):
+    """y = x viewed with another shape.   dx = dy viewed with x's shape."""
+
+    def forward(self, x: Any, shape: tuple[int, ...]) -> Any:
+        self.shape = x.shape
+        return x.reshape(shape)
+
+    def backward(self, dy: Any) -> Any:
+        return dy.reshape(self.shape)
+
+
+class Transpose(Function):
+    """y = x with its axes permuted.   dx = dy with the inverse permutation."""
+
+    def forward(self, x: Any, axes: tuple[int, ...] | None) -> Any:
+        self.axes = tuple(range(x.ndim))[::-1] if axes is None else tuple(a % x.ndim for a in axes)
+        return x.transpose(self.axes)
+
+    def backward(self, dy: Any) -> Any:
+        inverse = [0] * len(self.axes)
+        for i, a in enumerate(self.axes):
+            inverse[a] = i
+        return dy.transpose(inverse)
+
+
+class Exp(Function):
+    """y = exp(x).   dx = dy * y.   Saves y."""
+
+    def forward(self, x: Any) -> Any:
+        self.saved = backend.get_array_module(x).exp(x)
+        return self.saved
+
+    def backward(self, dy: Any) -> Any:
+        return dy * self.saved
+
+
+class Log(Function):
+    """y = log(x).   dx = dy / x.   Saves x."""
+
+    def forward(self, x: Any) -> Any:
+        self.saved = x
+        return backend.get_array_module(x).log(x)
+
+    def backward(self, dy: Any) -> Any:
+        return dy / self.saved
+
+
+class Tanh(Function):
+    """y = tanh(x).   dx = dy * (1 - y²).   Saves y."""
+
+    def forward(self, x: Any) -> Any:
+        self.saved = backend.get_array_module(x).tanh(x)
+        return self.saved
+
+    def backward(self, dy: Any) -> Any:
+        y = self.saved
+        return dy * (1 - y * y)
+
+
+def _is_basic_index(index: Any) -> bool:
+    """True for ints, slices, None and Ellipsis: indexing that never repeats an element."""
+    items = index if isinstance(index, tuple) else (index,)
+    return all(isinstance(i, (int, slice)) or i is None or i is Ellipsis for i in items)
+
+
+class GetItem(Function):
+    """y = x[index].
+
+    Each element of y is one element of x, so dx is zero except where y came from,
+    which receives dy. Advanced (array) indexing may pick an element several times:
+    its gradients then add up (``add.at``).
+    """
+
+    def forward(self, x: Any, index: Any) -> Any:
+        self.index, self.shape, self.dtype = index, x.shape, x.dtype
+        return x[index]
+
+    def backward(self, dy: Any) -> Any:
+        xp = backend.get_array_module(dy)
+        dx = xp.zeros(self.shape, dtype=self.dtype)
+        if _is_basic_index(self.index):
+            dx[self.index] = dy
+        else:
+            xp.add.at(dx, self.index, dy)
+        return dx
+
+
+class To(Function):
+    """y = x moved to another device and/or cast.   dx = dy moved and cast back."""
+
+    def forward(self, x: Any, device: str, dtype: Any = None) -> Any:
+        self.device, self.dtype = backend.device_of(x), x.dtype
+        y = backend.move(x, device)
+        return y if dtype is None else y.astype(dtype, copy=False)
+
+    def backward(self, dy: Any) -> Any:
+        return backend.move(dy, self.device).astype(self.dtype, copy=False)

@@ -1,0 +1,162 @@
+"""Optimisation: ``AdamW``, ``clip_grad_norm_`` and nanoGPT's ``cosine_lr`` schedule."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable
+
+from minigpt import backend
+from minigpt.tensor import Tensor, iter_tensors
+
+
+class AdamW:
+    """Adam with decoupled weight decay, exactly PyTorch's ``torch.optim.AdamW``.
+
+    For each parameter p with gradient g, at step t (counted per parameter):
+        p ← p · (1 - lr · wd)                       decoupled weight decay
+        m ← m + (1 - β1) (g - m)                    first moment (torch's lerp form)
+        v ← β2 v + (1 - β2) g²                      second moment
+        p ← p - (lr / (1 - β1ᵗ)) · m / (√v / √(1 - β2ᵗ) + ε)
+    ``params`` is an iterable of Tensors or of dicts ``{"params": [...], "lr": ..., ...}``
+    (param groups; missing options take the defaults). Each group's ``"lr"`` can be set
+    between steps (that is how a schedule drives it). Parameters without ``.grad`` are skipped.
+    """
+
+    def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 1e-2) -> None:
+        if lr < 0.0:
+            raise ValueError(f"Invalid learning rate: {lr}")
+        if eps < 0.0:
+            raise ValueError(f"Invalid epsilon value: {eps}")
+        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+            raise ValueError(f"Invalid betas: {betas} (each must lie in [0, 1))")
+        if weight_decay < 0.0:
+            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
+        self.defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay}
+        params = list(params)
+        if not params:
+            raise ValueError("optimizer got an empty parameter list")
+        if not isinstance(params[0], dict):
+            params = [{"params": params}]
+        self.param_groups: list[dict[str, Any]] = []
+        for group in params:
+            group = {**self.defaults, **group, "params": list(iter_tensors(group["params"]))}
+            group["betas"] = tuple(group["betas"])
+            self.param_groups.append(group)
+        seen: set[int] = set()
+        for p in self._params():
+            if id(p) in seen:
+                raise ValueError("a parameter appears in more than one place in the optimizer's groups")
+            seen.add(id(p))
+        self.state: dict[int, dict[str, Any]] = {}  # id(param) -> {"step", "exp_avg", "exp_avg_sq"}
+
+    def _params(self) -> list[Tensor]:
+        return [p for g in self.param_groups for p in g["params"]]
+
+    def zero_grad(self) -> None:
+        """Forget every gradient (set to None, as torch's default)."""
+        for p in self._params():
+            p.grad = None
+
+    def step(self) -> None:
+        """One AdamW update of every parameter that has a gradient."""
+        for group in self.param_groups:
+            lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g, xp = p.grad, p.xp
+                st = self.state.get(id(p))
+                if st is None:
+                    st = self.state[id(p)] = {"step": 0, "exp_avg": xp.zeros_like(p.data),
+                                              "exp_avg_sq": xp.zeros_like(p.data)}
+                st["step"] += 1
+                t, m, v = st["step"], st["exp_avg"], st["exp_avg_sq"]
+                p.data *= 1.0 - lr * wd
+                m += (1.0 - beta1) * (g - m)
+                v *= beta2
+                v += (1.0 - beta2) * (g * g)
+                denom = xp.sqrt(v)
+                denom /= math.sqrt(1.0 - beta2**t)
+                denom += eps
+                p.data -= (lr / (1.0 - beta1**t)) * (m / denom)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """torch's layout: {"state": {index: {...}}, "param_groups": [{..., "params": [index, ...]}]}.
+
+        Parameters are numbered in the order of the groups; arrays are the live buffers.
+        """
+        index = {id(p): i for i, p in enumerate(self._params())}
+        state = {index[k]: dict(v) for k, v in self.state.items() if k in index}
+        groups = [{**{k: v for k, v in g.items() if k != "params"},
+                   "params": [index[id(p)] for p in g["params"]]} for g in self.param_groups]
+        return {"state": state, "param_groups": groups}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned (buffers are copied to each parameter's device)."""
+        groups = state_dict["param_groups"]
+        if len(groups) != len(self.param_groups):
+            raise ValueError(f"optimizer state has {len(groups)} param groups, this optimizer has "
+                             f"{len(self.param_groups)}")
+        for saved, group in zip(groups, self.param_groups):
+            if len(saved["params"]) != len(group["params"]):
+                raise ValueError("optimizer state does not match the parameter groups' sizes")
+        params = self._params()
+        new_state: dict[int, dict[str, Any]] = {}
+        for key, st in state_dict["state"].items():
+            p = params[int(key)]
+            entry = {"step": int(st["step"])}
+            for name in ("exp_avg", "exp_avg_sq"):
+                buf = backend.move(getattr(st[name], "data", st[name]), p.device)
+                if tuple(buf.shape) != p.shape:
+                    raise ValueError(f"optimizer state for parameter {key} has shape {tuple(buf.shape)}, "
+                                     f"the parameter has {p.shape}")
+                entry[name] = p.xp.array(buf, dtype=p.dtype, copy=True)
+            new_state[id(p)] = entry
+        for saved, group in zip(groups, self.param_groups):
+            group.update({k: v for k, v in saved.items() if k != "params"})
+            group["betas"] = tuple(group["betas"])
+        self.state = new_state
+
+
+def clip_grad_norm_(params: Iterable[Tensor] | Tensor, max_norm: float, norm_type: float = 2.0) -> float:
+    """Scale all gradients together so that their global norm is at most ``max_norm``.
+
+    total = (sum over every gradient element of |g|^norm_type)^(1/norm_type)
+    (the max of |g| for norm_type inf); gradients are multiplied by
+    min(1, max_norm / (total + 1e-6)), as torch. Returns ``total`` before clipping.
+    """
+    grads = [p.grad for p in iter_tensors(params) if p.grad is not None]
+    if not grads:
+        return 0.0
+    xp = backend.get_array_module(grads[0])
+    if norm_type == math.inf:
+        total = max(float(xp.abs(g).max()) for g in grads)
+    elif norm_type == 2.0:
+        total = math.sqrt(sum(float(xp.vdot(g.ravel(), g.ravel())) for g in grads))
+    else:
+        total = sum(float((xp.abs(g) ** norm_type).sum()) for g in grads) ** (1.0 / norm_type)
+    coef = min(1.0, max_norm / (total + 1e-6))
+    if coef < 1.0:
+        for g in grads:
+            g *= coef
+    return total
+
+
+def cosine_lr(it: int, *, lr: float, min_lr: float, warmup_iters: int, lr_decay_iters: int) -> float:
+    """nanoGPT's schedule: linear warmup, then cosine decay from ``lr`` to ``min_lr``.
+
+        it < warmup_iters:              lr · (it + 1) / (warmup_iters + 1)
+        it > lr_decay_iters:            min_lr
+        otherwise, with r = (it - warmup_iters) / (lr_decay_iters - warmup_iters) in [0, 1]:
+                                        min_lr + ½ (1 + cos(π r)) (lr - min_lr)
+    """
+    if it < warmup_iters:
+        return lr * (it + 1) / (warmup_iters + 1)
+    if it > lr_decay_iters or lr_decay_iters <= warmup_iters:
+        return min_lr
+    decay_ratio = (it - warmup_iters) / (lr_decay_iters - warmup_iters)
+    coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))
+    return min_lr + coeff * (lr - min_lr)

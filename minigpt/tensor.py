@@ -1,0 +1,353 @@
+"""The autograd core: ``Tensor``, the op base class ``Function``, ``backward`` and ``no_grad``.
+
+How reverse-mode autodiff works here, in four sentences:
+1. Every op is a ``Function`` subclass with a ``forward`` (arrays in, array out) and a
+   ``backward`` (the gradient of the output in, the gradients of the inputs out).
+2. ``Function.apply`` runs ``forward`` and, when some input needs a gradient, gives the
+   output tensor a ``_ctx``: the op instance, which remembers its input tensors and
+   whatever ``forward`` saved for ``backward``.
+3. ``Tensor.backward`` sorts the graph topologically (with an explicit stack, so graph
+   depth is unlimited) and walks it from the output back to the leaves, calling each
+   op's ``backward`` once with the sum of every gradient that reached its output.
+4. Leaves (tensors made by the user, such as parameters) add what reaches them into
+   ``.grad``: gradients ACCUMULATE across calls until ``zero_grad``.
+
+Shape letters used across minigpt: B batch, T time, C channels, V vocab, nh heads, hs head size.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Iterator, Sequence
+
+from minigpt import backend
+
+_grad_enabled = True
+
+
+class no_grad:
+    """Context manager (and decorator) inside which no op records a graph.
+
+    >>> with no_grad():
+    ...     y = model(x)        # y.requires_grad is False, nothing is saved for backward
+    """
+
+    def __enter__(self) -> None:
+        global _grad_enabled
+        self._prev, _grad_enabled = _grad_enabled, False
+
+    def __exit__(self, *exc: Any) -> None:
+        global _grad_enabled
+        _grad_enabled = self._prev
+
+    def __call__(self, fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with no_grad():
+                return fn(*args, **kwargs)
+
+        return wrapper
+
+
+def is_grad_enabled() -> bool:
+    """False inside ``no_grad()``."""
+    return _grad_enabled
+
+
+def _is_float(dtype: Any) -> bool:
+    return getattr(dtype, "kind", None) == "f"
+
+
+class Tensor:
+    """An array (NumPy or CuPy) that remembers how it was computed, for backprop.
+
+    ``Tensor(data, requires_grad=False, device=None, dtype=None)``: ``data`` is anything
+    array-like. Python floats become float32 (minigpt's default), Python ints int64, and
+    arrays keep their dtype unless ``dtype`` is given. ``device`` defaults to where
+    ``data`` already lives ("cpu" for Python data).
+    """
+
+    __array_priority__ = 1000  # numpy_array * tensor -> Tensor.__rmul__, not an object array
+
+    def __init__(self, data: Any, requires_grad: bool = False, device: str | None = None,
+                 dtype: Any = None) -> None:
+        if isinstance(data, Tensor):
+            data = data.data
+        if device is None:
+            device = backend.device_of(data)
+        xp = backend.xp_for(device)
+        if not hasattr(data, "dtype") and dtype is None:
+            data = xp.asarray(data)
+            if data.dtype.kind == "f":  # Python floats: float32, as torch.tensor does
+                data = data.astype(backend.DEFAULT_DTYPE)
+        data = backend.move(xp.asarray(data, dtype=dtype), device)
+        if requires_grad and not _is_float(data.dtype):
+            raise TypeError(f"only floating-point tensors can require grad, not {data.dtype}")
+        self.data = data
+        self.grad: Any = None
+        self.requires_grad = bool(requires_grad)
+        self._ctx: Function | None = None  # the op that made this tensor (None for leaves)
+
+    @classmethod
+    def _wrap(cls, data: Any) -> Tensor:
+        """A Tensor around an op's output array, without __init__'s conversions."""
+        t = cls.__new__(cls)
+        t.data = backend.ensure_array(data)
+        t.grad, t.requires_grad, t._ctx = None, False, None
+        return t
+
+    # ------------------------------------------------------------------ basic attributes
+    shape = property(lambda self: self.data.shape)
+    ndim = property(lambda self: self.data.ndim)
+    dtype = property(lambda self: self.data.dtype)
+    device = property(lambda self: backend.device_of(self.data))
+    size = property(lambda self: self.data.size)
+    is_leaf = property(lambda self: self._ctx is None)
+
+    def __repr__(self) -> str:
+        grad = ", requires_grad=True" if self.requires_grad else ""
+        return f"Tensor({self.data!r}, device={self.device!r}{grad})"
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def numpy(self) -> Any:
+        """A NumPy copy of the data (from the GPU if needed)."""
+        return backend.to_numpy(self.data).copy()
+
+    def item(self) -> float | int:
+        """The single value of a one-element tensor as a Python number."""
+        return self.data.item()
+
+    def tolist(self) -> Any:
+        return backend.to_numpy(self.data).tolist()
+
+    def detach(self) -> Tensor:
+        """The same data, cut off from the graph."""
+        return Tensor(self.data)
+
+    def to(self, device: str | None = None, dtype: Any = None) -> Tensor:
+        """A copy on ``device`` and/or cast to ``dtype`` (self when nothing changes)."""
+        device = backend.check_device(device or self.device)
+        if device == self.device and (dtype is None or self.xp.dtype(dtype) == self.dtype):
+            return self
+        return _ops.To.apply(self, device=device, dtype=dtype)
+
+    @property
+    def xp(self) -> Any:
+        return backend.get_array_module(self.data)
+
+    def zero_grad(self) -> None:
+        self.grad = None
+
+    # ------------------------------------------------------------------ backprop
+    def backward(self, grad: Any = None) -> None:
+        """Backpropagate from this tensor, adding d(self)/d(leaf) into every leaf's ``.grad``.
+
+        ``grad`` is the gradient flowing into this tensor (an array or Tensor of its
+        shape); without it the tensor must hold one element and the gradient is 1.
+        The graph's saved arrays are freed as backward goes (as torch does without
+        ``retain_graph``), so a graph can be backpropagated once.
+        """
+        if not self.requires_grad:
+            raise RuntimeError("backward() on a tensor that does not require grad "
+                               "(no input of its graph has requires_grad=True, or it was made in no_grad())")
+        xp = self.xp
+        if grad is None:
+            if self.size != 1:
+                raise RuntimeError(f"backward() without a gradient needs a single value, not shape {self.shape}")
+            grad = xp.ones(self.shape, dtype=self.dtype)
+        else:
+            grad = xp.asarray(getattr(grad, "data", grad), dtype=self.dtype)
+            if grad.shape != self.shape:
+                raise ValueError(f"gradient shape {grad.shape} does not match tensor shape {self.shape}")
+
+        order = _topological_order(self)
+        grads: dict[int, Any] = {id(self): grad}
+        for node in reversed(order):  # outputs before the inputs they were made from
+            g = grads.pop(id(node), None)
+            if g is None:
+                continue
+            ctx = node._ctx
+            if ctx is None:  # a leaf: accumulate, in a buffer it owns
+                if node.grad is None:
+                    node.grad = xp.array(g, dtype=node.dtype, copy=True)
+                else:
+                    node.grad += g
+                continue
+            if ctx.saved is _RELEASED:
+                raise RuntimeError("backward through a graph a second time: its saved values were freed")
+            input_grads = ctx.backward(g)
+            ctx.release()
+            if not isinstance(input_grads, tuple):
+                input_grads = (input_grads,)
+            for inp, gi in zip(ctx.inputs, input_grads):
+                if gi is None or inp is None or not inp.requires_grad:
+                    continue
+                key = id(inp)
+                # new array, never +=: the stored gradient may be an alias of another one
+                grads[key] = gi if key not in grads else grads[key] + gi
+
+    # ------------------------------------------------------------------ operators
+    def __add__(self, other: Any) -> Tensor: return _ops.Add.apply(self, other)
+    def __radd__(self, other: Any) -> Tensor: return _ops.Add.apply(other, self)
+    def __sub__(self, other: Any) -> Tensor: return _ops.Sub.apply(self, other)
+    def __rsub__(self, other: Any) -> Tensor: return _ops.Sub.apply(other, self)
+    def __mul__(self, other: Any) -> Tensor: return _ops.Mul.apply(self, other)
+    def __rmul__(self, other: Any) -> Tensor: return _ops.Mul.apply(other, self)
+    def __truediv__(self, other: Any) -> Tensor: return _ops.Div.apply(self, other)
+    def __rtruediv__(self, other: Any) -> Tensor: return _ops.Div.apply(other, self)
+    def __matmul__(self, other: Any) -> Tensor: return _ops.MatMul.apply(self, other)
+    def __rmatmul__(self, other: Any) -> Tensor: return _ops.MatMul.apply(other, self)
+    def __neg__(self) -> Tensor: return _ops.Neg.apply(self)
+
+    def __pow__(self, exponent: float) -> Tensor:
+        if isinstance(exponent, Tensor):
+            raise TypeError("Tensor ** Tensor is not supported: the exponent must be a Python number")
+        return _ops.Pow.apply(self, exponent=exponent)
+
+    def __getitem__(self, index: Any) -> Tensor:
+        if isinstance(index, tuple):
+            index = tuple(i.data if isinstance(i, Tensor) else i for i in index)
+        elif isinstance(index, Tensor):
+            index = index.data
+        return _ops.GetItem.apply(self, index=index)
+
+    def sum(self, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Tensor:
+        return _ops.Sum.apply(self, axis=axis, keepdims=keepdims)
+
+    def mean(self, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Tensor:
+        return _ops.Mean.apply(self, axis=axis, keepdims=keepdims)
+
+    def max(self, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Tensor:
+        return _ops.Max.apply(self, axis=axis, keepdims=keepdims)
+
+    def reshape(self, *shape: Any) -> Tensor:
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        return _ops.Reshape.apply(self, shape=shape)
+
+    view = reshape
+
+    def transpose(self, *axes: Any) -> Tensor:
+        """Permute axes like ``numpy.transpose`` (no axes: reverse them all)."""
+        if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
+            axes = tuple(axes[0])
+        return _ops.Transpose.apply(self, axes=axes or None)
+
+    @property
+    def T(self) -> Tensor:
+        return self.transpose()
+
+    def exp(self) -> Tensor: return _ops.Exp.apply(self)
+    def log(self) -> Tensor: return _ops.Log.apply(self)
+    def tanh(self) -> Tensor: return _ops.Tanh.apply(self)
+
+
+def _topological_order(root: Tensor) -> list[Tensor]:
+    """Every tensor that needs a gradient in root's graph, each after all its inputs.
+
+    Depth-first search with an explicit stack (no recursion limit): a node is pushed
+    twice, once to expand its inputs and once, marked done, to be emitted after them.
+    """
+    order: list[Tensor] = []
+    visited: set[int] = set()
+    stack: list[tuple[Tensor, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        if done:
+            order.append(node)
+            continue
+        if id(node) in visited:
+            continue
+        visited.add(id(node))
+        stack.append((node, True))
+        if node._ctx is not None:
+            for inp in node._ctx.inputs:
+                if inp is not None and inp.requires_grad and id(inp) not in visited:
+                    stack.append((inp, False))
+    return order
+
+
+_RELEASED = object()
+
+
+class Function:
+    """Base class of every op: a ``forward`` on arrays and a hand-written ``backward``.
+
+    Subclasses implement
+      ``forward(self, *arrays, **options) -> array``: the math, on plain arrays. It may
+          keep what backward needs in ``self.saved`` (or other attributes).
+      ``backward(self, grad_out) -> grad or tuple of grads``: one gradient (array or
+          None) per positional input, each of that input's shape.
+    ``self.needs_input_grad[i]`` says whether input ``i`` needs a gradient, so backward
+    can skip work (``linear`` never computes dx for the first layer's input).
+    """
+
+    inputs: tuple[Tensor | None, ...]
+    needs_input_grad: tuple[bool, ...]
+    saved: Any = None
+
+    @classmethod
+    def apply(cls, *args: Any, **options: Any) -> Tensor:
+        """Run the op on Tensors (or arrays / numbers) and record it in the graph."""
+        ctx = cls()
+        tensors = tuple(a if isinstance(a, Tensor) else None for a in args)
+        ctx.needs_input_grad = tuple(t is not None and t.requires_grad for t in tensors)
+        arrays = [t.data if t is not None else a for t, a in zip(tensors, args)]
+        out = Tensor._wrap(ctx.forward(*arrays, **options))
+        if _grad_enabled and any(ctx.needs_input_grad):
+            out.requires_grad = True
+            out._ctx = ctx
+            ctx.inputs = tensors
+        return out
+
+    def forward(self, *arrays: Any, **options: Any) -> Any:
+        raise NotImplementedError
+
+    def backward(self, grad_out: Any) -> Any:
+        raise NotImplementedError
+
+    def release(self) -> None:
+        """Free what forward saved, once backward has used it."""
+        self.saved = _RELEASED
+
+
+def as_array(x: Any, like: Any) -> Any:
+    """``x`` (a number or array) as an array in ``like``'s module and float dtype.
+
+    Python numbers become 0-d arrays of ``like``'s dtype, so a float32 computation never
+    turns float64 because of a constant.
+    """
+    xp = backend.get_array_module(like)
+    if isinstance(x, (int, float)) and not isinstance(x, bool):
+        return xp.asarray(x, dtype=like.dtype if _is_float(like.dtype) else None)
+    return xp.asarray(x)
+
+
+def unbroadcast(grad: Any, shape: tuple[int, ...]) -> Any:
+    """Sum ``grad`` down to ``shape``: the backward of numpy broadcasting.
+
+    Broadcasting copied the input along new leading axes and along axes of size 1;
+    each copy received its own gradient, so the input's gradient is their sum.
+    """
+    if grad.shape == shape:
+        return grad
+    extra = grad.ndim - len(shape)
+    if extra:
+        grad = grad.sum(axis=tuple(range(extra)))
+    ones = tuple(i for i, n in enumerate(shape) if n == 1 and grad.shape[i] != 1)
+    if ones:
+        grad = grad.sum(axis=ones, keepdims=True)
+    return grad
+
+
+def iter_tensors(values: Any) -> Iterator[Tensor]:
+    """The tensors of an iterable, or a single tensor (for clip_grad_norm_ & co)."""
+    if isinstance(values, Tensor):
+        yield values
+    else:
+        yield from values
+
+
+from minigpt import ops as _ops  # noqa: E402  (the operators need Tensor defined first)
