@@ -67,9 +67,18 @@ def xp_for(device: str | None) -> ModuleType:
     return _import_cupy()
 
 
+def unwrap(x: Any) -> Any:
+    """The array inside a Tensor; anything else as it is.
+
+    (Not ``getattr(x, "data", x)``: NumPy and CuPy arrays have a ``.data`` of their own,
+    their raw memory buffer.)
+    """
+    return x.data if getattr(x, "_is_tensor", False) else x
+
+
 def get_array_module(x: Any) -> ModuleType:
     """``numpy`` or ``cupy``, whichever ``x`` (an array or a Tensor) lives in."""
-    x = getattr(x, "data", x) if not isinstance(x, numpy.ndarray) else x
+    x = unwrap(x)
     cupy = _cupy_if_loaded()
     if cupy is not None and isinstance(x, cupy.ndarray):
         return cupy

@@ -109,7 +109,7 @@ class AdamW:
             p = params[int(key)]
             entry = {"step": int(st["step"])}
             for name in ("exp_avg", "exp_avg_sq"):
-                buf = backend.move(getattr(st[name], "data", st[name]), p.device)
+                buf = backend.move(backend.unwrap(st[name]), p.device)
                 if tuple(buf.shape) != p.shape:
                     raise ValueError(f"optimizer state for parameter {key} has shape {tuple(buf.shape)}, "
                                      f"the parameter has {p.shape}")

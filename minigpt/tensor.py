@@ -67,6 +67,7 @@ class Tensor:
     ``data`` already lives ("cpu" for Python data).
     """
 
+    _is_tensor = True  # how backend.unwrap recognises a Tensor without importing this module
     __array_priority__ = 1000  # numpy_array * tensor -> Tensor.__rmul__, not an object array
 
     def __init__(self, data: Any, requires_grad: bool = False, device: str | None = None,
@@ -158,7 +159,7 @@ class Tensor:
                 raise RuntimeError(f"backward() without a gradient needs a single value, not shape {self.shape}")
             grad = xp.ones(self.shape, dtype=self.dtype)
         else:
-            grad = xp.asarray(getattr(grad, "data", grad), dtype=self.dtype)
+            grad = xp.asarray(backend.unwrap(grad), dtype=self.dtype)
             if grad.shape != self.shape:
                 raise ValueError(f"gradient shape {grad.shape} does not match tensor shape {self.shape}")
 

@@ -32,3 +32,21 @@ def _fixed_seed():
     """Every test starts from the same minigpt seed."""
     minigpt.manual_seed(1234)
     yield
+
+
+SHAKESPEARE = os.environ.get("MINIGPT_TEST_DATA") or os.path.join(
+    os.path.dirname(__file__), "..", "..", "shared", "data", "tinyshakespeare.txt")
+
+
+@pytest.fixture(scope="session")
+def shakespeare_path():
+    """The Tiny Shakespeare file that CI keeps beside the repository (never downloaded)."""
+    if not os.path.isfile(SHAKESPEARE):
+        pytest.skip(f"Tiny Shakespeare not found at {SHAKESPEARE} (set MINIGPT_TEST_DATA)")
+    return os.path.abspath(SHAKESPEARE)
+
+
+@pytest.fixture(scope="session")
+def shakespeare_text(shakespeare_path):
+    with open(shakespeare_path, encoding="utf-8") as f:
+        return f.read()

@@ -137,7 +137,7 @@ class Module:
             raise RuntimeError(f"error(s) loading state_dict for {type(self).__name__}: " + "; ".join(errors))
         for name, p in own.items():
             if name in state_dict:
-                value = getattr(state_dict[name], "data", state_dict[name])
+                value = backend.unwrap(state_dict[name])
                 p.data[...] = backend.move(value, p.device)  # assignment casts to p's dtype
         return LoadResult(missing, unexpected)
 

@@ -1,0 +1,66 @@
+"""Generate text from a trained checkpoint.
+
+    python examples/sample.py --out_dir out --start "ROMEO:" --num_samples 3 --max_new_tokens 300
+    python examples/sample.py --out_dir out --start FILE:prompt.txt --temperature 0.8 --top_k 200
+
+--out_dir is a run's directory (its best-val checkpoint is used) or a checkpoint file.
+Bad input ends with one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import minigpt
+from minigpt import backend, checkpoint
+from minigpt.train import generate_text, resolve_device
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out_dir", default="out", help="run directory (uses best.npz) or checkpoint file")
+    p.add_argument("--start", default="\n", help='prompt text, or "FILE:path" to read it from a file')
+    p.add_argument("--num_samples", type=int, default=3)
+    p.add_argument("--max_new_tokens", type=int, default=500)
+    p.add_argument("--temperature", type=float, default=0.8, help="< 1 sharper, > 1 more random, 0 greedy")
+    p.add_argument("--top_k", type=int, default=200, help="sample among the k most likely tokens")
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.num_samples < 1 or args.max_new_tokens < 0:
+            raise ValueError("--num_samples must be >= 1 and --max_new_tokens >= 0")
+        if args.temperature < 0 or args.top_k < 1:
+            raise ValueError("--temperature must be >= 0 and --top_k >= 1")
+        prompt = args.start
+        if prompt.startswith("FILE:"):
+            path = Path(prompt[len("FILE:"):])
+            try:
+                prompt = path.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError) as e:
+                raise ValueError(f"cannot read the prompt file {path}: {e}") from e
+        ck = checkpoint.load(args.out_dir, device=resolve_device(args.device))
+        if ck.tokenizer is None:
+            raise ValueError(f"{ck.path} holds no tokenizer, so text cannot be encoded for it")
+        ck.tokenizer.encode(prompt)  # names any character the vocabulary lacks
+        minigpt.manual_seed(args.seed)
+        for i in range(args.num_samples):
+            text = generate_text(ck.model, ck.tokenizer, prompt, args.max_new_tokens,
+                                 temperature=args.temperature, top_k=args.top_k)
+            print(text)
+            if i + 1 < args.num_samples:
+                print("---------------")
+    except (ValueError, RuntimeError, OSError, backend.DeviceError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

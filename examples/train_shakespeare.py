@@ -1,0 +1,75 @@
+"""Train a character-level GPT (or the bigram model) on Tiny Shakespeare, then write some.
+
+    python examples/train_shakespeare.py                  # CPU preset: 4 layers, 128 wide, 2000 iters
+    python examples/train_shakespeare.py --device cuda    # GPU preset: 6 layers, 384 wide, 5000 iters
+    python examples/train_shakespeare.py --model bigram   # the notebook's first model
+    python examples/train_shakespeare.py --resume         # continue the run in --out_dir
+
+Every setting is a flag with nanoGPT's name (see minigpt/train.py: TrainConfig). Bad input
+ends with one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import signal
+import sys
+
+from minigpt.train import TrainConfig, resume_config, train
+
+FLAG_HELP = {
+    "device": "cpu, cuda or auto (default cpu; cuda switches to the GPU preset)",
+    "data": "text file to train on (default: $MINIGPT_DATA, else Tiny Shakespeare, downloaded once)",
+    "out_dir": "where checkpoints and metrics.csv go (default out)",
+    "model": "gpt or bigram",
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """One flag per TrainConfig field; flags left out stay None so the preset decides."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in dataclasses.fields(TrainConfig):
+        if f.name == "resume":
+            p.add_argument("--resume", action="store_true", help="continue the run in --out_dir from latest.npz")
+        elif f.type in (bool, "bool"):
+            p.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=None)
+        else:
+            kind = {"int": int, "float": float}.get(str(f.type), str)
+            p.add_argument(f"--{f.name}", type=kind, default=None,
+                           help=FLAG_HELP.get(f.name, f"default {f.default} (CPU preset)"))
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = vars(parse_args(argv))
+    resume = args.pop("resume")
+    try:
+        if resume:
+            cfg = resume_config(args.pop("out_dir") or "out", **args)
+        else:
+            cfg = TrainConfig.preset(**args)
+        stop = {"requested": False}
+
+        def request_stop(signum, frame):  # Ctrl-C / SIGTERM: finish the step, save, exit
+            if stop["requested"]:
+                raise KeyboardInterrupt
+            stop["requested"] = True
+            print(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step "
+                  "(again to stop at once)", file=sys.stderr)
+
+        signal.signal(signal.SIGINT, request_stop)
+        signal.signal(signal.SIGTERM, request_stop)
+        train(cfg, should_stop=lambda: stop["requested"])
+    except KeyboardInterrupt:
+        print("stopped without saving", file=sys.stderr)
+        return 130
+    except (ValueError, RuntimeError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

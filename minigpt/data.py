@@ -1,0 +1,189 @@
+"""Data: Tiny Shakespeare, a character tokenizer, the 90/10 split and random (batch, block) chunks.
+
+This follows the lecture notebook minigpt grew from:
+    text  --CharTokenizer-->  ids (int64, one per character)
+    ids   --train_val_split-->  first 90% to train on, last 10% to validate on
+    ids   --get_batch-->  x, y (batch_size, block_size): y is x shifted by one, so at
+                          every position t the target is the character that follows x[:t+1]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy
+
+from minigpt import backend
+
+TINY_SHAKESPEARE_URL = ("https://raw.githubusercontent.com/karpathy/char-rnn/master/"
+                        "data/tinyshakespeare/input.txt")
+TINY_SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+_KNOWN_SHA256 = {TINY_SHAKESPEARE_URL: TINY_SHAKESPEARE_SHA256}
+DOWNLOAD_TIMEOUT_S = 30
+
+
+class DataError(RuntimeError):
+    """The text cannot be had: no file, no network, a damaged download, not UTF-8..."""
+
+
+def default_cache_dir() -> Path:
+    """``$MINIGPT_CACHE``, else ``$XDG_CACHE_HOME/minigpt``, else ``~/.cache/minigpt``."""
+    if os.environ.get("MINIGPT_CACHE"):
+        return Path(os.environ["MINIGPT_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "minigpt"
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, then rename it into place.
+
+    A reader sees the old file or the whole new one, never half a file, even if the
+    process dies mid-write.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it 0600: give it a normal file's mode
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8")
+    except FileNotFoundError as e:
+        raise DataError(f"data file not found: {path}") from e
+    except UnicodeDecodeError as e:
+        raise DataError(f"data file {path} is not UTF-8 text ({e.reason} at byte {e.start})") from e
+    except OSError as e:
+        raise DataError(f"cannot read data file {path}: {e.strerror or e}") from e
+
+
+def download(url: str, dest: Path, sha256: str | None = None, timeout: float = DOWNLOAD_TIMEOUT_S) -> None:
+    """Download ``url`` into ``dest`` atomically; with ``sha256``, refuse (and keep nothing of)
+    a download whose hash differs."""
+    import requests  # noqa: PLC0415 - only needed when downloading
+
+    try:
+        response = requests.get(url, timeout=timeout)
+        response.raise_for_status()
+    except requests.RequestException as e:
+        raise DataError(f"could not download {url}: {e}. Without network, pass the text file "
+                        "with --data PATH or the MINIGPT_DATA environment variable") from e
+    body = response.content
+    if sha256 is not None:
+        got = hashlib.sha256(body).hexdigest()
+        if got != sha256:
+            raise DataError(f"download from {url} is damaged or not the expected file: "
+                            f"sha256 {got}, expected {sha256}; nothing was cached")
+    atomic_write_bytes(dest, body)
+
+
+def load_text(path: str | os.PathLike | None = None, url: str = TINY_SHAKESPEARE_URL,
+              cache_dir: str | os.PathLike | None = None, sha256: str | None = None) -> str:
+    """The training text: read from ``path`` when given, else downloaded once from ``url``
+    into ``cache_dir`` (default :func:`default_cache_dir`) and read from there afterwards.
+
+    Downloads are checked against ``sha256`` (by default, the known hash of Tiny
+    Shakespeare for its URL) and written atomically: a failed or damaged download is
+    neither used nor cached. Raises ``DataError`` with a message saying what to do.
+    """
+    if path is not None:
+        return _read_text(Path(path))
+    sha256 = sha256 if sha256 is not None else _KNOWN_SHA256.get(url)
+    url_tag = hashlib.sha256(url.encode()).hexdigest()[:10]
+    cached = Path(cache_dir or default_cache_dir()) / f"{url_tag}-{Path(url).name or 'data.txt'}"
+    if cached.exists():
+        if sha256 is None or hashlib.sha256(cached.read_bytes()).hexdigest() == sha256:
+            return _read_text(cached)
+        cached.unlink()  # damaged cache: fetch again
+    download(url, cached, sha256)
+    return _read_text(cached)
+
+
+class CharTokenizer:
+    """Characters to integers and back: each distinct character of the text gets its rank
+    in sorted order (Tiny Shakespeare: 65 characters, "\\n" is 0 and " " is 1)."""
+
+    def __init__(self, chars: Iterable[str]) -> None:
+        self.chars = "".join(chars)
+        if len(set(self.chars)) != len(self.chars):
+            raise ValueError("CharTokenizer: characters must be distinct")
+        self.stoi = {ch: i for i, ch in enumerate(self.chars)}
+        self.itos = dict(enumerate(self.chars))
+
+    @classmethod
+    def from_text(cls, text: str) -> CharTokenizer:
+        return cls(sorted(set(text)))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars)
+
+    def encode(self, s: str) -> numpy.ndarray:
+        """str -> int64 array of token ids. Characters outside the vocabulary raise ValueError."""
+        try:
+            return numpy.fromiter((self.stoi[c] for c in s), dtype=numpy.int64, count=len(s))
+        except KeyError:
+            unknown = sorted(set(s) - set(self.stoi))
+            raise ValueError("characters not in the vocabulary: " + ", ".join(repr(c) for c in unknown)) from None
+
+    def decode(self, ids: Iterable[int] | Any) -> str:
+        """ids (any int sequence or array) -> str."""
+        ids = backend.unwrap(ids)
+        if hasattr(ids, "shape"):
+            ids = backend.to_numpy(ids).reshape(-1).tolist()
+        try:
+            return "".join(self.itos[int(i)] for i in ids)
+        except KeyError as e:
+            raise ValueError(f"token id {e.args[0]} is outside the vocabulary (size {self.vocab_size})") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "char", "chars": self.chars}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CharTokenizer:
+        return cls(d["chars"])
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, CharTokenizer) and other.chars == self.chars
+
+    def __repr__(self) -> str:
+        return f"CharTokenizer(vocab_size={self.vocab_size})"
+
+
+def train_val_split(ids: Any, train_frac: float = 0.9) -> tuple[Any, Any]:
+    """The first ``train_frac`` of ``ids`` to train on and the rest to validate on (no shuffle:
+    the validation text is text the model never saw)."""
+    if not 0.0 < train_frac < 1.0:
+        raise ValueError(f"train_frac must lie in (0, 1), got {train_frac}")
+    n = int(train_frac * len(ids))
+    return ids[:n], ids[n:]
+
+
+def get_batch(ids: Any, batch_size: int, block_size: int,
+              rng: numpy.random.Generator) -> tuple[numpy.ndarray, numpy.ndarray]:
+    """``batch_size`` random chunks of ``block_size`` tokens: x[b] = ids[i:i+block], y[b] = ids[i+1:i+block+1].
+
+    Returns two int64 arrays (batch_size, block_size). ``rng`` is a numpy Generator.
+    """
+    ids = numpy.asarray(ids)
+    if len(ids) <= block_size:
+        raise ValueError(f"the text has {len(ids)} tokens, too few for block_size {block_size} "
+                         f"(it needs at least {block_size + 1})")
+    starts = rng.integers(0, len(ids) - block_size, size=batch_size)  # (B,)
+    offsets = starts[:, None] + numpy.arange(block_size)  # (B, T)
+    return ids[offsets].astype(numpy.int64), ids[offsets + 1].astype(numpy.int64)

@@ -1,0 +1,201 @@
+"""The GPT: GPT-2's architecture as nanoGPT builds it, and its text generation.
+
+Legend: B batch, T time, C channels (n_embd), V vocab, nh heads (n_head), hs head size (C // nh).
+
+    idx (B, T) ──wte──> tok (B, T, C) ─┐
+    arange(T) ──wpe──> pos (T, C) ─────┴─+─> dropout ─> n_layer × Block ─> ln_f ─> lm_head ─> logits (B, T, V)
+    Block:  x = x + attn(ln_1(x));  x = x + mlp(ln_2(x))          (pre-LayerNorm, residual stream)
+    attn:   c_attn (C -> 3C) -> q, k, v (B, nh, T, hs) -> causal attention -> c_proj (C -> C)
+    mlp:    c_fc (C -> 4C) -> GELU -> c_proj (4C -> C)
+
+Parameter names match nanoGPT's, so state_dicts move between the two.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from minigpt import backend
+from minigpt import functional as F
+from minigpt.nn.layers import Dropout, Embedding, LayerNorm, Linear
+from minigpt.nn.module import Module, ModuleDict, ModuleList
+from minigpt.tensor import Tensor, no_grad
+
+
+@dataclass
+class GPTConfig:
+    """nanoGPT's model settings (its field names and defaults)."""
+
+    block_size: int = 256
+    vocab_size: int = 65
+    n_layer: int = 6
+    n_head: int = 6
+    n_embd: int = 384
+    dropout: float = 0.0
+    bias: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
+
+
+class CausalSelfAttention(Module):
+    """Multi-head causal self-attention: every position attends to itself and the past."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        self.c_attn = Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.attn_dropout_p = config.dropout
+        self.resid_dropout = Dropout(config.dropout)
+        self.n_head, self.n_embd = config.n_head, config.n_embd
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, T, C = x.shape
+        nh, hs = self.n_head, C // self.n_head
+        qkv = self.c_attn(x)  # (B, T, C) -> (B, T, 3C)
+        qkv = qkv.reshape(B, T, 3, nh, hs).transpose(2, 0, 3, 1, 4)  # -> (3, B, nh, T, hs)
+        q, k, v = qkv[0], qkv[1], qkv[2]  # each (B, nh, T, hs)
+        p = self.attn_dropout_p if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)  # (B, nh, T, hs)
+        y = y.transpose(0, 2, 1, 3).reshape(B, T, C)  # re-assemble the heads side by side: (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(Module):
+    """Position-wise feed-forward: C -> 4C -> GELU -> C."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        self.c_fc = Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.c_proj = Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = Dropout(config.dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))  # (B, T, C) -> (B, T, 4C) -> (B, T, C)
+
+
+class Block(Module):
+    """One transformer block: communication (attention), then computation (MLP), each pre-normed
+    and added to the residual stream."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        self.ln_1 = LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+def _normal_(p: Any, std: float) -> None:
+    p.data[...] = backend.generator().standard_normal(p.shape) * std
+
+
+class GPT(Module):
+    """GPT-2 as nanoGPT builds it (see the module docstring), with weight tying:
+    ``lm_head.weight`` IS ``transformer.wte.weight``, so reading a token in and writing one
+    out share one (V, C) table."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        self.config = config
+        self.transformer = ModuleDict(dict(
+            wte=Embedding(config.vocab_size, config.n_embd),
+            wpe=Embedding(config.block_size, config.n_embd),
+            drop=Dropout(config.dropout),
+            h=ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # weight tying
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """GPT-2's init: weights N(0, 0.02), biases 0, and the projections that write into the
+        residual stream N(0, 0.02/√(2·n_layer)) so the stream's variance does not grow with depth."""
+        for m in self.modules():
+            if isinstance(m, (Linear, Embedding)):
+                _normal_(m.weight, 0.02)
+            if isinstance(m, Linear) and m.bias is not None:
+                m.bias.data[...] = 0
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                _normal_(p, 0.02 / math.sqrt(2 * self.config.n_layer))
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameter count (the tied table once); ``non_embedding`` leaves out the position table,
+        as nanoGPT reports it."""
+        n = super().num_params()
+        return n - self.transformer.wpe.weight.size if non_embedding else n
+
+    def forward(self, idx: Any, targets: Any = None) -> tuple[Tensor, Tensor | None]:
+        """idx (B, T) int, T <= block_size -> (logits (B, T, V), mean cross-entropy or None)."""
+        idx = backend.unwrap(idx)
+        B, T = idx.shape
+        if T > self.config.block_size:
+            raise ValueError(f"cannot forward a sequence of length {T}: block_size is {self.config.block_size}")
+        xp = self.lm_head.weight.xp
+        pos = xp.arange(T)  # (T,)
+        tok_emb = self.transformer.wte(backend.move(idx, self.lm_head.weight.device))  # (B, T, C)
+        pos_emb = self.transformer.wpe(pos)  # (T, C), broadcast over B
+        x = self.transformer.drop(tok_emb + pos_emb)
+        for block in self.transformer.h:
+            x = block(x)
+        x = self.transformer.ln_f(x)
+        logits = self.lm_head(x)  # (B, T, C) -> (B, T, V)
+        loss = None
+        if targets is not None:
+            targets = backend.move(backend.unwrap(targets), self.lm_head.weight.device)
+            loss = F.cross_entropy(logits, targets, ignore_index=-1)
+        return logits, loss
+
+    @no_grad()
+    def generate(self, idx: Any, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None) -> Any:
+        """Append ``max_new_tokens`` sampled tokens to idx (B, T); the context is cropped to
+        the last block_size tokens as it grows. Returns ids (B, T + max_new_tokens), of the
+        same kind (array or Tensor) as ``idx``."""
+        return generate_loop(self, idx, max_new_tokens, temperature, top_k, self.config.block_size)
+
+
+def sample_next(logits: Any, temperature: float = 1.0, top_k: int | None = None) -> Any:
+    """One token id per row of logits (B, V): softmax(logits / temperature) restricted to the
+    ``top_k`` largest, sampled with minigpt's generator. temperature 0 picks the argmax."""
+    logits = backend.to_numpy(logits).astype("float64")  # (B, V), on the CPU: one RNG for every device
+    xp = backend.get_array_module(logits)
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if temperature == 0:
+        return logits.argmax(axis=-1)
+    logits = logits / temperature
+    if top_k is not None:
+        k = min(int(top_k), logits.shape[-1])
+        if k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
+        kth = xp.sort(logits, axis=-1)[:, -k][:, None]  # (B, 1): the k-th largest logit of each row
+        logits = xp.where(logits < kth, -xp.inf, logits)
+    probs = F.softmax(Tensor(logits), axis=-1).data  # (B, V)
+    u = backend.generator().random(probs.shape[0])  # (B,)
+    cdf = probs.cumsum(axis=-1)
+    return xp.minimum((cdf < u[:, None] * cdf[:, -1:]).sum(axis=-1), probs.shape[-1] - 1)  # (B,)
+
+
+def generate_loop(model: Module, idx: Any, max_new_tokens: int, temperature: float, top_k: int | None,
+                  block_size: int | None) -> Any:
+    """The sampling loop shared by the models: crop, forward, take the last position, sample, append."""
+    as_tensor = isinstance(idx, Tensor)
+    idx = backend.unwrap(idx)
+    xp = backend.get_array_module(idx)
+    idx = xp.asarray(idx, dtype="int64")
+    for _ in range(max_new_tokens):
+        idx_cond = idx if block_size is None else idx[:, -block_size:]  # (B, <= block_size)
+        logits, _ = model(idx_cond)
+        nxt = sample_next(logits.data[:, -1, :], temperature, top_k)  # (B,)
+        idx = xp.concatenate([idx, xp.asarray(nxt, dtype="int64")[:, None]], axis=1)  # (B, T + 1)
+    return Tensor(idx) if as_tensor else idx

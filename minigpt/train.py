@@ -1,0 +1,409 @@
+"""Training a character-level language model on a text, nanoGPT's way.
+
+    text -> CharTokenizer -> ids -> 90/10 split
+    repeat max_iters times:
+        lr  = warmup + cosine schedule
+        x, y = random (batch_size, block_size) chunks of the training ids
+        loss = model(x, y); backward; clip the gradient norm; AdamW step
+        every eval_interval: mean train/val loss over eval_iters batches, checkpoints, metrics row
+    finally: the loss over the WHOLE validation split, and a sample of generated text.
+
+A run writes into ``out_dir``: ``best.npz`` (lowest val loss so far), ``latest.npz`` (where to
+resume from) and ``metrics.csv`` (one row per evaluation). A resumed run restores the
+weights, the optimizer, the iteration and every random generator, so it ends exactly where
+an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy
+
+import minigpt
+from minigpt import backend, checkpoint, optim
+from minigpt import functional as F
+from minigpt.data import CharTokenizer, atomic_write_bytes, get_batch, load_text, train_val_split
+from minigpt.nn import GPT, BigramLanguageModel, GPTConfig, Module
+from minigpt.tensor import no_grad
+
+# nanoGPT's recipes. CPU: its README's laptop command for shakespeare_char; GPU: config/train_shakespeare_char.py.
+CPU_PRESET = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, max_iters=2000,
+                  lr_decay_iters=2000, dropout=0.0, eval_iters=20)
+GPU_PRESET = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=64, max_iters=5000,
+                  lr_decay_iters=5000, dropout=0.2, eval_iters=200)
+# the notebook's bigram: a (V, V) table, short contexts, a higher rate for a table that starts at N(0, 1)
+BIGRAM_PRESET = dict(block_size=8, batch_size=32, max_iters=3000, lr_decay_iters=3000, learning_rate=1e-2,
+                     min_lr=1e-3, warmup_iters=0, weight_decay=0.0, eval_iters=50)
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a run; the field names are nanoGPT's (and the command-line flags)."""
+
+    device: str = "cpu"  # cpu | cuda | auto
+    data: str | None = None  # text file; else $MINIGPT_DATA; else the download cache
+    out_dir: str = "out"
+    resume: bool = False
+    model: str = "gpt"  # gpt | bigram
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    block_size: int = 64
+    batch_size: int = 12
+    dropout: float = 0.0
+    bias: bool = True
+    max_iters: int = 2000
+    learning_rate: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_iters: int = 100
+    lr_decay_iters: int = 2000
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0  # 0 disables clipping
+    eval_interval: int = 250
+    eval_iters: int = 20
+    log_interval: int = 100  # iterations between progress lines when stderr is not a terminal
+    seed: int = 1337
+    dtype: str = "float32"  # float32 | float64
+    sample_chars: int = 500  # characters of text generated at the end
+
+    @classmethod
+    def preset(cls, device: str | None = None, model: str | None = None, **overrides: Any) -> TrainConfig:
+        """The CPU preset, the GPU preset (device "cuda") or the bigram preset, then the
+        ``overrides`` that are not None."""
+        device, model = device or "cpu", model or "gpt"
+        values: dict[str, Any] = dict(GPU_PRESET if device == "cuda" else CPU_PRESET)
+        if model == "bigram":
+            values.update(BIGRAM_PRESET)
+        values.update(device=device, model=model)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first setting that is out of range or inconsistent."""
+        positive = ["n_layer", "n_head", "n_embd", "block_size", "batch_size", "max_iters", "eval_interval",
+                    "eval_iters", "log_interval"]
+        for name in positive:
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"--{name} must be a positive integer, got {getattr(self, name)}")
+        for name in ("learning_rate", "min_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name} must be positive, got {getattr(self, name)}")
+        for name in ("warmup_iters", "lr_decay_iters", "sample_chars"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"--{name} must not be negative, got {getattr(self, name)}")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError("--weight_decay and --grad_clip must not be negative")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"--{name} must lie in [0, 1), got {getattr(self, name)}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"--dropout must lie in [0, 1), got {self.dropout}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"--n_embd ({self.n_embd}) must be divisible by --n_head ({self.n_head})")
+        if self.model not in ("gpt", "bigram"):
+            raise ValueError(f"--model must be gpt or bigram, got {self.model!r}")
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"--dtype must be float32 or float64, got {self.dtype!r}")
+        if self.device not in ("cpu", "cuda", "auto"):
+            raise ValueError(f"--device must be cpu, cuda or auto, got {self.device!r}")
+
+
+@dataclass
+class TrainResult:
+    iterations: int
+    best_val_loss: float
+    full_val_loss: float | None
+    wall_time_s: float
+    sample: str
+    interrupted: bool
+    out_dir: Path
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (the loss became NaN or infinite...)."""
+
+
+# ----------------------------------------------------------------------------- building blocks
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if "cuda" in backend.available_devices() else "cpu"
+    backend.xp_for(device)  # a clear DeviceError when cuda is asked for and missing
+    return device
+
+
+def resolve_data_path(data: str | None) -> str | None:
+    """--data, else $MINIGPT_DATA, else None (meaning: the download cache)."""
+    return data or os.environ.get("MINIGPT_DATA") or None
+
+
+def build_model(cfg: TrainConfig, vocab_size: int) -> Module:
+    if cfg.model == "bigram":
+        return BigramLanguageModel(vocab_size)
+    return GPT(GPTConfig(block_size=cfg.block_size, vocab_size=vocab_size, n_layer=cfg.n_layer,
+                         n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias))
+
+
+def build_optimizer(model: Module, cfg: TrainConfig) -> optim.AdamW:
+    """nanoGPT's AdamW: weight decay on the 2-D weights (matmuls, embeddings), none on biases
+    and layer-norm gains."""
+    params = list(model.parameters())
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2))
+
+
+@no_grad()
+def estimate_loss(model: Module, ids: numpy.ndarray, cfg: TrainConfig, rng: numpy.random.Generator) -> float:
+    """Mean loss over ``eval_iters`` random batches (in eval mode: no dropout)."""
+    was_training = model.training
+    model.eval()
+    losses = []
+    for _ in range(cfg.eval_iters):
+        x, y = get_batch(ids, cfg.batch_size, cfg.block_size, rng)
+        losses.append(model(x, y)[1].item())
+    model.train(was_training)
+    return float(numpy.mean(losses))
+
+
+@no_grad()
+def split_loss(model: Module, ids: Any, block_size: int, batch_rows: int = 64) -> float:
+    """The mean loss over EVERY token of ``ids``: the text is cut into consecutive chunks of
+    block_size (the last may be shorter) and each token is predicted from the tokens before
+    it in its chunk, so every one of the len(ids) - 1 targets is scored exactly once."""
+    was_training = model.training
+    model.eval()
+    ids = numpy.asarray(ids)
+    n = len(ids) - 1  # number of (input, target) pairs
+    full = n // block_size
+    total = 0.0
+    starts = numpy.arange(full) * block_size
+    for i in range(0, full, batch_rows):
+        offs = starts[i:i + batch_rows, None] + numpy.arange(block_size)  # (rows, T)
+        total += _sum_loss(model, ids[offs], ids[offs + 1])
+    rest = n - full * block_size
+    if rest:
+        s = full * block_size
+        total += _sum_loss(model, ids[None, s:s + rest], ids[None, s + 1:s + 1 + rest])
+    model.train(was_training)
+    return total / n
+
+
+def _sum_loss(model: Module, x: numpy.ndarray, y: numpy.ndarray) -> float:
+    logits, _ = model(x)  # (rows, T, V)
+    y = backend.move(y, logits.device)
+    return float(F.cross_entropy(logits, y.reshape(logits.shape[:-1]), reduction="sum").item())
+
+
+class Progress:
+    """One status line: iteration, loss, tokens/s and time left (redrawn on a terminal,
+    printed every log_interval iterations otherwise)."""
+
+    def __init__(self, total: int, tokens_per_iter: int, log_interval: int, stream: Any = None) -> None:
+        self.total, self.tokens_per_iter, self.log_interval = total, tokens_per_iter, log_interval
+        self.stream = stream or sys.stderr
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self.step_time: float | None = None
+        self.last_draw = 0.0
+
+    def update(self, it: int, loss: float, dt: float) -> None:
+        self.step_time = dt if self.step_time is None else 0.9 * self.step_time + 0.1 * dt
+        now = time.time()
+        if self.tty and now - self.last_draw < 0.1 and it + 1 < self.total:
+            return
+        if not self.tty and (it + 1) % self.log_interval and it + 1 < self.total:
+            return
+        self.last_draw = now
+        done = (it + 1) / self.total
+        bar = "#" * int(20 * done) + "." * (20 - int(20 * done))
+        left = self.step_time * (self.total - it - 1)
+        line = (f"[{bar}] iter {it + 1}/{self.total} | loss {loss:.4f} | "
+                f"{self.tokens_per_iter / self.step_time:,.0f} tok/s | {_fmt_time(left)} left")
+        if self.tty:
+            self.stream.write("\r" + line + "\033[K")
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def end_line(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _fmt_time(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+METRICS_FIELDS = ["iter", "train_loss", "val_loss", "lr", "elapsed_s", "tokens_per_s"]
+
+
+def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=METRICS_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_bytes(path, buf.getvalue().encode())
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# ----------------------------------------------------------------------------- the run
+def train(cfg: TrainConfig, *, log: Callable[[str], None] = print,
+          should_stop: Callable[[], bool] = lambda: False) -> TrainResult:
+    """Train as ``cfg`` says, writing checkpoints and metrics into ``cfg.out_dir``.
+
+    ``should_stop`` is asked after every step; when it says True the run saves ``latest.npz``
+    and returns (``interrupted=True``); ``--resume`` continues from there.
+    """
+    cfg.validate()
+    start = time.time()
+    out_dir = Path(cfg.out_dir)
+    device = resolve_device(cfg.device)
+    dtype = numpy.dtype(cfg.dtype)
+
+    text = load_text(resolve_data_path(cfg.data))
+    tokenizer = CharTokenizer.from_text(text)
+    train_ids, val_ids = train_val_split(tokenizer.encode(text))
+    if len(val_ids) <= cfg.block_size:
+        raise ValueError(f"the text is too short for block_size {cfg.block_size}: its validation split "
+                         f"has {len(val_ids)} characters, it needs more than {cfg.block_size}")
+
+    minigpt.manual_seed(cfg.seed)
+    batch_rng = numpy.random.default_rng(cfg.seed)
+    model = build_model(cfg, tokenizer.vocab_size).to(device, dtype)
+    optimizer = build_optimizer(model, cfg)
+    it, best_val, evaluated_at, metrics = 0, math.inf, -1, []
+
+    if cfg.resume:
+        it, best_val, evaluated_at, metrics = _restore(out_dir / checkpoint.LATEST, model, optimizer,
+                                                       tokenizer, batch_rng, device, log)
+    model.train()
+    n_params = model.num_params()
+    log(f"model: {cfg.model}, {n_params:,} parameters ({n_params / 1e6:.2f}M), device {device}, {cfg.dtype}")
+    log(f"data: {len(train_ids):,} training and {len(val_ids):,} validation tokens, vocabulary {tokenizer.vocab_size}")
+
+    def save(name: str, evaluated: bool) -> None:
+        checkpoint.save(out_dir / name, model, optimizer=optimizer, tokenizer=tokenizer,
+                        iter_num=it, best_val_loss=best_val, evaluated=evaluated,
+                        rng=backend.get_rng_state(), batch_rng=batch_rng.bit_generator.state,
+                        train_config=dataclasses.asdict(cfg))
+
+    progress = Progress(cfg.max_iters, cfg.batch_size * cfg.block_size, cfg.log_interval)
+    interrupted = False
+    while True:
+        lr = optim.cosine_lr(it, lr=cfg.learning_rate, min_lr=cfg.min_lr, warmup_iters=cfg.warmup_iters,
+                             lr_decay_iters=cfg.lr_decay_iters)
+        if (it % cfg.eval_interval == 0 or it == cfg.max_iters) and evaluated_at != it:
+            losses = {s: estimate_loss(model, ids, cfg, batch_rng) for s, ids in (("train", train_ids), ("val", val_ids))}
+            progress.end_line()
+            elapsed = time.time() - start
+            log(f"step {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+            metrics.append({"iter": it, "train_loss": f"{losses['train']:.6f}", "val_loss": f"{losses['val']:.6f}",
+                            "lr": f"{lr:.6g}", "elapsed_s": f"{elapsed:.1f}",
+                            "tokens_per_s": f"{cfg.batch_size * cfg.block_size / progress.step_time:.0f}"
+                            if progress.step_time else ""})
+            evaluated_at = it
+            if losses["val"] < best_val:
+                best_val = losses["val"]
+                save(checkpoint.BEST, evaluated=True)
+            save(checkpoint.LATEST, evaluated=True)
+            write_metrics(out_dir / "metrics.csv", metrics)
+        if it >= cfg.max_iters:
+            break
+
+        t0 = time.time()
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        x, y = get_batch(train_ids, cfg.batch_size, cfg.block_size, batch_rng)
+        _, loss = model(x, y)
+        optimizer.zero_grad()
+        loss.backward()
+        if cfg.grad_clip > 0:
+            optim.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        lossf = loss.item()
+        if not math.isfinite(lossf):
+            progress.end_line()
+            raise TrainingError(f"the loss became {lossf} at iteration {it}; stopping. The last good "
+                                f"checkpoints are kept in {out_dir}")
+        progress.update(it, lossf, time.time() - t0)
+        it += 1
+        if should_stop() and it < cfg.max_iters:
+            progress.end_line()
+            save(checkpoint.LATEST, evaluated=False)
+            log(f"stopped at iteration {it}: saved {out_dir / checkpoint.LATEST}; continue with --resume")
+            interrupted = True
+            break
+
+    full_val = sample = None
+    if not interrupted:
+        full_val = split_loss(model, val_ids, cfg.block_size)
+        log(f"val loss over the whole validation split ({len(val_ids) - 1:,} tokens): {full_val:.4f}")
+        sample = generate_text(model, tokenizer, "\n", cfg.sample_chars)
+        if cfg.sample_chars:
+            log("sample:\n" + sample)
+    wall = time.time() - start
+    log(f"done in {_fmt_time(wall)}; checkpoints and metrics in {out_dir}")
+    return TrainResult(it, best_val, full_val, wall, sample or "", interrupted, out_dir)
+
+
+def resume_config(out_dir: str | os.PathLike, **overrides: Any) -> TrainConfig:
+    """The settings a run in ``out_dir`` was started with (from its latest.npz), with
+    ``overrides`` (the flags given again, such as a larger --max_iters) on top."""
+    ckpt = checkpoint.load(Path(out_dir) / checkpoint.LATEST)
+    saved = {k: v for k, v in ckpt.state.get("train_config", {}).items() if k in TrainConfig.__dataclass_fields__}
+    saved.update({k: v for k, v in overrides.items() if v is not None})
+    saved.update(out_dir=str(out_dir), resume=True)
+    return TrainConfig(**saved)
+
+
+def _restore(path: Path, model: Module, optimizer: optim.AdamW, tokenizer: CharTokenizer,
+             batch_rng: numpy.random.Generator, device: str, log: Callable[[str], None]) -> tuple:
+    """Put a run back exactly as ``latest.npz`` left it."""
+    ckpt = checkpoint.load(path, device=device)
+    if ckpt.tokenizer is not None and ckpt.tokenizer != tokenizer:
+        raise checkpoint.CheckpointError(f"{path} was trained on a text with another vocabulary")
+    try:
+        model.load_state_dict(ckpt.model.state_dict())
+    except RuntimeError as e:
+        raise checkpoint.CheckpointError(f"{path} does not fit the model these flags describe: {e}") from e
+    if ckpt.optimizer_state is not None:
+        optimizer.load_state_dict(ckpt.optimizer_state)
+    st = ckpt.state
+    backend.set_rng_state(st["rng"])
+    batch_rng.bit_generator.state = st["batch_rng"]
+    it = int(st["iter_num"])
+    log(f"resuming from {path} at iteration {it}")
+    metrics = [r for r in read_metrics(path.parent / "metrics.csv") if int(r["iter"]) <= it]
+    return it, float(st["best_val_loss"]), it if st.get("evaluated") else -1, metrics
+
+
+def generate_text(model: Module, tokenizer: CharTokenizer, prompt: str, n_chars: int,
+                  temperature: float = 0.8, top_k: int | None = 200) -> str:
+    """``prompt`` followed by ``n_chars`` sampled characters."""
+    if n_chars <= 0:
+        return prompt
+    idx = tokenizer.encode(prompt)[None, :]  # (1, T)
+    out = model.generate(idx, n_chars, temperature=temperature, top_k=top_k)
+    return tokenizer.decode(backend.to_numpy(out)[0])

@@ -1,0 +1,166 @@
+"""Training end to end on the real text: the loss falls, a stopped run resumes bit-identically,
+the whole-split loss is what it claims, and the command line works."""
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from minigpt import checkpoint, nn
+from minigpt.data import CharTokenizer
+from minigpt.train import TrainConfig, read_metrics, resume_config, split_loss, train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny(tmp_path, data, **kw):
+    cfg = dict(data=data, out_dir=str(tmp_path / "run"), n_layer=1, n_head=2, n_embd=16, block_size=16,
+               batch_size=8, max_iters=40, lr_decay_iters=40, warmup_iters=5, learning_rate=3e-3,
+               eval_interval=20, eval_iters=4, sample_chars=30)
+    cfg.update(kw)
+    return TrainConfig.preset(**cfg)
+
+
+def quiet(msg):
+    pass
+
+
+def test_short_training_run_on_the_real_text_lowers_the_loss(tmp_path, shakespeare_path):
+    result = train(tiny(tmp_path, shakespeare_path), log=quiet)
+    rows = read_metrics(result.out_dir / "metrics.csv")
+    assert [int(r["iter"]) for r in rows] == [0, 20, 40]
+    first, last = float(rows[0]["val_loss"]), float(rows[-1]["val_loss"])
+    assert first == pytest.approx(math.log(65), abs=0.15)
+    assert last < first - 0.6
+    assert result.full_val_loss is not None and abs(result.full_val_loss - last) < 0.15
+    assert len(result.sample) == 31
+    assert (result.out_dir / "best.npz").exists() and (result.out_dir / "latest.npz").exists()
+    ck = checkpoint.load(result.out_dir)
+    assert ck.state["iter_num"] == 40 and ck.tokenizer.vocab_size == 65
+
+
+def test_interrupted_then_resumed_run_is_bit_identical(tmp_path, shakespeare_path):
+    kw = dict(dropout=0.1, max_iters=30, lr_decay_iters=30, eval_interval=10)
+    straight = train(tiny(tmp_path / "a", shakespeare_path, **kw), log=quiet)
+
+    calls = {"n": 0}
+
+    def stop_at_13():
+        calls["n"] += 1
+        return calls["n"] == 13
+
+    first = train(tiny(tmp_path / "b", shakespeare_path, **kw), log=quiet, should_stop=stop_at_13)
+    assert first.interrupted and first.iterations == 13
+    resumed = train(resume_config(tmp_path / "b" / "run"), log=quiet)
+    assert not resumed.interrupted and resumed.iterations == 30
+
+    a = checkpoint.load(straight.out_dir / "latest.npz")
+    b = checkpoint.load(resumed.out_dir / "latest.npz")
+    for (ka, va), (kb, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert ka == kb
+        np.testing.assert_array_equal(va, vb)
+    for i, st in a.optimizer_state["state"].items():
+        np.testing.assert_array_equal(st["exp_avg"], b.optimizer_state["state"][i]["exp_avg"])
+    assert a.state["rng"] == b.state["rng"] and a.state["batch_rng"] == b.state["batch_rng"]
+    strip = lambda rows: [{k: r[k] for k in ("iter", "train_loss", "val_loss", "lr")} for r in rows]  # noqa: E731
+    assert strip(read_metrics(straight.out_dir / "metrics.csv")) == strip(read_metrics(resumed.out_dir / "metrics.csv"))
+    assert straight.full_val_loss == resumed.full_val_loss
+    assert straight.sample == resumed.sample
+
+
+def test_split_loss_scores_every_token_once():
+    # for a bigram model the loss of a token does not depend on its context, so the whole-split
+    # loss must equal the mean of -log p(next | current) over all consecutive pairs
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 7, 103)
+    m = nn.BigramLanguageModel(7)
+    table = m.token_embedding_table.weight.data.astype(np.float64)
+    logp = table - np.log(np.exp(table).sum(-1, keepdims=True))
+    expected = -logp[ids[:-1], ids[1:]].mean()
+    assert split_loss(m, ids, block_size=10, batch_rows=4) == pytest.approx(expected, rel=1e-5)
+    assert split_loss(m, ids, block_size=102) == pytest.approx(expected, rel=1e-5)
+
+
+def test_split_loss_of_a_gpt_matches_a_direct_computation():
+    rng = np.random.default_rng(1)
+    ids = rng.integers(0, 9, 50)
+    m = nn.GPT(nn.GPTConfig(block_size=8, vocab_size=9, n_layer=1, n_head=1, n_embd=8)).eval()
+    total, n = 0.0, 0
+    for s in range(0, 49, 8):  # consecutive chunks, the last one shorter
+        x, y = ids[s:min(s + 8, 49)], ids[s + 1:min(s + 9, 50)]
+        logits = m(x[None])[0].data[0].astype(np.float64)
+        logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        total -= logp[np.arange(len(y)), y].sum()
+        n += len(y)
+    assert n == 49
+    assert split_loss(m, ids, block_size=8) == pytest.approx(total / n, rel=1e-5)
+
+
+def test_bigram_training(tmp_path, shakespeare_path):
+    cfg = TrainConfig.preset(model="bigram", data=shakespeare_path, out_dir=str(tmp_path / "bigram"),
+                             max_iters=300, lr_decay_iters=300, eval_interval=150, sample_chars=0)
+    assert cfg.block_size == 8 and cfg.batch_size == 32  # the bigram preset
+    result = train(cfg, log=quiet)
+    assert result.full_val_loss < 3.3
+
+
+def test_presets_follow_nanogpt():
+    cpu = TrainConfig.preset()
+    assert (cpu.n_layer, cpu.n_head, cpu.n_embd, cpu.block_size, cpu.batch_size, cpu.max_iters) == (4, 4, 128, 64, 12, 2000)
+    assert (cpu.learning_rate, cpu.min_lr, cpu.warmup_iters, cpu.beta2, cpu.weight_decay, cpu.grad_clip,
+            cpu.dropout, cpu.lr_decay_iters) == (1e-3, 1e-4, 100, 0.99, 0.1, 1.0, 0.0, 2000)
+    gpu = TrainConfig.preset(device="cuda")
+    assert (gpu.n_layer, gpu.n_head, gpu.n_embd, gpu.block_size, gpu.batch_size, gpu.max_iters, gpu.dropout) == \
+        (6, 6, 384, 256, 64, 5000, 0.2)
+    assert TrainConfig.preset(n_layer=2, dropout=None).n_layer == 2
+
+
+def run_cli(script, *args, env_extra=None):
+    env = dict(os.environ, PYTHONPATH=str(REPO), **(env_extra or {}))
+    return subprocess.run([sys.executable, str(REPO / "examples" / script), *args], capture_output=True,
+                          text=True, env=env, timeout=300)
+
+
+def test_command_lines_train_and_sample(tmp_path, shakespeare_path):
+    out = tmp_path / "cli"
+    r = run_cli("train_shakespeare.py", "--out_dir", str(out), "--max_iters", "10", "--eval_interval", "5",
+                "--n_layer", "1", "--n_embd", "16", "--n_head", "2", "--eval_iters", "2", "--sample_chars", "20",
+                env_extra={"MINIGPT_DATA": shakespeare_path})
+    assert r.returncode == 0, r.stderr
+    assert "val loss over the whole validation split" in r.stdout and "step 10:" in r.stdout
+    assert "iter 10/10" in r.stderr  # the progress line
+    r = run_cli("sample.py", "--out_dir", str(out), "--start", "ROMEO:", "--num_samples", "2",
+                "--max_new_tokens", "15", "--seed", "3")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("ROMEO:") == 2
+    again = run_cli("sample.py", "--out_dir", str(out), "--start", "ROMEO:", "--num_samples", "2",
+                    "--max_new_tokens", "15", "--seed", "3")
+    assert again.stdout == r.stdout
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("JULIET:\n")
+    r = run_cli("sample.py", "--out_dir", str(out), "--start", f"FILE:{prompt}", "--max_new_tokens", "5")
+    assert r.returncode == 0 and r.stdout.startswith("JULIET:\n")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--n_embd", "30", "--n_head", "4"], "divisible"),
+    (["--max_iters", "0"], "--max_iters must be a positive integer"),
+    (["--dropout", "1.5"], "--dropout must lie in [0, 1)"),
+    (["--device", "tpu"], "--device must be cpu, cuda or auto"),
+])
+def test_bad_flags_end_with_one_line_and_status_2(args, message, shakespeare_path):
+    r = run_cli("train_shakespeare.py", *args, env_extra={"MINIGPT_DATA": shakespeare_path})
+    assert r.returncode == 2
+    assert message in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_tokenizer_survives_in_checkpoint_for_sampling(tmp_path):
+    tok = CharTokenizer.from_text("abc\n")
+    checkpoint.save(tmp_path / "best.npz", nn.BigramLanguageModel(4), tokenizer=tok)
+    r = run_cli("sample.py", "--out_dir", str(tmp_path), "--start", "abz")
+    assert r.returncode == 2 and "'z'" in r.stderr and "Traceback" not in r.stderr
