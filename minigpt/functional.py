@@ -28,6 +28,7 @@ def _data(x: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------- embedding
+_ONE_HOT_LIMIT = 1 << 22  # up to V * N = 4M, a one-hot matmul beats add.at's scatter by far
 class Embedding(Function):
     """out[*, :] = weight[idx[*], :]: row lookup.
 
@@ -53,8 +54,13 @@ class Embedding(Function):
         xp = backend.get_array_module(dout)
         V, C = self.weight_shape
         # forward: out[n] = weight[idx[n]]  =>  dweight[idx[n]] += dout[n]
+        flat, rows = idx.reshape(-1), dout.reshape(-1, C)  # (N,), (N, C)
+        if V * flat.size <= _ONE_HOT_LIMIT:
+            # the scatter-add as one matmul: dweight = onehot(idx)ᵀ @ dout, (V, N) @ (N, C) -> (V, C)
+            one_hot_t = (xp.arange(V)[:, None] == flat[None, :]).astype(self.dtype)  # (V, N)
+            return None, one_hot_t @ rows
         dweight = xp.zeros((V, C), dtype=self.dtype)
-        xp.add.at(dweight, idx.reshape(-1), dout.reshape(-1, C))
+        xp.add.at(dweight, flat, rows)
         return None, dweight
 
 
@@ -106,23 +112,29 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 
 
 # ----------------------------------------------------------------------------- softmax
-def _softmax(x: Any, axis: int) -> Any:
-    """softmax along ``axis``, stable: subtracting the max changes nothing but keeps exp ≤ 1."""
+def _softmax(x: Any, axis: int, out: Any = None) -> Any:
+    """softmax along ``axis``, stable: subtracting the max changes nothing but keeps exp ≤ 1.
+
+    With ``out=x`` it overwrites x (one buffer, no temporaries the size of x).
+    """
     xp = backend.get_array_module(x)
-    y = x - x.max(axis=axis, keepdims=True)
+    y = xp.subtract(x, x.max(axis=axis, keepdims=True), out=out)
     xp.exp(y, out=y)
     y /= y.sum(axis=axis, keepdims=True)
     return y
 
 
-def _softmax_backward(y: Any, dy: Any, axis: int) -> Any:
+def _softmax_backward(y: Any, dy: Any, axis: int, inplace: bool = False) -> Any:
     """forward: y = softmax(x)  =>  dx = y * (dy - sum(y * dy)).
 
     Because dy_i/dx_j = y_i (δ_ij - y_j):  dx_j = sum_i dy_i y_i (δ_ij - y_j)
                                               = y_j (dy_j - sum_i y_i dy_i).
+    With ``inplace`` the result overwrites dy.
     """
-    dx = y * dy
-    dx -= y * dx.sum(axis=axis, keepdims=True)
+    s = (y * dy).sum(axis=axis, keepdims=True)
+    dx = dy if inplace else dy.copy()
+    dx -= s
+    dx *= y
     return dx
 
 
@@ -205,11 +217,12 @@ class CrossEntropy(Function):
         if t.size and (int(t.min()) < 0 or int(t.max()) >= V):
             raise IndexError(f"cross_entropy: target out of range: targets must lie in [0, {V}) or be ignore_index")
         rows = xp.arange(z.shape[0])
-        p = _softmax(z, axis=-1)  # (N, V)
-        # logsumexp(z) - z[t] = -log p[t]; computed from z, not log(p), so p[t] = 0 stays finite
-        zmax = z.max(axis=-1)
-        lse = zmax + xp.log(xp.exp(z - zmax[:, None]).sum(axis=-1))  # (N,)
-        nll = (lse - z[rows, t]) * counted  # (N,), 0 where ignored
+        shifted = z - z.max(axis=-1, keepdims=True)  # (N, V), every row's max is 0
+        p = xp.exp(shifted)
+        total = p.sum(axis=-1, keepdims=True)  # (N, 1), in [1, V]
+        p /= total  # softmax(z)
+        # -log p[t] = log(sum exp) - shifted[t]: from the shifted logits, not log(p), so p[t] = 0 stays finite
+        nll = (xp.log(total[:, 0]) - shifted[rows, t]) * counted  # (N,), 0 where ignored
         self.saved = (p, t, counted)
         self.reduction, self.targets_shape = reduction, targets.shape
         if reduction == "none":
@@ -226,7 +239,7 @@ class CrossEntropy(Function):
         xp = backend.get_array_module(p)
         rows = xp.arange(p.shape[0])
         # forward: loss_n = logsumexp(z_n) - z_n[t_n]  =>  dz_n = (p_n - onehot(t_n)) * dloss_n
-        dz = p.copy()
+        dz = p  # p is not needed after this: reuse its buffer
         dz[rows, t] -= 1
         if self.reduction == "none":
             scale = (dloss.reshape(-1) * counted)[:, None]  # (N, 1)
@@ -370,9 +383,58 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
 
 
 # ----------------------------------------------------------------------------- attention
+_MASKS: dict[tuple, Any] = {}
+
+
 def causal_mask(T_q: int, T_k: int, xp: Any) -> Any:
     """(T_q, T_k) bool, True where query i may look at key j (j <= i), as torch's is_causal."""
     return xp.tril(xp.ones((T_q, T_k), dtype=bool))
+
+
+def _additive_causal_mask(T_q: int, T_k: int, xp: Any, dtype: Any) -> Any:
+    """(T_q, T_k): 0 where query i may look at key j, -inf where it may not (cached)."""
+    key = (T_q, T_k, xp.__name__, str(dtype))
+    if key not in _MASKS:
+        _MASKS[key] = xp.where(causal_mask(T_q, T_k, xp), 0.0, -math.inf).astype(dtype)
+    return _MASKS[key]
+
+
+def attention_forward(q: Any, k: Any, v: Any, is_causal: bool, dropout_p: float, scale: float) -> tuple:
+    """The math of attention on arrays: returns y (B, nh, T, hs), att (B, nh, T, S) and the
+    dropout mask (or None), which backward needs. See ScaledDotProductAttention."""
+    xp = backend.get_array_module(q)
+    T, S = q.shape[-2], k.shape[-2]
+    att = q @ xp.swapaxes(k, -1, -2)  # (B, nh, T, hs) @ (B, nh, hs, S) -> (B, nh, T, S)
+    att *= scale
+    if is_causal:
+        att += _additive_causal_mask(T, S, xp, att.dtype)  # -inf above the diagonal
+    _softmax(att, axis=-1, out=att)  # in place; masked entries become exactly 0
+    drop = att_d = None
+    if dropout_p > 0.0:
+        drop = _dropout_mask(att, dropout_p)
+        att_d = att * drop
+    y = (att if att_d is None else att_d) @ v  # (B, nh, T, S) @ (B, nh, S, hs) -> (B, nh, T, hs)
+    return y, att, drop
+
+
+def attention_backward(dy: Any, q: Any, k: Any, v: Any, att: Any, drop: Any, scale: float,
+                       out: tuple[Any, Any, Any] | None = None) -> tuple[Any, Any, Any]:
+    """dq, dk, dv from dy (B, nh, T, hs); written into ``out`` (three arrays) when given."""
+    xp = backend.get_array_module(dy)
+    dq_out, dk_out, dv_out = out if out is not None else (None, None, None)
+    att_d = att if drop is None else att * drop
+    # forward: y = att_d @ v
+    dv = xp.matmul(xp.swapaxes(att_d, -1, -2), dy, out=dv_out)  # (B, nh, S, T) @ (B, nh, T, hs) -> (B, nh, S, hs)
+    datt = dy @ xp.swapaxes(v, -1, -2)  # (B, nh, T, hs) @ (B, nh, hs, S) -> (B, nh, T, S)
+    # forward: att_d = att * drop
+    if drop is not None:
+        datt *= drop
+    # forward: att = softmax(scale * q @ kᵀ + mask)  (masked entries: att = 0, so ds = 0 there)
+    ds = _softmax_backward(att, datt, axis=-1, inplace=True)
+    ds *= scale
+    dq = xp.matmul(ds, k, out=dq_out)  # (B, nh, T, S) @ (B, nh, S, hs) -> (B, nh, T, hs)
+    dk = xp.matmul(xp.swapaxes(ds, -1, -2), q, out=dk_out)  # (B, nh, S, T) @ (B, nh, T, hs) -> (B, nh, S, hs)
+    return dq, dk, dv
 
 
 class ScaledDotProductAttention(Function):
@@ -380,7 +442,8 @@ class ScaledDotProductAttention(Function):
 
     q (B, nh, T, hs), k and v (B, nh, S, hs) -> y (B, nh, T, hs). Forward:
         att = q @ kᵀ * s                     (B, nh, T, S)
-        att = softmax(masked att)            masked entries become exactly 0
+        att = softmax(att + mask)            mask: 0 on and below the diagonal, -inf above,
+                                             so masked entries become exactly 0
         att_d = att * drop                   (drop: inverted-dropout mask, when dropout_p > 0)
         y = att_d @ v
     Backward, in reverse:
@@ -393,38 +456,14 @@ class ScaledDotProductAttention(Function):
 
     def forward(self, q: Any, k: Any, v: Any, is_causal: bool = True, dropout_p: float = 0.0,
                 scale: float | None = None) -> Any:
-        xp = backend.get_array_module(q)
-        T, S, hs = q.shape[-2], k.shape[-2], q.shape[-1]
-        self.scale = 1.0 / math.sqrt(hs) if scale is None else scale
-        att = q @ xp.swapaxes(k, -1, -2)  # (B, nh, T, hs) @ (B, nh, hs, S) -> (B, nh, T, S)
-        att *= self.scale
-        if is_causal:
-            att = xp.where(causal_mask(T, S, xp), att, -math.inf)
-        att = _softmax(att, axis=-1)  # (B, nh, T, S)
-        drop = None
-        att_d = att
-        if dropout_p > 0.0:
-            drop = _dropout_mask(att, dropout_p)
-            att_d = att * drop
+        self.scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+        y, att, drop = attention_forward(q, k, v, is_causal, dropout_p, self.scale)
         self.saved = (q, k, v, att, drop)
-        return att_d @ v  # (B, nh, T, S) @ (B, nh, S, hs) -> (B, nh, T, hs)
+        return y
 
     def backward(self, dy: Any) -> tuple[Any, Any, Any]:
         q, k, v, att, drop = self.saved
-        xp = backend.get_array_module(dy)
-        att_d = att if drop is None else att * drop
-        # forward: y = att_d @ v
-        dv = xp.swapaxes(att_d, -1, -2) @ dy  # (B, nh, S, T) @ (B, nh, T, hs) -> (B, nh, S, hs)
-        datt = dy @ xp.swapaxes(v, -1, -2)  # (B, nh, T, hs) @ (B, nh, hs, S) -> (B, nh, T, S)
-        # forward: att_d = att * drop
-        if drop is not None:
-            datt *= drop
-        # forward: att = softmax(s * q @ kᵀ)
-        ds = _softmax_backward(att, datt, axis=-1)
-        ds *= self.scale
-        dq = ds @ k  # (B, nh, T, S) @ (B, nh, S, hs) -> (B, nh, T, hs)
-        dk = xp.swapaxes(ds, -1, -2) @ q  # (B, nh, S, T) @ (B, nh, T, hs) -> (B, nh, S, hs)
-        return dq, dk, dv
+        return attention_backward(dy, q, k, v, att, drop, self.scale)
 
 
 def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, is_causal: bool = True,

@@ -19,6 +19,7 @@ from typing import Any
 
 from minigpt import backend
 from minigpt import functional as F
+from minigpt.fused import causal_self_attention
 from minigpt.nn.layers import Dropout, Embedding, LayerNorm, Linear
 from minigpt.nn.module import Module, ModuleDict, ModuleList
 from minigpt.tensor import Tensor, no_grad
@@ -57,14 +58,11 @@ class CausalSelfAttention(Module):
         self.n_head, self.n_embd = config.n_head, config.n_embd
 
     def forward(self, x: Tensor) -> Tensor:
-        B, T, C = x.shape
-        nh, hs = self.n_head, C // self.n_head
-        qkv = self.c_attn(x)  # (B, T, C) -> (B, T, 3C)
-        qkv = qkv.reshape(B, T, 3, nh, hs).transpose(2, 0, 3, 1, 4)  # -> (3, B, nh, T, hs)
-        q, k, v = qkv[0], qkv[1], qkv[2]  # each (B, nh, T, hs)
+        qkv = self.c_attn(x)  # (B, T, C) -> (B, T, 3C): queries, keys and values of every head
         p = self.attn_dropout_p if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)  # (B, nh, T, hs)
-        y = y.transpose(0, 2, 1, 3).reshape(B, T, C)  # re-assemble the heads side by side: (B, T, C)
+        # split into heads q, k, v (B, nh, T, hs), causal attention, heads side by side again (B, T, C);
+        # fused into one op: see minigpt/fused.py for the three-step version it equals
+        y = causal_self_attention(qkv, self.n_head, dropout_p=p)
         return self.resid_dropout(self.c_proj(y))
 
 

@@ -1,0 +1,214 @@
+"""Time one full training step (forward, backward, clip, AdamW) of the CPU preset, against PyTorch.
+
+    python benchmarks/bench_train.py                 # CPU preset: 4 layers, 4 heads, 128 wide, block 64, batch 12
+    python benchmarks/bench_train.py --rounds 9 --steps 20
+
+Reports, as medians over many steps after warm-up: ms/iter, tokens/s, and the share of the
+machine's float32 matrix-multiply speed the step reaches (6·params·tokens FLOPs against a GEMM
+timed in the same run). Where PyTorch is installed (pip install -e ".[bench]") it runs the same
+model, batch and optimizer in PyTorch eager, alternating with minigpt round by round so both see
+the same machine load, and prints the ratio minigpt / PyTorch. Peak memory of each is measured
+in a subprocess of its own (peak RSS, and its growth over the set-up).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+import minigpt  # noqa: E402
+from minigpt import optim  # noqa: E402
+from minigpt.nn import GPT, GPTConfig  # noqa: E402
+from minigpt.train import TrainConfig, build_optimizer  # noqa: E402
+
+
+def have_torch() -> bool:
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def make_batches(cfg: TrainConfig, n: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    starts = rng.integers(0, 100_000, (n, cfg.batch_size))
+    text = rng.integers(0, 65, 100_000 + cfg.block_size + 1)
+    out = []
+    for s in starts:
+        offs = s[:, None] + np.arange(cfg.block_size)
+        out.append((text[offs], text[offs + 1]))
+    return out
+
+
+class MinigptStep:
+    name = "minigpt"
+
+    def __init__(self, cfg: TrainConfig, model_cfg: GPTConfig):
+        minigpt.manual_seed(0)
+        self.model = GPT(model_cfg)
+        self.opt = build_optimizer(self.model, cfg)
+        self.cfg = cfg
+
+    def __call__(self, x, y) -> float:
+        _, loss = self.model(x, y)
+        self.opt.zero_grad()
+        loss.backward()
+        optim.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.opt.step()
+        return loss.item()
+
+
+class TorchStep:
+    name = "pytorch"
+
+    def __init__(self, cfg: TrainConfig, model_cfg: GPTConfig, threads: int):
+        import torch
+
+        from torch_gpt import TorchGPT, adamw_like_nanogpt
+
+        torch.set_num_threads(threads)
+        torch.manual_seed(0)
+        self.torch = torch
+        self.model = TorchGPT(model_cfg)
+        self.opt = adamw_like_nanogpt(self.model, cfg.learning_rate, (cfg.beta1, cfg.beta2), cfg.weight_decay)
+        self.cfg = cfg
+
+    def __call__(self, x, y) -> float:
+        torch = self.torch
+        _, loss = self.model(torch.from_numpy(x), torch.from_numpy(y))
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.opt.step()
+        return loss.item()
+
+
+def gemm_gflops(n: int = 1024, repeats: int = 7) -> float:
+    """float32 GEMM speed of this machine through NumPy's BLAS (median of ``repeats``)."""
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((n, n)).astype(np.float32) for _ in range(2))
+    a @ b
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def time_steps(step, batches, n: int, start: int) -> list[float]:
+    times = []
+    for i in range(n):
+        x, y = batches[(start + i) % len(batches)]
+        t0 = time.perf_counter()
+        step(x, y)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def memory_child(which: str, steps: int, threads: int) -> None:
+    """Run in a subprocess: build one framework's model, train ``steps`` steps, print peak RSS."""
+    cfg, mcfg = configs()
+    batches = make_batches(cfg, steps)
+    step = MinigptStep(cfg, mcfg) if which == "minigpt" else TorchStep(cfg, mcfg, threads)
+    base = rss_mb()
+    time_steps(step, batches, steps, 0)
+    print(json.dumps({"peak_mb": rss_mb(), "growth_mb": rss_mb() - base}))
+
+
+def measure_memory(which: str, steps: int, threads: int) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--memory-child", which, "--steps", str(steps),
+                          "--threads", str(threads)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def configs() -> tuple[TrainConfig, GPTConfig]:
+    cfg = TrainConfig.preset()
+    mcfg = GPTConfig(block_size=cfg.block_size, vocab_size=65, n_layer=cfg.n_layer, n_head=cfg.n_head,
+                     n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias)
+    return cfg, mcfg
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, NumPy {np.__version__}, "
+            f"load average {load:.2f}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=7, help="alternating rounds (minigpt, then pytorch)")
+    p.add_argument("--steps", type=int, default=15, help="timed steps per framework per round")
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="PyTorch intra-op threads")
+    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--memory-child", choices=["minigpt", "pytorch"], help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.memory_child:
+        memory_child(args.memory_child, args.steps, args.threads)
+        return
+
+    cfg, mcfg = configs()
+    tokens = cfg.batch_size * cfg.block_size
+    batches = make_batches(cfg, 64)
+    steps = [MinigptStep(cfg, mcfg)]
+    if not args.no_torch and have_torch():
+        steps.append(TorchStep(cfg, mcfg, args.threads))
+    n_params = steps[0].model.num_params()
+    print(f"machine: {machine()}")
+    print(f"model: CPU preset, {n_params:,} parameters, batch {cfg.batch_size} x block {cfg.block_size} "
+          f"= {tokens} tokens/step")
+    for s in steps:
+        time_steps(s, batches, args.warmup, 0)
+    times: dict[str, list[float]] = {s.name: [] for s in steps}
+    for r in range(args.rounds):
+        for s in steps:  # alternate, so both see the same machine load
+            times[s.name] += time_steps(s, batches, args.steps, r * args.steps)
+    gflops = gemm_gflops()
+    flops = 6 * n_params * tokens
+    print(f"float32 GEMM (1024³, NumPy BLAS): {gflops:.1f} GFLOP/s; a step is 6·params·tokens = "
+          f"{flops / 1e9:.2f} GFLOP, so the GEMM floor is {flops / gflops / 1e6:.1f} ms/iter")
+    med = {k: statistics.median(v) for k, v in times.items()}
+    for name, t in med.items():
+        q1, _, q3 = statistics.quantiles(times[name], n=4)
+        print(f"{name:8s}: {t * 1e3:7.2f} ms/iter (IQR {q1 * 1e3:.1f}-{q3 * 1e3:.1f}), {tokens / t:9,.0f} tokens/s, "
+              f"{flops / t / 1e9 / gflops:5.1%} of GEMM speed  [{len(times[name])} steps]")
+    if "pytorch" in med:
+        print(f"ratio minigpt / pytorch: {med['minigpt'] / med['pytorch']:.3f} (median step time)")
+    if not args.no_memory:
+        for name in med:
+            m = measure_memory(name, 20, args.threads)
+            print(f"peak memory {name:8s}: {m['peak_mb']:.0f} MB RSS, of which {m['growth_mb']:.0f} MB "
+                  f"grew during 20 training steps")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""Fused ops: one Function doing the work of several, for speed. Each has a composed,
+obvious twin built from the ops in functional.py, and a test holds the two equal.
+
+Legend: B batch, T time, C channels, nh heads, hs head size (C = nh * hs).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from minigpt import backend
+from minigpt.functional import _check_p, attention_backward, attention_forward
+from minigpt.tensor import Function, Tensor
+
+
+class CausalSelfAttentionQKV(Function):
+    """Multi-head causal attention straight from the c_attn output qkv (B, T, 3C) to the
+    merged heads y (B, T, C). The composed twin (what GPT would otherwise run):
+
+        q, k, v = qkv.reshape(B, T, 3, nh, hs).transpose(2, 0, 3, 1, 4)   # 3 × (B, nh, T, hs)
+        y = scaled_dot_product_attention(q, k, v, is_causal=True)
+        y = y.transpose(0, 2, 1, 3).reshape(B, T, C)
+
+    Fused, the heads are strided views of qkv (no copies), and backward writes dq, dk, dv
+    straight into the one d(qkv) buffer, instead of three zero-filled index gradients
+    summed together. The math is attention_forward / attention_backward, shared with
+    F.scaled_dot_product_attention. Saves qkv and att (B, nh, T, T) (plus the dropout mask).
+    """
+
+    def forward(self, qkv: Any, n_head: int, dropout_p: float = 0.0) -> Any:
+        B, T, C3 = qkv.shape
+        C = C3 // 3
+        hs = C // n_head
+        heads = qkv.reshape(B, T, 3, n_head, hs).transpose(2, 0, 3, 1, 4)  # (3, B, nh, T, hs), a view
+        self.scale = 1.0 / math.sqrt(hs)
+        y, att, drop = attention_forward(heads[0], heads[1], heads[2], True, dropout_p, self.scale)
+        self.saved = (qkv, att, drop)
+        self.n_head = n_head
+        return y.transpose(0, 2, 1, 3).reshape(B, T, C)  # (B, nh, T, hs) -> (B, T, nh, hs) -> (B, T, C)
+
+    def backward(self, dy: Any) -> Any:
+        qkv, att, drop = self.saved
+        xp = backend.get_array_module(dy)
+        B, T, C3 = qkv.shape
+        nh, hs = self.n_head, C3 // 3 // self.n_head
+        heads = qkv.reshape(B, T, 3, nh, hs).transpose(2, 0, 3, 1, 4)
+        # forward: y = merged heads  =>  dy viewed per head
+        dy_heads = dy.reshape(B, T, nh, hs).transpose(0, 2, 1, 3)  # (B, nh, T, hs)
+        dqkv = xp.empty((B, T, 3, nh, hs), dtype=qkv.dtype)
+        d_heads = dqkv.transpose(2, 0, 3, 1, 4)  # (3, B, nh, T, hs) views to write dq, dk, dv into
+        dq, dk, dv = attention_backward(xp.ascontiguousarray(dy_heads), heads[0], heads[1], heads[2], att, drop,
+                                        self.scale)
+        d_heads[0], d_heads[1], d_heads[2] = dq, dk, dv
+        return dqkv.reshape(B, T, C3)
+
+
+def causal_self_attention(qkv: Tensor, n_head: int, dropout_p: float = 0.0) -> Tensor:
+    """Causal multi-head attention from packed qkv (B, T, 3C) to merged heads (B, T, C)."""
+    _check_p(dropout_p)
+    return CausalSelfAttentionQKV.apply(qkv, n_head=n_head, dropout_p=dropout_p)
