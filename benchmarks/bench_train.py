@@ -122,7 +122,15 @@ def time_steps(step, batches, n: int, start: int) -> list[float]:
 
 
 def rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    """Peak resident memory of this process so far, in MB (VmHWM: unlike ru_maxrss, it
+    starts afresh at exec instead of inheriting the parent's peak)."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def memory_child(which: str, steps: int, threads: int) -> None:

@@ -268,40 +268,69 @@ class LayerNorm(Function):
         dx = rstd * (g - mean(g) - xhat * mean(g * xhat))      (means over C)
         dw = sum over rows of dy * xhat,   db = sum over rows of dy
     (mean(g) is how shifting every x moves mu; xhat * mean(g * xhat) how scaling moves rstd.)
-    Saves xhat (*, C), rstd (*, 1) and w.
+    Rows are processed in tiles that fit the cache. Saves xhat (*, C), rstd (*, 1) and w.
     """
 
     def forward(self, x: Any, weight: Any = None, bias: Any = None, eps: float = 1e-5) -> Any:
         xp = backend.get_array_module(x)
-        xc = x - x.mean(axis=-1, keepdims=True)  # (*, C)
-        var = (xc * xc).mean(axis=-1, keepdims=True)  # (*, 1)
-        rstd = 1.0 / xp.sqrt(var + eps)  # (*, 1)
-        xhat = xc
-        xhat *= rstd  # (*, C), reusing xc's buffer
-        self.saved = (xhat, rstd, weight)
-        self.has_weight, self.has_bias = weight is not None, bias is not None
-        y = xhat * weight if weight is not None else xhat.copy()
-        if bias is not None:
-            y += bias
-        return y
+        C = x.shape[-1]
+        x2 = x.reshape(-1, C)  # (N, C)
+        N = x2.shape[0]
+        xhat, y = xp.empty_like(x2), xp.empty_like(x2)
+        rstd = xp.empty((N, 1), dtype=x.dtype)
+        for r in backend.tiles(xp, N, C):
+            xc = xhat[r]
+            xp.subtract(x2[r], x2[r].mean(axis=-1, keepdims=True), out=xc)  # x - mu
+            yc = y[r]  # scratch for (x - mu)² before it holds y
+            xp.multiply(xc, xc, out=yc)
+            rs = rstd[r]
+            xp.mean(yc, axis=-1, keepdims=True, out=rs)  # var
+            rs += eps
+            xp.sqrt(rs, out=rs)
+            xp.divide(1.0, rs, out=rs)  # rstd
+            xc *= rs  # xhat
+            if weight is not None:
+                xp.multiply(xc, weight, out=yc)
+            else:
+                yc[...] = xc
+            if bias is not None:
+                yc += bias
+        self.saved = (xhat, rstd, weight) if any(self.needs_input_grad) else None
+        self.has_weight, self.has_bias, self.shape = weight is not None, bias is not None, x.shape
+        return y.reshape(x.shape)
 
     def backward(self, dy: Any) -> tuple[Any, Any, Any]:
         xhat, rstd, weight = self.saved
-        C = xhat.shape[-1]
-        dw = db = None
+        xp = backend.get_array_module(dy)
+        N, C = xhat.shape
+        dy2 = dy.reshape(N, C)
+        need_x = self.needs_input_grad[0]
+        need_w = self.has_weight and self.needs_input_grad[1]
         # forward: y = xhat * w + b
-        if self.has_bias and self.needs_input_grad[2]:
-            db = dy.reshape(-1, C).sum(axis=0)
-        if self.has_weight and self.needs_input_grad[1]:
-            dw = (dy * xhat).reshape(-1, C).sum(axis=0)
-        g = dy * weight if self.has_weight else dy
-        # forward: xhat = (x - mu) * rstd
-        dx = None
-        if self.needs_input_grad[0]:
-            dx = g - g.mean(axis=-1, keepdims=True)
-            dx -= xhat * (g * xhat).mean(axis=-1, keepdims=True)
-            dx *= rstd
-        return dx, dw, db
+        db = dy2.sum(axis=0) if self.has_bias and self.needs_input_grad[2] else None
+        dw = xp.zeros(C, dtype=dy.dtype) if need_w else None
+        dx = xp.empty_like(xhat) if need_x else None
+        scratch = xp.empty((min(N, max(1, backend.TILE // C)) if xp is backend.numpy else N, C), dtype=dy.dtype)
+        for r in backend.tiles(xp, N, C):
+            xh, d, tmp = xhat[r], dy2[r], scratch[: r.stop - r.start]
+            if need_w:
+                xp.multiply(d, xh, out=tmp)
+                dw += tmp.sum(axis=0)
+            if not need_x:
+                continue
+            g = dx[r]
+            if self.has_weight:
+                xp.multiply(d, weight, out=g)  # g = dy * w
+            else:
+                g[...] = d
+            # forward: xhat = (x - mu) * rstd  =>  dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
+            xp.multiply(g, xh, out=tmp)
+            m2 = tmp.mean(axis=-1, keepdims=True)
+            g -= g.mean(axis=-1, keepdims=True)
+            xp.multiply(xh, m2, out=tmp)
+            g -= tmp
+            g *= rstd[r]
+        return (dx.reshape(self.shape) if need_x else None), dw, db
 
 
 def layer_norm(x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
@@ -322,20 +351,51 @@ class GELU(Function):
         u = k (x + a x³),  k = sqrt(2/π), a = 0.044715
         y = 0.5 x (1 + tanh u)
         dy/dx = 0.5 (1 + tanh u) + 0.5 x (1 - tanh² u) k (1 + 3 a x²)
-    Saves x and tanh u (both the shape of x).
+    Forward computes dy/dx as it goes (tile by tile, while x and tanh u are in cache) and
+    saves only that: backward is then one multiply. Saves dy/dx (shape of x), nothing in no_grad.
     """
 
     def forward(self, x: Any) -> Any:
         xp = backend.get_array_module(x)
-        th = xp.tanh(_GELU_K * (x + _GELU_A * x * x * x))
-        self.saved = (x, th)
-        return 0.5 * x * (1.0 + th)
+        x = xp.ascontiguousarray(x)
+        y = xp.empty_like(x)
+        deriv = xp.empty_like(x) if self.needs_input_grad[0] else None
+        xf, yf = x.reshape(-1), y.reshape(-1)
+        df = deriv.reshape(-1) if deriv is not None else None
+        th_buf, h_buf = xp.empty(min(x.size, backend.TILE), x.dtype), xp.empty(min(x.size, backend.TILE), x.dtype)
+        for sl in backend.tiles(xp, x.size):
+            xc = xf[sl]
+            th = th_buf[: xc.size]
+            # th = tanh(u), u = x (k + a k x²)
+            xp.multiply(xc, xc, out=th)
+            th *= _GELU_A * _GELU_K
+            th += _GELU_K
+            th *= xc
+            xp.tanh(th, out=th)
+            # y = 0.5 x (1 + th)
+            yc = yf[sl]
+            xp.add(th, 1.0, out=yc)
+            yc *= xc
+            yc *= 0.5
+            if df is not None:
+                # dy/dx = 0.5 ((1 + th) + x (1 - th²) k (1 + 3 a x²))
+                dc, h = df[sl], h_buf[: xc.size]
+                xp.multiply(th, th, out=dc)
+                xp.subtract(1.0, dc, out=dc)
+                xp.multiply(xc, xc, out=h)
+                h *= 3.0 * _GELU_A * _GELU_K
+                h += _GELU_K
+                dc *= h
+                dc *= xc
+                dc += th
+                dc += 1.0
+                dc *= 0.5
+        self.saved = deriv
+        return y
 
     def backward(self, dy: Any) -> Any:
-        x, th = self.saved
-        # forward: y = 0.5 x (1 + tanh u)  =>  dx = dy * dy/dx
-        dudx = _GELU_K * (1.0 + 3.0 * _GELU_A * x * x)
-        return dy * (0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * dudx)
+        # forward: y = gelu(x)  =>  dx = dy * dy/dx
+        return dy * self.saved
 
 
 def gelu(x: Tensor) -> Tensor:
@@ -399,41 +459,58 @@ def _additive_causal_mask(T_q: int, T_k: int, xp: Any, dtype: Any) -> Any:
     return _MASKS[key]
 
 
+def _batch_tiles(xp: Any, att_shape: tuple[int, ...]) -> list[Any]:
+    """Tiles over the first (batch) axis of att, each about TILE elements, so that the chain
+    matmul -> scale -> mask -> softmax -> matmul runs on data that stays in cache."""
+    if len(att_shape) < 3:
+        return [Ellipsis]
+    unit = 1
+    for n in att_shape[1:]:
+        unit *= n
+    return backend.tiles(xp, att_shape[0], unit)
+
+
 def attention_forward(q: Any, k: Any, v: Any, is_causal: bool, dropout_p: float, scale: float) -> tuple:
     """The math of attention on arrays: returns y (B, nh, T, hs), att (B, nh, T, S) and the
     dropout mask (or None), which backward needs. See ScaledDotProductAttention."""
     xp = backend.get_array_module(q)
     T, S = q.shape[-2], k.shape[-2]
-    att = q @ xp.swapaxes(k, -1, -2)  # (B, nh, T, hs) @ (B, nh, hs, S) -> (B, nh, T, S)
-    att *= scale
-    if is_causal:
-        att += _additive_causal_mask(T, S, xp, att.dtype)  # -inf above the diagonal
-    _softmax(att, axis=-1, out=att)  # in place; masked entries become exactly 0
-    drop = att_d = None
-    if dropout_p > 0.0:
-        drop = _dropout_mask(att, dropout_p)
-        att_d = att * drop
-    y = (att if att_d is None else att_d) @ v  # (B, nh, T, S) @ (B, nh, S, hs) -> (B, nh, T, hs)
+    att = xp.empty(q.shape[:-2] + (T, S), dtype=q.dtype)  # (B, nh, T, S)
+    y = xp.empty(q.shape[:-1] + (v.shape[-1],), dtype=q.dtype)  # (B, nh, T, hs)
+    drop = _dropout_mask(att, dropout_p) if dropout_p > 0.0 else None
+    mask = _additive_causal_mask(T, S, xp, att.dtype) if is_causal else None
+    for b in _batch_tiles(xp, att.shape):
+        a = att[b]
+        xp.matmul(q[b], xp.swapaxes(k[b], -1, -2), out=a)  # (.., T, hs) @ (.., hs, S) -> (.., T, S)
+        a *= scale
+        if mask is not None:
+            a += mask  # -inf above the diagonal
+        _softmax(a, axis=-1, out=a)  # in place; masked entries become exactly 0
+        if drop is None:
+            xp.matmul(a, v[b], out=y[b])  # (.., T, S) @ (.., S, hs) -> (.., T, hs)
+        else:
+            xp.matmul(a * drop[b], v[b], out=y[b])
     return y, att, drop
 
 
-def attention_backward(dy: Any, q: Any, k: Any, v: Any, att: Any, drop: Any, scale: float,
-                       out: tuple[Any, Any, Any] | None = None) -> tuple[Any, Any, Any]:
-    """dq, dk, dv from dy (B, nh, T, hs); written into ``out`` (three arrays) when given."""
+def attention_backward(dy: Any, q: Any, k: Any, v: Any, att: Any, drop: Any, scale: float) -> tuple[Any, Any, Any]:
+    """dq, dk, dv from dy (B, nh, T, hs), tile by tile over the batch. See ScaledDotProductAttention."""
     xp = backend.get_array_module(dy)
-    dq_out, dk_out, dv_out = out if out is not None else (None, None, None)
-    att_d = att if drop is None else att * drop
-    # forward: y = att_d @ v
-    dv = xp.matmul(xp.swapaxes(att_d, -1, -2), dy, out=dv_out)  # (B, nh, S, T) @ (B, nh, T, hs) -> (B, nh, S, hs)
-    datt = dy @ xp.swapaxes(v, -1, -2)  # (B, nh, T, hs) @ (B, nh, hs, S) -> (B, nh, T, S)
-    # forward: att_d = att * drop
-    if drop is not None:
-        datt *= drop
-    # forward: att = softmax(scale * q @ kᵀ + mask)  (masked entries: att = 0, so ds = 0 there)
-    ds = _softmax_backward(att, datt, axis=-1, inplace=True)
-    ds *= scale
-    dq = xp.matmul(ds, k, out=dq_out)  # (B, nh, T, S) @ (B, nh, S, hs) -> (B, nh, T, hs)
-    dk = xp.matmul(xp.swapaxes(ds, -1, -2), q, out=dk_out)  # (B, nh, S, T) @ (B, nh, T, hs) -> (B, nh, S, hs)
+    dq, dk, dv = (xp.empty(t.shape, dtype=dy.dtype) for t in (q, k, v))
+    for b in _batch_tiles(xp, att.shape):
+        a = att[b]
+        a_d = a if drop is None else a * drop[b]
+        # forward: y = att_d @ v
+        xp.matmul(xp.swapaxes(a_d, -1, -2), dy[b], out=dv[b])  # (.., S, T) @ (.., T, hs) -> (.., S, hs)
+        datt = dy[b] @ xp.swapaxes(v[b], -1, -2)  # (.., T, hs) @ (.., hs, S) -> (.., T, S)
+        # forward: att_d = att * drop
+        if drop is not None:
+            datt *= drop[b]
+        # forward: att = softmax(scale * q @ kᵀ + mask)  (masked entries: att = 0, so ds = 0 there)
+        ds = _softmax_backward(a, datt, axis=-1, inplace=True)
+        ds *= scale
+        xp.matmul(ds, k[b], out=dq[b])  # (.., T, S) @ (.., S, hs) -> (.., T, hs)
+        xp.matmul(xp.swapaxes(ds, -1, -2), q[b], out=dk[b])  # (.., S, T) @ (.., T, hs) -> (.., S, hs)
     return dq, dk, dv
 
 

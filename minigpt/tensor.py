@@ -281,8 +281,9 @@ class Function:
           keep what backward needs in ``self.saved`` (or other attributes).
       ``backward(self, grad_out) -> grad or tuple of grads``: one gradient (array or
           None) per positional input, each of that input's shape.
-    ``self.needs_input_grad[i]`` says whether input ``i`` needs a gradient, so backward
-    can skip work (``linear`` never computes dx for the first layer's input).
+    ``self.needs_input_grad[i]`` says whether input ``i`` needs a gradient (all False inside
+    ``no_grad``), so forward can skip saving and backward can skip work (``linear`` never
+    computes dx for the first layer's input).
     """
 
     inputs: tuple[Tensor | None, ...]
@@ -294,7 +295,7 @@ class Function:
         """Run the op on Tensors (or arrays / numbers) and record it in the graph."""
         ctx = cls()
         tensors = tuple(a if isinstance(a, Tensor) else None for a in args)
-        ctx.needs_input_grad = tuple(t is not None and t.requires_grad for t in tensors)
+        ctx.needs_input_grad = tuple(_grad_enabled and t is not None and t.requires_grad for t in tensors)
         arrays = [t.data if t is not None else a for t, a in zip(tensors, args)]
         out = Tensor._wrap(ctx.forward(*arrays, **options))
         if _grad_enabled and any(ctx.needs_input_grad):
