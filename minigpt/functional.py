@@ -69,6 +69,18 @@ def embedding(idx: Any, weight: Tensor) -> Tensor:
     return Embedding.apply(_data(idx), weight)
 
 
+def _row_mean(x: Any, inv_n: Any) -> Any:
+    """Mean over the last axis of x (N, C), kept as (N, 1): one matrix-vector product with a
+    vector of 1/C (BLAS), several times faster than x.mean(axis=-1) for short rows."""
+    return (x @ inv_n)[:, None]
+
+
+def _column_sum(x: Any) -> Any:
+    """Sum over the rows of x (N, C) -> (C,), as ones(N) @ x (BLAS)."""
+    xp = backend.get_array_module(x)
+    return xp.ones(x.shape[0], dtype=x.dtype) @ x
+
+
 # ----------------------------------------------------------------------------- linear
 class Linear(Function):
     """y = x @ Wᵀ + b, over the last axis of x.   x (*, in), W (out, in), b (out,) -> y (*, out).
@@ -100,7 +112,7 @@ class Linear(Function):
         if self.needs_input_grad[1]:
             dW = dy2.T @ x.reshape(-1, in_features)  # (out, N) @ (N, in) -> (out, in)
         if len(self.needs_input_grad) > 2 and self.needs_input_grad[2]:
-            db = dy2.sum(axis=0)  # (out,)
+            db = _column_sum(dy2)  # (out,)
         return dx, dW, db
 
 
@@ -278,13 +290,14 @@ class LayerNorm(Function):
         N = x2.shape[0]
         xhat, y = xp.empty_like(x2), xp.empty_like(x2)
         rstd = xp.empty((N, 1), dtype=x.dtype)
+        inv_c = xp.full(C, 1.0 / C, dtype=x.dtype)
         for r in backend.tiles(xp, N, C):
             xc = xhat[r]
-            xp.subtract(x2[r], x2[r].mean(axis=-1, keepdims=True), out=xc)  # x - mu
+            xp.subtract(x2[r], _row_mean(x2[r], inv_c), out=xc)  # x - mu
             yc = y[r]  # scratch for (x - mu)² before it holds y
             xp.multiply(xc, xc, out=yc)
             rs = rstd[r]
-            xp.mean(yc, axis=-1, keepdims=True, out=rs)  # var
+            rs[...] = _row_mean(yc, inv_c)  # var
             rs += eps
             xp.sqrt(rs, out=rs)
             xp.divide(1.0, rs, out=rs)  # rstd
@@ -307,7 +320,8 @@ class LayerNorm(Function):
         need_x = self.needs_input_grad[0]
         need_w = self.has_weight and self.needs_input_grad[1]
         # forward: y = xhat * w + b
-        db = dy2.sum(axis=0) if self.has_bias and self.needs_input_grad[2] else None
+        db = _column_sum(dy2) if self.has_bias and self.needs_input_grad[2] else None
+        inv_c = xp.full(C, 1.0 / C, dtype=dy.dtype)
         dw = xp.zeros(C, dtype=dy.dtype) if need_w else None
         dx = xp.empty_like(xhat) if need_x else None
         scratch = xp.empty((min(N, max(1, backend.TILE // C)) if xp is backend.numpy else N, C), dtype=dy.dtype)
@@ -315,7 +329,7 @@ class LayerNorm(Function):
             xh, d, tmp = xhat[r], dy2[r], scratch[: r.stop - r.start]
             if need_w:
                 xp.multiply(d, xh, out=tmp)
-                dw += tmp.sum(axis=0)
+                dw += _column_sum(tmp)
             if not need_x:
                 continue
             g = dx[r]
@@ -325,8 +339,8 @@ class LayerNorm(Function):
                 g[...] = d
             # forward: xhat = (x - mu) * rstd  =>  dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
             xp.multiply(g, xh, out=tmp)
-            m2 = tmp.mean(axis=-1, keepdims=True)
-            g -= g.mean(axis=-1, keepdims=True)
+            m2 = _row_mean(tmp, inv_c)
+            g -= _row_mean(g, inv_c)
             xp.multiply(xh, m2, out=tmp)
             g -= tmp
             g *= rstd[r]

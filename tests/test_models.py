@@ -182,3 +182,25 @@ def test_bigram_model_is_the_notebooks():
     assert loss.item() == pytest.approx(expected.item())
     out = m.generate(np.zeros((1, 1), dtype=np.int64), 100)
     assert out.shape == (1, 101)
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"temperature": 0}, {"temperature": 0.7, "top_k": 4}])
+def test_kv_cache_gives_the_same_tokens_as_recomputing(kwargs):
+    m = small_gpt(block_size=8).eval()
+    idx = np.array([[1, 2, 3], [4, 5, 6]])
+    minigpt.manual_seed(11)
+    cached = m.generate(idx, 25, **kwargs)  # 28 > block_size 8: fills, then slides the window
+    minigpt.manual_seed(11)
+    full = m.generate(idx, 25, use_cache=False, **kwargs)
+    np.testing.assert_array_equal(cached, full)
+
+
+def test_kv_cache_logits_match_the_full_forward():
+    m = small_gpt(block_size=8).eval()
+    idx = np.random.default_rng(2).integers(0, 13, (2, 6))
+    caches = [m._new_cache(2) for _ in m.transformer.h]
+    step_logits = [m._forward_cached(idx[:, :3], caches, 0).data[:, -1]]
+    for t in range(3, 6):
+        step_logits.append(m._forward_cached(idx[:, t:t + 1], caches, t).data[:, -1])
+    full = m(idx)[0].data
+    np.testing.assert_allclose(np.stack(step_logits, 1), full[:, 2:], rtol=1e-5, atol=1e-6)

@@ -66,6 +66,21 @@ class CausalSelfAttention(Module):
         return self.resid_dropout(self.c_proj(y))
 
 
+    def forward_cached(self, x: Tensor, cache: dict[str, Any], pos: int) -> Tensor:
+        """Attention for new positions pos.. of x (B, t, C), reading and extending the key/value
+        ``cache`` ({"k", "v"}: (B, nh, block_size, hs)) instead of recomputing the past."""
+        B, t, C = x.shape
+        nh, hs = self.n_head, C // self.n_head
+        qkv = self.c_attn(x).data.reshape(B, t, 3, nh, hs).transpose(2, 0, 3, 1, 4)  # (3, B, nh, t, hs)
+        cache["k"][:, :, pos:pos + t] = qkv[1]
+        cache["v"][:, :, pos:pos + t] = qkv[2]
+        keys, values = cache["k"][:, :, :pos + t], cache["v"][:, :, :pos + t]  # (B, nh, pos + t, hs)
+        # a prefill (pos 0) is causal among its t positions; one new query may see every cached key
+        y = F.scaled_dot_product_attention(Tensor(qkv[0]), Tensor(keys), Tensor(values), is_causal=pos == 0)
+        y = y.transpose(0, 2, 1, 3).reshape(B, t, C)  # (B, nh, t, hs) -> (B, t, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
 class MLP(Module):
     """Position-wise feed-forward: C -> 4C -> GELU -> C."""
 
@@ -90,6 +105,10 @@ class Block(Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+    def forward_cached(self, x: Tensor, cache: dict[str, Any], pos: int) -> Tensor:
+        x = x + self.attn.forward_cached(self.ln_1(x), cache, pos)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -155,11 +174,55 @@ class GPT(Module):
         return logits, loss
 
     @no_grad()
-    def generate(self, idx: Any, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None) -> Any:
+    def generate(self, idx: Any, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 use_cache: bool = True) -> Any:
         """Append ``max_new_tokens`` sampled tokens to idx (B, T); the context is cropped to
         the last block_size tokens as it grows. Returns ids (B, T + max_new_tokens), of the
-        same kind (array or Tensor) as ``idx``."""
-        return generate_loop(self, idx, max_new_tokens, temperature, top_k, self.config.block_size)
+        same kind (array or Tensor) as ``idx``.
+
+        With ``use_cache`` (the default) every layer keeps the keys and values of the positions
+        it has seen, so a new token costs one position, not the whole context. Once the context
+        is longer than block_size the window slides: every position (hence every key) changes,
+        and each step recomputes the cropped window, exactly as ``use_cache=False`` always does.
+        Both give the same tokens for the same seed.
+        """
+        if not use_cache:
+            return generate_loop(self, idx, max_new_tokens, temperature, top_k, self.config.block_size)
+        as_tensor = isinstance(idx, Tensor)
+        idx = backend.unwrap(idx)
+        xp = backend.get_array_module(idx)
+        idx = xp.asarray(idx, dtype="int64")
+        B, block = idx.shape[0], self.config.block_size
+        filled = 0  # positions in the cache; 0 forces a (re)fill
+        caches: list[dict[str, Any]] = []
+        for _ in range(max_new_tokens):
+            if filled == 0 or filled + 1 > block:  # (re)fill from the context, cropped to block_size
+                ctx = idx[:, -block:]
+                caches = [self._new_cache(B) for _ in self.transformer.h]
+                logits = self._forward_cached(ctx, caches, 0)
+                filled = ctx.shape[1]
+            else:  # one new position
+                logits = self._forward_cached(idx[:, -1:], caches, filled)
+                filled += 1
+            nxt = sample_next(logits.data[:, -1, :], temperature, top_k)  # (B,)
+            idx = xp.concatenate([idx, xp.asarray(nxt, dtype="int64")[:, None]], axis=1)  # (B, T + 1)
+        return Tensor(idx) if as_tensor else idx
+
+    def _new_cache(self, B: int) -> dict[str, Any]:
+        w = self.lm_head.weight
+        shape = (B, self.config.n_head, self.config.block_size, self.config.n_embd // self.config.n_head)
+        return {"k": w.xp.zeros(shape, dtype=w.dtype), "v": w.xp.zeros(shape, dtype=w.dtype)}
+
+    def _forward_cached(self, idx: Any, caches: list[dict[str, Any]], pos: int) -> Tensor:
+        """Logits (B, 1, V) of the last of the new positions pos.. given in idx (B, t)."""
+        w = self.lm_head.weight
+        t = idx.shape[1]
+        x = self.transformer.wte(backend.move(idx, w.device)) + self.transformer.wpe(w.xp.arange(pos, pos + t))
+        x = self.transformer.drop(x)  # (B, t, C)
+        for block, cache in zip(self.transformer.h, caches):
+            x = block.forward_cached(x, cache, pos)
+        x = self.transformer.ln_f(x[:, -1:, :])  # only the last position's logits are needed
+        return self.lm_head(x)  # (B, 1, V)
 
 
 def sample_next(logits: Any, temperature: float = 1.0, top_k: int | None = None) -> Any:
