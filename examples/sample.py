@@ -14,12 +14,12 @@ import sys
 from pathlib import Path
 
 import minigpt
-from minigpt import backend, checkpoint
+from minigpt import checkpoint, cli
 from minigpt.train import generate_text, resolve_device
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out_dir", default="out", help="run directory (uses best.npz) or checkpoint file")
     p.add_argument("--start", default="\n", help='prompt text, or "FILE:path" to read it from a file')
     p.add_argument("--num_samples", type=int, default=3)
@@ -33,34 +33,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        if args.num_samples < 1 or args.max_new_tokens < 0:
-            raise ValueError("--num_samples must be >= 1 and --max_new_tokens >= 0")
-        if args.temperature < 0 or args.top_k < 1:
-            raise ValueError("--temperature must be >= 0 and --top_k >= 1")
-        prompt = args.start
-        if prompt.startswith("FILE:"):
-            path = Path(prompt[len("FILE:"):])
-            try:
-                prompt = path.read_text(encoding="utf-8")
-            except (OSError, UnicodeDecodeError) as e:
-                raise ValueError(f"cannot read the prompt file {path}: {e}") from e
-        ck = checkpoint.load(args.out_dir, device=resolve_device(args.device))
-        if ck.tokenizer is None:
-            raise ValueError(f"{ck.path} holds no tokenizer, so text cannot be encoded for it")
-        ck.tokenizer.encode(prompt)  # names any character the vocabulary lacks
-        minigpt.manual_seed(args.seed)
-        for i in range(args.num_samples):
-            text = generate_text(ck.model, ck.tokenizer, prompt, args.max_new_tokens,
-                                 temperature=args.temperature, top_k=args.top_k)
-            print(text)
-            if i + 1 < args.num_samples:
-                print("---------------")
-    except (ValueError, RuntimeError, OSError, backend.DeviceError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    for flag, value, ok, rule in (("num_samples", args.num_samples, args.num_samples >= 1, ">= 1"),
+                                  ("max_new_tokens", args.max_new_tokens, args.max_new_tokens >= 0, ">= 0"),
+                                  ("temperature", args.temperature, args.temperature >= 0, ">= 0"),
+                                  ("top_k", args.top_k, args.top_k >= 1, ">= 1")):
+        if not ok:
+            raise ValueError(f"--{flag} must be {rule}, got {value}")
+    prompt = args.start
+    if prompt.startswith("FILE:"):
+        path = Path(prompt[len("FILE:"):])
+        try:
+            prompt = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"cannot read the prompt file {path}: {e}") from e
+    ck = checkpoint.load(args.out_dir, device=resolve_device(args.device))
+    if ck.tokenizer is None:
+        raise ValueError(f"{ck.path} holds no tokenizer, so text cannot be encoded for it")
+    ck.tokenizer.encode(prompt)  # names any character the vocabulary lacks
+    minigpt.manual_seed(args.seed)
+    for i in range(args.num_samples):
+        print(generate_text(ck.model, ck.tokenizer, prompt, args.max_new_tokens,
+                            temperature=args.temperature, top_k=args.top_k))
+        if i + 1 < args.num_samples:
+            print("---------------")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

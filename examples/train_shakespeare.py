@@ -16,6 +16,7 @@ import dataclasses
 import signal
 import sys
 
+from minigpt import cli
 from minigpt.train import TrainConfig, resume_config, train
 
 FLAG_HELP = {
@@ -28,8 +29,8 @@ FLAG_HELP = {
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """One flag per TrainConfig field; flags left out stay None so the preset decides."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__.split("\n\n")[0],
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in dataclasses.fields(TrainConfig):
         if f.name == "resume":
             p.add_argument("--resume", action="store_true", help="continue the run in --out_dir from latest.npz")
@@ -44,32 +45,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = vars(parse_args(argv))
-    resume = args.pop("resume")
-    try:
-        if resume:
-            cfg = resume_config(args.pop("out_dir") or "out", **args)
-        else:
-            cfg = TrainConfig.preset(**args)
-        stop = {"requested": False}
+    if args.pop("resume"):
+        cfg = resume_config(args.pop("out_dir") or "out", **args)
+    else:
+        cfg = TrainConfig.preset(**args)
+    stop = {"signal": None}
 
-        def request_stop(signum, frame):  # Ctrl-C / SIGTERM: finish the step, save, exit
-            if stop["requested"]:
-                raise KeyboardInterrupt
-            stop["requested"] = True
-            print(f"\n{signal.Signals(signum).name}: saving a checkpoint after this step "
-                  "(again to stop at once)", file=sys.stderr)
+    def request_stop(signum, frame):  # Ctrl-C / SIGTERM: finish the step, save latest.npz, exit
+        if stop["signal"] is not None:
+            raise KeyboardInterrupt  # a second one: stop at once (checkpoints are written atomically)
+        stop["signal"] = signal.Signals(signum).name
+        print(f"\n{stop['signal']}: saving a checkpoint after this step (again to stop at once)", file=sys.stderr)
 
-        signal.signal(signal.SIGINT, request_stop)
-        signal.signal(signal.SIGTERM, request_stop)
-        train(cfg, should_stop=lambda: stop["requested"])
-    except KeyboardInterrupt:
-        print("stopped without saving", file=sys.stderr)
-        return 130
-    except (ValueError, RuntimeError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    result = train(cfg, should_stop=lambda: stop["signal"] is not None)
+    return cli.EXIT_INTERRUPTED if result.interrupted else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))

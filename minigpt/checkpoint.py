@@ -92,8 +92,10 @@ def _read(path: Path) -> tuple[dict[str, numpy.ndarray], dict[str, Any]]:
     try:
         with numpy.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
-    except ValueError as e:  # raised by allow_pickle=False for object arrays
-        raise CheckpointError(f"{path} holds pickled objects, which minigpt refuses to load ({e})") from e
+    except ValueError as e:
+        if "allow_pickle" in str(e):  # an object array: loading it would run pickle
+            raise CheckpointError(f"{path} holds pickled objects, which minigpt refuses to load") from e
+        raise CheckpointError(f"{path} is not a readable checkpoint (damaged?): {e}") from e
     except (OSError, zipfile.BadZipFile, EOFError, KeyError) as e:
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated or damaged?): {e}") from e
     if "__meta__" not in arrays:
@@ -130,6 +132,13 @@ def load(path: str | os.PathLike, device: str = "cpu") -> Checkpoint:
     do not fit its own config. Nothing in the file is executed.
     """
     path = resolve(path)
+    try:
+        return _load(path, device)
+    except (KeyError, TypeError, AttributeError, IndexError) as e:  # well-formed zip, malformed content
+        raise CheckpointError(f"{path} is damaged: missing or malformed entry ({type(e).__name__}: {e})") from e
+
+
+def _load(path: Path, device: str) -> Checkpoint:
     arrays, meta = _read(path)
     model, config = _build_model(meta, path)
     weights = {k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")}

@@ -32,7 +32,8 @@ import numpy
 import minigpt
 from minigpt import backend, checkpoint, optim
 from minigpt import functional as F
-from minigpt.data import CharTokenizer, atomic_write_bytes, get_batch, load_text, train_val_split
+from minigpt.data import (TINY_SHAKESPEARE_URL, CharTokenizer, atomic_write_bytes, get_batch, load_text,
+                          train_val_split)
 from minigpt.nn import GPT, BigramLanguageModel, GPTConfig, Module
 from minigpt.tensor import no_grad
 
@@ -118,6 +119,9 @@ class TrainConfig:
             raise ValueError(f"--dtype must be float32 or float64, got {self.dtype!r}")
         if self.device not in ("cpu", "cuda", "auto"):
             raise ValueError(f"--device must be cpu, cuda or auto, got {self.device!r}")
+
+
+MODEL_SHAPE_FLAGS = ("model", "n_layer", "n_head", "n_embd", "block_size", "bias", "dtype")
 
 
 @dataclass
@@ -282,7 +286,7 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print,
     device = resolve_device(cfg.device)
     dtype = numpy.dtype(cfg.dtype)
 
-    text = load_text(resolve_data_path(cfg.data))
+    text = load_text(resolve_data_path(cfg.data), url=os.environ.get("MINIGPT_DATA_URL") or TINY_SHAKESPEARE_URL)
     tokenizer = CharTokenizer.from_text(text)
     train_ids, val_ids = train_val_split(tokenizer.encode(text))
     if len(val_ids) <= cfg.block_size:
@@ -311,50 +315,52 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print,
 
     progress = Progress(cfg.max_iters, cfg.batch_size * cfg.block_size, cfg.log_interval)
     interrupted = False
-    while True:
-        lr = optim.cosine_lr(it, lr=cfg.learning_rate, min_lr=cfg.min_lr, warmup_iters=cfg.warmup_iters,
-                             lr_decay_iters=cfg.lr_decay_iters)
-        if (it % cfg.eval_interval == 0 or it == cfg.max_iters) and evaluated_at != it:
-            losses = {s: estimate_loss(model, ids, cfg, batch_rng) for s, ids in (("train", train_ids), ("val", val_ids))}
-            progress.end_line()
-            elapsed = time.time() - start
-            log(f"step {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-            metrics.append({"iter": it, "train_loss": f"{losses['train']:.6f}", "val_loss": f"{losses['val']:.6f}",
-                            "lr": f"{lr:.6g}", "elapsed_s": f"{elapsed:.1f}",
-                            "tokens_per_s": f"{cfg.batch_size * cfg.block_size / progress.step_time:.0f}"
-                            if progress.step_time else ""})
-            evaluated_at = it
-            if losses["val"] < best_val:
-                best_val = losses["val"]
-                save(checkpoint.BEST, evaluated=True)
-            save(checkpoint.LATEST, evaluated=True)
-            write_metrics(out_dir / "metrics.csv", metrics)
-        if it >= cfg.max_iters:
-            break
+    # a diverging run is caught by its loss, below, with a clear message: no NumPy overflow warnings
+    with numpy.errstate(all="ignore"):
+        while True:
+            lr = optim.cosine_lr(it, lr=cfg.learning_rate, min_lr=cfg.min_lr, warmup_iters=cfg.warmup_iters,
+                                 lr_decay_iters=cfg.lr_decay_iters)
+            if (it % cfg.eval_interval == 0 or it == cfg.max_iters) and evaluated_at != it:
+                losses = {s: estimate_loss(model, ids, cfg, batch_rng) for s, ids in (("train", train_ids), ("val", val_ids))}
+                progress.end_line()
+                elapsed = time.time() - start
+                log(f"step {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+                metrics.append({"iter": it, "train_loss": f"{losses['train']:.6f}", "val_loss": f"{losses['val']:.6f}",
+                                "lr": f"{lr:.6g}", "elapsed_s": f"{elapsed:.1f}",
+                                "tokens_per_s": f"{cfg.batch_size * cfg.block_size / progress.step_time:.0f}"
+                                if progress.step_time else ""})
+                evaluated_at = it
+                if losses["val"] < best_val:
+                    best_val = losses["val"]
+                    save(checkpoint.BEST, evaluated=True)
+                save(checkpoint.LATEST, evaluated=True)
+                write_metrics(out_dir / "metrics.csv", metrics)
+            if it >= cfg.max_iters:
+                break
 
-        t0 = time.time()
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        x, y = get_batch(train_ids, cfg.batch_size, cfg.block_size, batch_rng)
-        _, loss = model(x, y)
-        optimizer.zero_grad()
-        loss.backward()
-        if cfg.grad_clip > 0:
-            optim.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        lossf = loss.item()
-        if not math.isfinite(lossf):
-            progress.end_line()
-            raise TrainingError(f"the loss became {lossf} at iteration {it}; stopping. The last good "
-                                f"checkpoints are kept in {out_dir}")
-        progress.update(it, lossf, time.time() - t0)
-        it += 1
-        if should_stop() and it < cfg.max_iters:
-            progress.end_line()
-            save(checkpoint.LATEST, evaluated=False)
-            log(f"stopped at iteration {it}: saved {out_dir / checkpoint.LATEST}; continue with --resume")
-            interrupted = True
-            break
+            t0 = time.time()
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x, y = get_batch(train_ids, cfg.batch_size, cfg.block_size, batch_rng)
+            _, loss = model(x, y)
+            optimizer.zero_grad()
+            loss.backward()
+            if cfg.grad_clip > 0:
+                optim.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            lossf = loss.item()
+            if not math.isfinite(lossf):
+                progress.end_line()
+                raise TrainingError(f"the loss became {lossf} at iteration {it}; stopping. The last good "
+                                    f"checkpoints are kept in {out_dir}")
+            progress.update(it, lossf, time.time() - t0)
+            it += 1
+            if should_stop() and it < cfg.max_iters:
+                progress.end_line()
+                save(checkpoint.LATEST, evaluated=False)
+                log(f"stopped at iteration {it}: saved {out_dir / checkpoint.LATEST}; continue with --resume")
+                interrupted = True
+                break
 
     full_val = sample = None
     if not interrupted:
@@ -373,7 +379,17 @@ def resume_config(out_dir: str | os.PathLike, **overrides: Any) -> TrainConfig:
     ``overrides`` (the flags given again, such as a larger --max_iters) on top."""
     ckpt = checkpoint.load(Path(out_dir) / checkpoint.LATEST)
     saved = {k: v for k, v in ckpt.state.get("train_config", {}).items() if k in TrainConfig.__dataclass_fields__}
-    saved.update({k: v for k, v in overrides.items() if v is not None})
+    if not saved:
+        raise checkpoint.CheckpointError(f"{Path(out_dir) / checkpoint.LATEST} holds no training settings to resume")
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if given.get("block_size") is not None and given["block_size"] > saved.get("block_size", 0):
+        raise ValueError(f"--block_size {given['block_size']} is larger than the checkpoint's "
+                         f"{saved.get('block_size')}: a model cannot attend further than it was built for")
+    changed = [k for k in MODEL_SHAPE_FLAGS if k in given and given[k] != saved.get(k)]
+    if changed:
+        raise ValueError("--resume continues the same model; these flags differ from the checkpoint's: " +
+                         ", ".join(f"--{k} {given[k]} (checkpoint: {saved.get(k)})" for k in changed))
+    saved.update(given)
     saved.update(out_dir=str(out_dir), resume=True)
     return TrainConfig(**saved)
 
