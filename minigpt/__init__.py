@@ -16,9 +16,9 @@ The pieces, in the order to read them:
 from minigpt import backend, functional, nn, optim
 from minigpt.backend import available_devices, get_array_module, manual_seed
 from minigpt.gradcheck import GradcheckError, gradcheck
-from minigpt.tensor import Tensor, is_grad_enabled, no_grad
+from minigpt.tensor import Tensor, cat, is_grad_enabled, no_grad
 
 __version__ = "0.1.0"
 
-__all__ = ["Tensor", "no_grad", "is_grad_enabled", "manual_seed", "gradcheck", "GradcheckError",
+__all__ = ["Tensor", "cat", "no_grad", "is_grad_enabled", "manual_seed", "gradcheck", "GradcheckError",
            "available_devices", "get_array_module", "backend", "functional", "nn", "optim"]

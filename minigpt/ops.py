@@ -286,3 +286,22 @@ class To(Function):
 
     def backward(self, dy: Any) -> Any:
         return backend.move(dy, self.device).astype(self.dtype, copy=False)
+
+
+class Concatenate(Function):
+    """y = the inputs side by side along ``axis``.   Each input's gradient is its own slice of dy."""
+
+    def forward(self, *arrays: Any, axis: int = -1) -> Any:
+        xp = backend.get_array_module(arrays[0])
+        self.axis = axis % arrays[0].ndim
+        self.sizes = [a.shape[self.axis] for a in arrays]
+        return xp.concatenate(arrays, axis=self.axis)
+
+    def backward(self, dy: Any) -> tuple[Any, ...]:
+        grads, start = [], 0
+        for n in self.sizes:
+            index = [slice(None)] * dy.ndim
+            index[self.axis] = slice(start, start + n)
+            grads.append(dy[tuple(index)])
+            start += n
+        return tuple(grads)

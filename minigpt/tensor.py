@@ -245,6 +245,11 @@ class Tensor:
     def tanh(self) -> Tensor: return _ops.Tanh.apply(self)
 
 
+def cat(tensors: Sequence[Tensor], axis: int = -1) -> Tensor:
+    """Join tensors along ``axis`` (torch.cat): the backward hands each its slice of the gradient."""
+    return _ops.Concatenate.apply(*tensors, axis=axis)
+
+
 def _topological_order(root: Tensor) -> list[Tensor]:
     """Every tensor that needs a gradient in root's graph, each after all its inputs.
 

@@ -265,6 +265,33 @@ def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_bytes(path, buf.getvalue().encode())
 
 
+def plot_metrics(rows: list[dict[str, Any]], path: Path) -> bool:
+    """Draw the train and val loss curves into a PNG at ``path``; False (and nothing written)
+    when matplotlib is not installed (pip install -e ".[plot]")."""
+    try:
+        import matplotlib  # noqa: PLC0415 - optional
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt  # noqa: PLC0415
+    except ImportError:
+        return False
+    its = [int(r["iter"]) for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    ax.plot(its, [float(r["train_loss"]) for r in rows], "o-", label="train")
+    ax.plot(its, [float(r["val_loss"]) for r in rows], "o-", label="val")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss (mean of eval_iters batches)")
+    ax.set_title("minigpt on Tiny Shakespeare")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return True
+
+
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     if not path.exists():
         return []
@@ -335,6 +362,7 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print,
                     save(checkpoint.BEST, evaluated=True)
                 save(checkpoint.LATEST, evaluated=True)
                 write_metrics(out_dir / "metrics.csv", metrics)
+                plot_metrics(metrics, out_dir / "loss.png")
             if it >= cfg.max_iters:
                 break
 

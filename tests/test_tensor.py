@@ -268,3 +268,17 @@ def test_operators_match_numpy_on_device(device):
     ((ref_a @ ref_b).tanh() * 2 - 1).sum().backward()
     np.testing.assert_allclose(minigpt.backend.to_numpy(ta.grad), ref_a.grad, rtol=1e-12)
     np.testing.assert_allclose(minigpt.backend.to_numpy(tb.grad), ref_b.grad, rtol=1e-12)
+
+
+@given(data=st.data())
+def test_cat_gradient(data):
+    base = data.draw(shapes(min_dims=1, max_dims=3))
+    axis = data.draw(st.integers(-len(base), len(base) - 1))
+    parts = []
+    for _ in range(data.draw(st.integers(1, 3))):
+        shape = list(base)
+        shape[axis] = data.draw(st.integers(1, 3))
+        parts.append(data.draw(arrays(tuple(shape))))
+    np.testing.assert_array_equal(minigpt.cat([Tensor(p) for p in parts], axis=axis).data,
+                                  np.concatenate(parts, axis=axis))
+    assert gradcheck(lambda *ts: minigpt.cat(ts, axis=axis), [leaf(p) for p in parts])

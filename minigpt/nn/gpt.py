@@ -174,6 +174,24 @@ class GPT(Module):
         return logits, loss
 
     @no_grad()
+    def attention_maps(self, idx: Any) -> Any:
+        """The attention weights of every head of every layer for idx (B, T): an array
+        (n_layer, B, nh, T, T) whose row t says how much position t reads from each position <= t."""
+        idx = backend.unwrap(idx)
+        w = self.lm_head.weight
+        B, T = idx.shape
+        nh = self.config.n_head
+        hs = self.config.n_embd // nh
+        x = self.transformer.wte(backend.move(idx, w.device)) + self.transformer.wpe(w.xp.arange(T))
+        maps = []
+        for block in self.transformer.h:
+            qkv = block.attn.c_attn(block.ln_1(x)).data.reshape(B, T, 3, nh, hs).transpose(2, 0, 3, 1, 4)
+            scores = Tensor(qkv[0] @ w.xp.swapaxes(qkv[1], -1, -2) / math.sqrt(hs))  # (B, nh, T, T)
+            maps.append(F.softmax(scores + F._additive_causal_mask(T, T, w.xp, w.dtype)).data)  # -inf: the future
+            x = block(x)
+        return w.xp.stack(maps)
+
+    @no_grad()
     def generate(self, idx: Any, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                  use_cache: bool = True) -> Any:
         """Append ``max_new_tokens`` sampled tokens to idx (B, T); the context is cropped to
