@@ -8,6 +8,7 @@ The pieces, in the order to read them:
     tensor.py      Tensor, the op base class Function, backward, no_grad
     ops.py         the Tensor operators (+ - * / @ sum ...) with their backward
     functional.py  the neural-net ops with hand-written backward passes
+    attention.py   causal attention (part of functional)
     nn/            Module and the layers
     optim.py       AdamW, gradient clipping, the learning-rate schedule
     gradcheck.py   numerical gradient checks

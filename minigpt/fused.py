@@ -10,7 +10,8 @@ import math
 from typing import Any
 
 from minigpt import backend
-from minigpt.functional import _check_p, attention_backward, attention_forward
+from minigpt.attention import attention_backward, attention_forward
+from minigpt.functional import _check_p
 from minigpt.tensor import Function, Tensor
 
 

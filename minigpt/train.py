@@ -38,10 +38,12 @@ from minigpt.nn import GPT, BigramLanguageModel, GPTConfig, Module
 from minigpt.tensor import no_grad
 
 # nanoGPT's recipes. CPU: its README's laptop command for shakespeare_char; GPU: config/train_shakespeare_char.py.
+# Neither sets `bias`, so both take nanoGPT train.py's default, bias=False (no biases in Linear and
+# LayerNorm), although its GPTConfig dataclass (and ours) defaults to True.
 CPU_PRESET = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, max_iters=2000,
-                  lr_decay_iters=2000, dropout=0.0, eval_iters=20)
+                  lr_decay_iters=2000, dropout=0.0, eval_iters=20, bias=False)
 GPU_PRESET = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=64, max_iters=5000,
-                  lr_decay_iters=5000, dropout=0.2, eval_iters=200)
+                  lr_decay_iters=5000, dropout=0.2, eval_iters=200, bias=False)
 # the notebook's bigram: a (V, V) table, short contexts, a higher rate for a table that starts at N(0, 1)
 BIGRAM_PRESET = dict(block_size=8, batch_size=32, max_iters=3000, lr_decay_iters=3000, learning_rate=1e-2,
                      min_lr=1e-3, warmup_iters=0, weight_decay=0.0, eval_iters=50)
@@ -62,7 +64,7 @@ class TrainConfig:
     block_size: int = 64
     batch_size: int = 12
     dropout: float = 0.0
-    bias: bool = True
+    bias: bool = False  # nanoGPT train.py's default
     max_iters: int = 2000
     learning_rate: float = 1e-3
     min_lr: float = 1e-4

@@ -12,7 +12,7 @@ from minigpt import backend
 
 PACKAGE = Path(minigpt.__file__).parent
 # every module that does array math must take xp from its inputs
-OP_MODULES = ["tensor.py", "ops.py", "functional.py", "fused.py", "optim.py", "gradcheck.py", "nn/module.py", "nn/layers.py"]
+OP_MODULES = ["tensor.py", "ops.py", "functional.py", "attention.py", "fused.py", "optim.py", "gradcheck.py", "nn/module.py", "nn/layers.py"]
 
 
 def numpy_uses(source):

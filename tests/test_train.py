@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from minigpt import checkpoint, nn
-from minigpt.data import CharTokenizer
 from minigpt.train import TrainConfig, read_metrics, resume_config, split_loss, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -112,10 +111,11 @@ def test_presets_follow_nanogpt():
     cpu = TrainConfig.preset()
     assert (cpu.n_layer, cpu.n_head, cpu.n_embd, cpu.block_size, cpu.batch_size, cpu.max_iters) == (4, 4, 128, 64, 12, 2000)
     assert (cpu.learning_rate, cpu.min_lr, cpu.warmup_iters, cpu.beta2, cpu.weight_decay, cpu.grad_clip,
-            cpu.dropout, cpu.lr_decay_iters) == (1e-3, 1e-4, 100, 0.99, 0.1, 1.0, 0.0, 2000)
+            cpu.dropout, cpu.lr_decay_iters, cpu.bias) == (1e-3, 1e-4, 100, 0.99, 0.1, 1.0, 0.0, 2000, False)
     gpu = TrainConfig.preset(device="cuda")
-    assert (gpu.n_layer, gpu.n_head, gpu.n_embd, gpu.block_size, gpu.batch_size, gpu.max_iters, gpu.dropout) == \
-        (6, 6, 384, 256, 64, 5000, 0.2)
+    assert (gpu.n_layer, gpu.n_head, gpu.n_embd, gpu.block_size, gpu.batch_size, gpu.max_iters, gpu.dropout,
+            gpu.bias) == (6, 6, 384, 256, 64, 5000, 0.2, False)
+    assert TrainConfig.preset(bias=True).bias  # --bias turns them on
     assert TrainConfig.preset(n_layer=2, dropout=None).n_layer == 2
 
 
