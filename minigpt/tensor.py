@@ -320,18 +320,6 @@ class Function:
         self.saved = _RELEASED
 
 
-def as_array(x: Any, like: Any) -> Any:
-    """``x`` (a number or array) as an array in ``like``'s module and float dtype.
-
-    Python numbers become 0-d arrays of ``like``'s dtype, so a float32 computation never
-    turns float64 because of a constant.
-    """
-    xp = backend.get_array_module(like)
-    if isinstance(x, (int, float)) and not isinstance(x, bool):
-        return xp.asarray(x, dtype=like.dtype if _is_float(like.dtype) else None)
-    return xp.asarray(x)
-
-
 def unbroadcast(grad: Any, shape: tuple[int, ...]) -> Any:
     """Sum ``grad`` down to ``shape``: the backward of numpy broadcasting.
 

@@ -447,9 +447,14 @@ def _restore(path: Path, model: Module, optimizer: optim.AdamW, tokenizer: CharT
 
 def generate_text(model: Module, tokenizer: CharTokenizer, prompt: str, n_chars: int,
                   temperature: float = 0.8, top_k: int | None = 200) -> str:
-    """``prompt`` followed by ``n_chars`` sampled characters."""
+    """``prompt`` followed by ``n_chars`` sampled characters (in eval mode: no dropout)."""
     if n_chars <= 0:
         return prompt
     idx = tokenizer.encode(prompt)[None, :]  # (1, T)
-    out = model.generate(idx, n_chars, temperature=temperature, top_k=top_k)
+    was_training = model.training
+    model.eval()
+    try:
+        out = model.generate(idx, n_chars, temperature=temperature, top_k=top_k)
+    finally:
+        model.train(was_training)
     return tokenizer.decode(backend.to_numpy(out)[0])

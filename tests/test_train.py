@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from minigpt import checkpoint, nn
+from minigpt.data import CharTokenizer
 from minigpt.train import TrainConfig, read_metrics, resume_config, split_loss, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -144,3 +145,18 @@ def test_command_lines_train_and_sample(tmp_path, shakespeare_path):
     prompt.write_text("JULIET:\n")
     r = run_cli("sample.py", "--out_dir", str(out), "--start", f"FILE:{prompt}", "--max_new_tokens", "5")
     assert r.returncode == 0 and r.stdout.startswith("JULIET:\n")
+
+
+def test_generated_text_is_sampled_without_dropout():
+    import minigpt
+    from minigpt.train import generate_text
+
+    tok = CharTokenizer.from_text("abcdefgh\n")
+    m = nn.GPT(nn.GPTConfig(block_size=8, vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=8, dropout=0.5))
+    m.train()
+    minigpt.manual_seed(4)
+    in_train_mode = generate_text(m, tok, "ab", 20)
+    assert m.training  # the mode is given back
+    m.eval()
+    minigpt.manual_seed(4)
+    assert generate_text(m, tok, "ab", 20) == in_train_mode
