@@ -146,6 +146,13 @@ class GPT(Module):
             if name.endswith("c_proj.weight"):
                 _normal_(p, 0.02 / math.sqrt(2 * self.config.n_layer))
 
+    def _embed(self, idx: Any, start: int = 0) -> Tensor:
+        """Token plus position embeddings of idx (B, T), for positions start..start+T-1: (B, T, C)."""
+        w = self.lm_head.weight
+        tok_emb = self.transformer.wte(backend.move(idx, w.device))  # (B, T, C)
+        pos_emb = self.transformer.wpe(w.xp.arange(start, start + idx.shape[1]))  # (T, C), broadcast over B
+        return self.transformer.drop(tok_emb + pos_emb)
+
     def num_params(self, non_embedding: bool = False) -> int:
         """Parameter count (the tied table once); ``non_embedding`` leaves out the position table,
         as nanoGPT reports it."""
@@ -158,11 +165,7 @@ class GPT(Module):
         B, T = idx.shape
         if T > self.config.block_size:
             raise ValueError(f"cannot forward a sequence of length {T}: block_size is {self.config.block_size}")
-        xp = self.lm_head.weight.xp
-        pos = xp.arange(T)  # (T,)
-        tok_emb = self.transformer.wte(backend.move(idx, self.lm_head.weight.device))  # (B, T, C)
-        pos_emb = self.transformer.wpe(pos)  # (T, C), broadcast over B
-        x = self.transformer.drop(tok_emb + pos_emb)
+        x = self._embed(idx)  # (B, T, C)
         for block in self.transformer.h:
             x = block(x)
         x = self.transformer.ln_f(x)
@@ -176,13 +179,14 @@ class GPT(Module):
     @no_grad()
     def attention_maps(self, idx: Any) -> Any:
         """The attention weights of every head of every layer for idx (B, T): an array
-        (n_layer, B, nh, T, T) whose row t says how much position t reads from each position <= t."""
+        (n_layer, B, nh, T, T) whose row t says how much position t reads from each position <= t.
+        Meant for a model in eval mode (in training mode dropout would perturb the stream)."""
         idx = backend.unwrap(idx)
         w = self.lm_head.weight
         B, T = idx.shape
         nh = self.config.n_head
         hs = self.config.n_embd // nh
-        x = self.transformer.wte(backend.move(idx, w.device)) + self.transformer.wpe(w.xp.arange(T))
+        x = self._embed(idx)
         maps = []
         for block in self.transformer.h:
             qkv = block.attn.c_attn(block.ln_1(x)).data.reshape(B, T, 3, nh, hs).transpose(2, 0, 3, 1, 4)
@@ -233,10 +237,7 @@ class GPT(Module):
 
     def _forward_cached(self, idx: Any, caches: list[dict[str, Any]], pos: int) -> Tensor:
         """Logits (B, 1, V) of the last of the new positions pos.. given in idx (B, t)."""
-        w = self.lm_head.weight
-        t = idx.shape[1]
-        x = self.transformer.wte(backend.move(idx, w.device)) + self.transformer.wpe(w.xp.arange(pos, pos + t))
-        x = self.transformer.drop(x)  # (B, t, C)
+        x = self._embed(idx, start=pos)  # (B, t, C)
         for block, cache in zip(self.transformer.h, caches):
             x = block.forward_cached(x, cache, pos)
         x = self.transformer.ln_f(x[:, -1:, :])  # only the last position's logits are needed

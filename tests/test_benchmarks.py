@@ -1,0 +1,24 @@
+"""The benchmark scripts still run (smallest settings, no PyTorch). Timings are never asserted:
+speed is measured by running the benchmarks themselves, on a quiet machine."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.mark.parametrize("script, args, expect", [
+    ("bench_train.py", ["--rounds", "1", "--steps", "2", "--warmup", "1", "--no-torch", "--no-memory"], "ms/iter"),
+    ("profile_step.py", ["--steps", "2", "--warmup", "1"], "AdamW.step"),
+    ("bench_generate.py", ["--new_tokens", "12", "--n_layer", "1", "--n_embd", "16", "--n_head", "2",
+                           "--block_size", "8"], "identical tokens: True"),
+])
+def test_benchmark_scripts_run(script, args, expect):
+    r = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True,
+                       timeout=300, env=dict(os.environ, PYTHONPATH=str(BENCH.parent)))
+    assert r.returncode == 0, r.stderr
+    assert expect in r.stdout
