@@ -16,6 +16,7 @@ an uninterrupted run would.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -25,7 +26,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy
 
@@ -173,16 +174,25 @@ def build_optimizer(model: Module, cfg: TrainConfig) -> optim.AdamW:
     return optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2))
 
 
+@contextlib.contextmanager
+def evaluating(model: Module) -> Iterator[Module]:
+    """The model in eval mode (no dropout) inside the block, back in its previous mode after it."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 @no_grad()
 def estimate_loss(model: Module, ids: numpy.ndarray, cfg: TrainConfig, rng: numpy.random.Generator) -> float:
     """Mean loss over ``eval_iters`` random batches (in eval mode: no dropout)."""
-    was_training = model.training
-    model.eval()
     losses = []
-    for _ in range(cfg.eval_iters):
-        x, y = get_batch(ids, cfg.batch_size, cfg.block_size, rng)
-        losses.append(model(x, y)[1].item())
-    model.train(was_training)
+    with evaluating(model):
+        for _ in range(cfg.eval_iters):
+            x, y = get_batch(ids, cfg.batch_size, cfg.block_size, rng)
+            losses.append(model(x, y)[1].item())
     return float(numpy.mean(losses))
 
 
@@ -191,21 +201,19 @@ def split_loss(model: Module, ids: Any, block_size: int, batch_rows: int = 64) -
     """The mean loss over EVERY token of ``ids``: the text is cut into consecutive chunks of
     block_size (the last may be shorter) and each token is predicted from the tokens before
     it in its chunk, so every one of the len(ids) - 1 targets is scored exactly once."""
-    was_training = model.training
-    model.eval()
     ids = numpy.asarray(ids)
     n = len(ids) - 1  # number of (input, target) pairs
     full = n // block_size
     total = 0.0
     starts = numpy.arange(full) * block_size
-    for i in range(0, full, batch_rows):
-        offs = starts[i:i + batch_rows, None] + numpy.arange(block_size)  # (rows, T)
-        total += _sum_loss(model, ids[offs], ids[offs + 1])
-    rest = n - full * block_size
-    if rest:
-        s = full * block_size
-        total += _sum_loss(model, ids[None, s:s + rest], ids[None, s + 1:s + 1 + rest])
-    model.train(was_training)
+    with evaluating(model):
+        for i in range(0, full, batch_rows):
+            offs = starts[i:i + batch_rows, None] + numpy.arange(block_size)  # (rows, T)
+            total += _sum_loss(model, ids[offs], ids[offs + 1])
+        rest = n - full * block_size
+        if rest:
+            s = full * block_size
+            total += _sum_loss(model, ids[None, s:s + rest], ids[None, s + 1:s + 1 + rest])
     return total / n
 
 
@@ -451,10 +459,6 @@ def generate_text(model: Module, tokenizer: CharTokenizer, prompt: str, n_chars:
     if n_chars <= 0:
         return prompt
     idx = tokenizer.encode(prompt)[None, :]  # (1, T)
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         out = model.generate(idx, n_chars, temperature=temperature, top_k=top_k)
-    finally:
-        model.train(was_training)
     return tokenizer.decode(backend.to_numpy(out)[0])
