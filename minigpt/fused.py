@@ -15,6 +15,12 @@ from minigpt.functional import _check_p
 from minigpt.tensor import Function, Tensor
 
 
+def split_heads(qkv: Any, n_head: int) -> Any:
+    """Packed qkv (B, T, 3C) seen as the heads of q, k and v: (3, B, nh, T, hs), a view (no copy)."""
+    B, T, C3 = qkv.shape
+    return qkv.reshape(B, T, 3, n_head, C3 // 3 // n_head).transpose(2, 0, 3, 1, 4)
+
+
 class CausalSelfAttentionQKV(Function):
     """Multi-head causal attention straight from the c_attn output qkv (B, T, 3C) to the
     merged heads y (B, T, C). The composed twin (what GPT would otherwise run):
@@ -32,9 +38,8 @@ class CausalSelfAttentionQKV(Function):
     def forward(self, qkv: Any, n_head: int, dropout_p: float = 0.0) -> Any:
         B, T, C3 = qkv.shape
         C = C3 // 3
-        hs = C // n_head
-        heads = qkv.reshape(B, T, 3, n_head, hs).transpose(2, 0, 3, 1, 4)  # (3, B, nh, T, hs), a view
-        self.scale = 1.0 / math.sqrt(hs)
+        heads = split_heads(qkv, n_head)  # (3, B, nh, T, hs), a view
+        self.scale = 1.0 / math.sqrt(C // n_head)
         y, att, drop = attention_forward(heads[0], heads[1], heads[2], True, dropout_p, self.scale)
         self.saved = (qkv, att, drop)
         self.n_head = n_head
@@ -45,15 +50,15 @@ class CausalSelfAttentionQKV(Function):
         xp = backend.get_array_module(dy)
         B, T, C3 = qkv.shape
         nh, hs = self.n_head, C3 // 3 // self.n_head
-        heads = qkv.reshape(B, T, 3, nh, hs).transpose(2, 0, 3, 1, 4)
+        heads = split_heads(qkv, nh)
         # forward: y = merged heads  =>  dy viewed per head
         dy_heads = dy.reshape(B, T, nh, hs).transpose(0, 2, 1, 3)  # (B, nh, T, hs)
-        dqkv = xp.empty((B, T, 3, nh, hs), dtype=qkv.dtype)
-        d_heads = dqkv.transpose(2, 0, 3, 1, 4)  # (3, B, nh, T, hs) views to write dq, dk, dv into
+        dqkv = xp.empty((B, T, C3), dtype=qkv.dtype)
+        d_heads = split_heads(dqkv, nh)  # (3, B, nh, T, hs) views to write dq, dk, dv into
         dq, dk, dv = attention_backward(xp.ascontiguousarray(dy_heads), heads[0], heads[1], heads[2], att, drop,
                                         self.scale)
         d_heads[0], d_heads[1], d_heads[2] = dq, dk, dv
-        return dqkv.reshape(B, T, C3)
+        return dqkv
 
 
 def causal_self_attention(qkv: Tensor, n_head: int, dropout_p: float = 0.0) -> Tensor:

@@ -19,7 +19,7 @@ from typing import Any
 
 from minigpt import backend
 from minigpt import functional as F
-from minigpt.fused import causal_self_attention
+from minigpt.fused import causal_self_attention, split_heads
 from minigpt.nn.layers import Dropout, Embedding, LayerNorm, Linear
 from minigpt.nn.module import Module, ModuleDict, ModuleList
 from minigpt.tensor import Tensor, no_grad
@@ -70,8 +70,7 @@ class CausalSelfAttention(Module):
         """Attention for new positions pos.. of x (B, t, C), reading and extending the key/value
         ``cache`` ({"k", "v"}: (B, nh, block_size, hs)) instead of recomputing the past."""
         B, t, C = x.shape
-        nh, hs = self.n_head, C // self.n_head
-        qkv = self.c_attn(x).data.reshape(B, t, 3, nh, hs).transpose(2, 0, 3, 1, 4)  # (3, B, nh, t, hs)
+        qkv = split_heads(self.c_attn(x).data, self.n_head)  # (3, B, nh, t, hs)
         cache["k"][:, :, pos:pos + t] = qkv[1]
         cache["v"][:, :, pos:pos + t] = qkv[2]
         keys, values = cache["k"][:, :, :pos + t], cache["v"][:, :, :pos + t]  # (B, nh, pos + t, hs)
@@ -189,7 +188,7 @@ class GPT(Module):
         x = self._embed(idx)
         maps = []
         for block in self.transformer.h:
-            qkv = block.attn.c_attn(block.ln_1(x)).data.reshape(B, T, 3, nh, hs).transpose(2, 0, 3, 1, 4)
+            qkv = split_heads(block.attn.c_attn(block.ln_1(x)).data, nh)  # (3, B, nh, T, hs)
             scores = Tensor(qkv[0] @ w.xp.swapaxes(qkv[1], -1, -2) / math.sqrt(hs))  # (B, nh, T, T)
             maps.append(F.softmax(scores + F._additive_causal_mask(T, T, w.xp, w.dtype)).data)  # -inf: the future
             x = block(x)
