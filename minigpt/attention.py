@@ -54,13 +54,16 @@ def attention_forward(q: Any, k: Any, v: Any, is_causal: bool, dropout_p: float,
     y = xp.empty(q.shape[:-1] + (v.shape[-1],), dtype=q.dtype)  # (B, nh, T, hs)
     drop = _dropout_mask(att, dropout_p) if dropout_p > 0.0 else None
     mask = _additive_causal_mask(T, S, xp, att.dtype) if is_causal else None
-    for b in _batch_tiles(xp, att.shape):
+    tiles = _batch_tiles(xp, att.shape)
+    scores = xp.empty_like(att[tiles[0]])  # one tile's scores; softmax writes att
+    for b in tiles:
         a = att[b]
-        xp.matmul(q[b], xp.swapaxes(k[b], -1, -2), out=a)  # (.., T, hs) @ (.., hs, S) -> (.., T, S)
-        a *= scale
+        s = scores[: a.shape[0]]
+        xp.matmul(q[b], xp.swapaxes(k[b], -1, -2), out=s)  # (.., T, hs) @ (.., hs, S) -> (.., T, S)
+        s *= scale
         if mask is not None:
-            a += mask  # -inf above the diagonal
-        _softmax(a, axis=-1, out=a)  # in place; masked entries become exactly 0
+            s += mask  # -inf above the diagonal
+        _softmax(s, axis=-1, out=a)  # masked entries become exactly 0
         if drop is None:
             xp.matmul(a, v[b], out=y[b])  # (.., T, S) @ (.., S, hs) -> (.., T, hs)
         else:

@@ -13,6 +13,7 @@ device, which :func:`manual_seed` resets.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from types import ModuleType
 from typing import Any
@@ -129,6 +130,12 @@ def move(array: Any, device: str) -> Any:
 # faster done tile by tile, each tile staying in L2 for the whole chain. On a GPU tiling
 # only adds kernel launches, so there each "tile" is the whole array.
 TILE = 1 << 15  # elements per tile: 128 KiB of float32
+
+
+def overflow_ok(xp: ModuleType) -> Any:
+    """A context in which a float overflow to inf is expected and handled: NumPy stays quiet
+    (CuPy never warns)."""
+    return numpy.errstate(over="ignore") if xp is numpy else contextlib.nullcontext()
 
 
 def tiles(xp: ModuleType, n: int, unit: int = 1) -> list[slice]:

@@ -153,16 +153,42 @@ def _last_axis_sum(x: Any) -> Any:
 
 
 def _softmax(x: Any, axis: int, out: Any = None) -> Any:
-    """softmax along ``axis``, stable: subtracting the max changes nothing but keeps exp ≤ 1.
+    """softmax along ``axis``: exp(x) / sum exp(x), computed so that exp cannot overflow.
 
-    With ``out=x`` it overwrites x (one buffer, no temporaries the size of x).
+    softmax(x) = softmax(x - c) for any constant c per row; the textbook c is the row max,
+    which keeps every exp(x - c) in (0, 1]. On the last axis (attention's rows) finding the
+    max costs about as much as the rest of softmax, so c = 0 is tried first and kept when
+    a row's sum of exp is a finite number no smaller than n·tiny (n terms): then no exp
+    overflowed, the row's largest term is a normal float, and the result is as accurate as the
+    shifted one (it even skips the rounding of x - c). Any other row is recomputed on its own
+    with its max, so each row's result depends on that row alone.
+    ``out`` (optional) receives the result and must not be x.
     """
     xp = backend.get_array_module(x)
-    last = axis in (-1, x.ndim - 1)
-    y = xp.subtract(x, _last_axis_max(x) if last else x.max(axis=axis, keepdims=True), out=out)
-    xp.exp(y, out=y)
-    y /= _last_axis_sum(y) if last else y.sum(axis=axis, keepdims=True)
+    if axis not in (-1, x.ndim - 1):
+        y = xp.subtract(x, x.max(axis=axis, keepdims=True), out=out)
+        xp.exp(y, out=y)
+        y /= y.sum(axis=axis, keepdims=True)
+        return y
+    with backend.overflow_ok(xp):  # an overflowing row is caught below and redone
+        y = xp.exp(x, out=out)
+    total = _last_axis_sum(y)  # (*, 1)
+    bad = _unusable_sums(total, x.shape[-1])[..., 0]  # (*): rows to redo, each on its own
+    if bad.any():
+        xb = x[bad]  # (rows, n)
+        yb = xp.exp(xb - _last_axis_max(xb))  # every row's max becomes 0, so 1 <= sum <= n
+        y[bad] = yb
+        total[bad] = _last_axis_sum(yb)
+    y *= xp.reciprocal(total, out=total)
     return y
+
+
+def _unusable_sums(total: Any, n: int) -> Any:
+    """Rows whose sum of unshifted exp is not a finite number of at least n·tiny (NaN, an
+    overflow to inf, or so small that the row's largest term may have lost precision)."""
+    xp = backend.get_array_module(total)
+    lo = float(xp.finfo(total.dtype).tiny) * n
+    return ~((total >= lo) & (total < math.inf))
 
 
 def _softmax_backward(y: Any, dy: Any, axis: int, inplace: bool = False) -> Any:

@@ -1,6 +1,7 @@
 """Every op in minigpt.functional: a hypothesis gradient check, plus the invariants it must keep."""
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -170,6 +171,27 @@ def test_softmax_and_cross_entropy_finite_for_huge_logits(dtype):
     assert loss.item() == pytest.approx((2e4 + (2e4 + math.log(2)) + math.log(3)) / 3, rel=1e-4)
     loss.backward()
     assert np.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softmax_rows_out_of_exp_range_are_redone_alone(dtype):
+    # softmax tries exp(x) unshifted; rows that overflow, underflow or hold NaN are redone with
+    # their max, quietly, and the other rows keep their unshifted result bit for bit
+    big = float(np.log(np.finfo(dtype).max)) + 10  # exp(big) overflows
+    z = np.array([[0.5, -1.0, 2.0], [big, big - 1, 0.0], [-2 * big, -2 * big - 1, -2 * big],
+                  [np.nan, 0.0, 1.0], [3.0, 1.0, -4.0]], dtype=dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        p = F.softmax(Tensor(z)).data
+    z64 = z.astype(np.float64)
+    e = np.exp(z64 - z64.max(axis=-1, keepdims=True))
+    expected = e / e.sum(axis=-1, keepdims=True)
+    finite = [0, 1, 2, 4]
+    np.testing.assert_allclose(p[finite], expected[finite], rtol=1e-6 if dtype == np.float32 else 1e-14,
+                               atol=np.finfo(dtype).tiny)  # subnormal results keep few digits
+    assert np.isnan(p[3]).all()
+    alone = F.softmax(Tensor(z[[0, 4]])).data  # the ordinary rows without the bad ones
+    np.testing.assert_array_equal(p[[0, 4]], alone)
 
 
 # ----------------------------------------------------------------------------- invariants
