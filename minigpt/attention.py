@@ -71,21 +71,26 @@ def attention_forward(q: Any, k: Any, v: Any, is_causal: bool, dropout_p: float,
     return y, att, drop
 
 
-def attention_backward(dy: Any, q: Any, k: Any, v: Any, att: Any, drop: Any, scale: float) -> tuple[Any, Any, Any]:
-    """dq, dk, dv from dy (B, nh, T, hs), tile by tile over the batch. See ScaledDotProductAttention."""
+def attention_backward(dy: Any, q: Any, k: Any, v: Any, att: Any, drop: Any, scale: float,
+                       out: tuple[Any, Any, Any] | None = None) -> tuple[Any, Any, Any]:
+    """dq, dk, dv from dy (B, nh, T, hs), tile by tile over the batch. See ScaledDotProductAttention.
+    ``out``: three arrays (views allowed) to write dq, dk, dv into, instead of new ones."""
     xp = backend.get_array_module(dy)
-    dq, dk, dv = (xp.empty(t.shape, dtype=dy.dtype) for t in (q, k, v))
-    for b in _batch_tiles(xp, att.shape):
+    dq, dk, dv = out if out is not None else (xp.empty(t.shape, dtype=dy.dtype) for t in (q, k, v))
+    tiles = _batch_tiles(xp, att.shape)
+    datt_buf, yd_buf = (xp.empty_like(att[tiles[0]]) for _ in range(2))  # one tile each
+    for b in tiles:
         a = att[b]
+        datt, yd = datt_buf[: a.shape[0]], yd_buf[: a.shape[0]]
         a_d = a if drop is None else a * drop[b]
         # forward: y = att_d @ v
         xp.matmul(xp.swapaxes(a_d, -1, -2), dy[b], out=dv[b])  # (.., S, T) @ (.., T, hs) -> (.., S, hs)
-        datt = dy[b] @ xp.swapaxes(v[b], -1, -2)  # (.., T, hs) @ (.., hs, S) -> (.., T, S)
+        xp.matmul(dy[b], xp.swapaxes(v[b], -1, -2), out=datt)  # (.., T, hs) @ (.., hs, S) -> (.., T, S)
         # forward: att_d = att * drop
         if drop is not None:
             datt *= drop[b]
         # forward: att = softmax(scale * q @ kᵀ + mask)  (masked entries: att = 0, so ds = 0 there)
-        ds = _softmax_backward(a, datt, axis=-1, inplace=True)
+        ds = _softmax_backward(a, datt, axis=-1, inplace=True, scratch=yd)
         ds *= scale
         xp.matmul(ds, k[b], out=dq[b])  # (.., T, S) @ (.., S, hs) -> (.., T, hs)
         xp.matmul(xp.swapaxes(ds, -1, -2), q[b], out=dk[b])  # (.., S, T) @ (.., T, hs) -> (.., S, hs)

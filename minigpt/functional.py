@@ -191,14 +191,15 @@ def _unusable_sums(total: Any, n: int) -> Any:
     return ~((total >= lo) & (total < math.inf))
 
 
-def _softmax_backward(y: Any, dy: Any, axis: int, inplace: bool = False) -> Any:
+def _softmax_backward(y: Any, dy: Any, axis: int, inplace: bool = False, scratch: Any = None) -> Any:
     """forward: y = softmax(x)  =>  dx = y * (dy - sum(y * dy)).
 
     Because dy_i/dx_j = y_i (δ_ij - y_j):  dx_j = sum_i dy_i y_i (δ_ij - y_j)
                                               = y_j (dy_j - sum_i y_i dy_i).
-    With ``inplace`` the result overwrites dy.
+    With ``inplace`` the result overwrites dy; ``scratch`` (shape of y) holds y * dy.
     """
-    yd = y * dy
+    xp = backend.get_array_module(y)
+    yd = xp.multiply(y, dy, out=scratch)
     s = _last_axis_sum(yd) if axis in (-1, y.ndim - 1) else yd.sum(axis=axis, keepdims=True)
     dx = dy if inplace else dy.copy()
     dx -= s

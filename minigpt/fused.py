@@ -54,10 +54,9 @@ class CausalSelfAttentionQKV(Function):
         # forward: y = merged heads  =>  dy viewed per head
         dy_heads = dy.reshape(B, T, nh, hs).transpose(0, 2, 1, 3)  # (B, nh, T, hs)
         dqkv = xp.empty((B, T, C3), dtype=qkv.dtype)
-        d_heads = split_heads(dqkv, nh)  # (3, B, nh, T, hs) views to write dq, dk, dv into
-        dq, dk, dv = attention_backward(xp.ascontiguousarray(dy_heads), heads[0], heads[1], heads[2], att, drop,
-                                        self.scale)
-        d_heads[0], d_heads[1], d_heads[2] = dq, dk, dv
+        d_heads = split_heads(dqkv, nh)  # (3, B, nh, T, hs) views: dq, dk, dv are written straight in
+        attention_backward(dy_heads, heads[0], heads[1], heads[2], att, drop, self.scale,
+                           out=(d_heads[0], d_heads[1], d_heads[2]))
         return dqkv
 
 
