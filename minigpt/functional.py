@@ -464,8 +464,10 @@ class GELU(Function):
         return y
 
     def backward(self, dy: Any) -> Any:
-        # forward: y = gelu(x)  =>  dx = dy * dy/dx
-        return dy * self.saved
+        # forward: y = gelu(x)  =>  dx = dy * dy/dx, written over dy/dx (a graph runs backward once)
+        deriv = self.saved
+        deriv *= dy
+        return deriv
 
 
 def gelu(x: Tensor) -> Tensor:
