@@ -1,0 +1,135 @@
+"""The matrix products a training step cannot avoid, timed alone: the floor under any step.
+
+    python benchmarks/bench_gemm_floor.py            # CPU preset shapes; PyTorch too when installed
+
+A step of the CPU preset must run, per layer, the forward GEMM of each of the four linear layers
+(c_attn, attn c_proj, c_fc, mlp c_proj) and the two of backward (dx = dy @ W, dW = dyᵀ @ x),
+plus lm_head's three, plus attention's batched products (q @ kᵀ and att @ v forward, four in
+backward). This script runs exactly those products on arrays of the step's shapes, nothing else,
+through NumPy's BLAS and, where installed, through PyTorch (medians, alternating the two).
+Whatever else a step does (GELU, layer norm, softmax, AdamW, autograd) comes on top, so
+"floor / PyTorch's whole step" says how much of a target like "0.8 × PyTorch" the products alone use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from bench_train import configs, have_torch, machine  # noqa: E402
+
+
+def operands(n_layer: int, n_embd: int, n_head: int, block: int, batch: int, vocab: int) -> dict:
+    """Random float32 arrays with the shapes of one step's matrix products (one layer's worth,
+    reused n_layer times: the shapes, not the values, decide the time)."""
+    rng = np.random.default_rng(0)
+    N, C, hs = batch * block, n_embd, n_embd // n_head
+
+    def r(*shape):
+        return rng.standard_normal(shape).astype(np.float32)
+
+    linears = [(3 * C, C), (C, C), (4 * C, C), (C, 4 * C)]  # (out, in) of c_attn, c_proj, c_fc, mlp c_proj
+    layer = [(r(N, i), r(o, i), r(N, o)) for o, i in linears]  # x (N, in), W (out, in), dy (N, out)
+    head = (r(N, C), r(vocab, C), r(N, vocab))
+    BH = batch * n_head
+    att = dict(q=r(BH, block, hs), k=r(BH, block, hs), v=r(BH, block, hs), a=r(BH, block, block))
+    return dict(n_layer=n_layer, layer=layer, head=head, att=att)
+
+
+def numpy_products(ops: dict) -> None:
+    q, k, v, a = (ops["att"][n] for n in "qkva")
+    for _ in range(ops["n_layer"]):
+        for x, w, dy in ops["layer"]:
+            x @ w.T  # forward               (N, in) @ (in, out)
+            dy @ w  # dx                     (N, out) @ (out, in)
+            dy.T @ x  # dW                   (out, N) @ (N, in)
+        q @ k.transpose(0, 2, 1)  # scores   (BH, T, hs) @ (BH, hs, T)
+        a @ v  # y                           (BH, T, T) @ (BH, T, hs)
+        a.transpose(0, 2, 1) @ v  # dv
+        v @ k.transpose(0, 2, 1)  # datt = dy @ vᵀ
+        a @ k  # dq = ds @ k
+        a.transpose(0, 2, 1) @ q  # dk = dsᵀ @ q
+    x, w, dy = ops["head"]
+    x @ w.T
+    dy @ w
+    dy.T @ x
+
+
+def torch_products(ops: dict):
+    import torch
+
+    t = {"n_layer": ops["n_layer"],
+         "layer": [tuple(torch.from_numpy(m) for m in trio) for trio in ops["layer"]],
+         "head": tuple(torch.from_numpy(m) for m in ops["head"]),
+         "att": {n: torch.from_numpy(m) for n, m in ops["att"].items()}}
+
+    def run() -> None:
+        q, k, v, a = (t["att"][n] for n in "qkva")
+        for _ in range(t["n_layer"]):
+            for x, w, dy in t["layer"]:
+                x @ w.T
+                dy @ w
+                dy.T @ x
+            q @ k.transpose(1, 2)
+            a @ v
+            a.transpose(1, 2) @ v
+            v @ k.transpose(1, 2)
+            a @ k
+            a.transpose(1, 2) @ q
+        x, w, dy = t["head"]
+        x @ w.T
+        dy @ w
+        dy.T @ x
+
+    return run
+
+
+def median_ms(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=7, help="alternating rounds (NumPy, then PyTorch)")
+    p.add_argument("--repeats", type=int, default=20, help="timed runs per library per round")
+    p.add_argument("--threads", type=int, default=None, help="PyTorch intra-op threads (default: all cores)")
+    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+    args = p.parse_args()
+    cfg, mcfg = configs()
+    ops = operands(mcfg.n_layer, mcfg.n_embd, mcfg.n_head, cfg.block_size, cfg.batch_size, mcfg.vocab_size)
+    runners = {"numpy": lambda: numpy_products(ops)}
+    if have_torch() and not args.no_torch:
+        import torch
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        runners["pytorch"] = torch_products(ops)
+    for fn in runners.values():  # warm-up
+        fn()
+    samples: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(args.rounds):
+        for name, fn in runners.items():
+            samples[name].append(median_ms(fn, args.repeats))
+    print(f"machine: {machine()}")
+    print(f"the matrix products of one CPU-preset training step ({mcfg.n_layer} layers, {mcfg.n_embd} wide, "
+          f"block {cfg.block_size}, batch {cfg.batch_size}), nothing else:")
+    for name, s in samples.items():
+        print(f"{name:8s}: {statistics.median(s):6.2f} ms per step  (rounds: {' '.join(f'{x:.2f}' for x in s)})")
+
+
+if __name__ == "__main__":
+    main()
