@@ -87,19 +87,23 @@ def resolve(path: str | os.PathLike) -> Path:
     return path
 
 
-def _read(path: Path) -> tuple[dict[str, numpy.ndarray], dict[str, Any]]:
-    """Every array and the JSON metadata, or a CheckpointError saying what is wrong."""
+def _read(path: Path, meta_only: bool = False) -> tuple[dict[str, numpy.ndarray], dict[str, Any]]:
+    """Every array (none with ``meta_only``) and the JSON metadata, or a CheckpointError saying
+    what is wrong. An .npz is a zip: reading one entry leaves the others on disk."""
+    if not zipfile.is_zipfile(path):  # numpy.load would take any other file for a pickle
+        raise CheckpointError(f"{path} is not a readable checkpoint (not an .npz archive: truncated or damaged, or not a checkpoint)")
     try:
         with numpy.load(path, allow_pickle=False) as npz:
-            arrays = {k: npz[k] for k in npz.files}
+            if "__meta__" not in npz.files:
+                raise CheckpointError(f"{path} is not a minigpt checkpoint (no metadata)")
+            names = ["__meta__"] if meta_only else npz.files
+            arrays = {k: npz[k] for k in names}
     except ValueError as e:
         if "allow_pickle" in str(e):  # an object array: loading it would run pickle
             raise CheckpointError(f"{path} holds pickled objects, which minigpt refuses to load") from e
         raise CheckpointError(f"{path} is not a readable checkpoint (damaged?): {e}") from e
     except (OSError, zipfile.BadZipFile, EOFError, KeyError) as e:
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated or damaged?): {e}") from e
-    if "__meta__" not in arrays:
-        raise CheckpointError(f"{path} is not a minigpt checkpoint (no metadata)")
     try:
         meta = json.loads(arrays.pop("__meta__").tobytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -109,6 +113,16 @@ def _read(path: Path) -> tuple[dict[str, numpy.ndarray], dict[str, Any]]:
     if meta.get("version") != VERSION:
         raise CheckpointError(f"{path} is checkpoint version {meta.get('version')}, this minigpt reads {VERSION}")
     return arrays, meta
+
+
+def read_state(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``**state`` a checkpoint was saved with (iteration, settings, ...), read from its
+    JSON metadata alone: no arrays are loaded and no model is built."""
+    path = resolve(path)
+    state = _read(path, meta_only=True)[1].get("state") or {}
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} has damaged metadata: its state is not a mapping")
+    return state
 
 
 def _build_model(meta: dict[str, Any], path: Path) -> tuple[Module, Any]:

@@ -415,8 +415,8 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print,
 def resume_config(out_dir: str | os.PathLike, **overrides: Any) -> TrainConfig:
     """The settings a run in ``out_dir`` was started with (from its latest.npz), with
     ``overrides`` (the flags given again, such as a larger --max_iters) on top."""
-    ckpt = checkpoint.load(Path(out_dir) / checkpoint.LATEST)
-    saved = {k: v for k, v in ckpt.state.get("train_config", {}).items() if k in TrainConfig.__dataclass_fields__}
+    state = checkpoint.read_state(Path(out_dir) / checkpoint.LATEST)  # the weights are read later, once
+    saved = {k: v for k, v in state.get("train_config", {}).items() if k in TrainConfig.__dataclass_fields__}
     if not saved:
         raise checkpoint.CheckpointError(f"{Path(out_dir) / checkpoint.LATEST} holds no training settings to resume")
     given = {k: v for k, v in overrides.items() if v is not None}

@@ -43,6 +43,24 @@ def test_round_trip_restores_model_optimizer_tokenizer_and_state(tmp_path):
     assert opt2.param_groups[0]["lr"] == 1e-2
 
 
+def test_read_state_reads_the_metadata_alone(tmp_path, monkeypatch):
+    m, _, _ = trained_gpt()
+    checkpoint.save(tmp_path / "c.npz", m, iter_num=7, train_config={"max_iters": 9})
+    read = []
+    real_getitem = np.lib.npyio.NpzFile.__getitem__
+
+    def spy(self, key):
+        read.append(key)
+        return real_getitem(self, key)
+
+    monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__", spy)
+    assert checkpoint.read_state(tmp_path / "c.npz") == {"iter_num": 7, "train_config": {"max_iters": 9}}
+    assert read == ["__meta__"]  # no weight was loaded
+    (tmp_path / "foreign.npz").write_bytes(b"not a zip")
+    with pytest.raises(CheckpointError, match="not a readable checkpoint"):
+        checkpoint.read_state(tmp_path / "foreign.npz")
+
+
 def test_bigram_round_trip_and_out_dir_means_best(tmp_path):
     m = nn.BigramLanguageModel(7)
     checkpoint.save(tmp_path / checkpoint.BEST, m)
