@@ -41,21 +41,22 @@ def operands(n_layer: int, n_embd: int, n_head: int, block: int, batch: int, voc
     layer = [(r(N, i), r(o, i), r(N, o)) for o, i in linears]  # x (N, in), W (out, in), dy (N, out)
     head = (r(N, C), r(vocab, C), r(N, vocab))
     BH = batch * n_head
-    att = dict(q=r(BH, block, hs), k=r(BH, block, hs), v=r(BH, block, hs), a=r(BH, block, block))
-    return dict(n_layer=n_layer, layer=layer, head=head, att=att)
+    att = {"q": r(BH, block, hs), "k": r(BH, block, hs), "v": r(BH, block, hs), "dy": r(BH, block, hs),
+           "a": r(BH, block, block)}  # a stands for att and for ds, which have the same shape
+    return {"n_layer": n_layer, "layer": layer, "head": head, "att": att}
 
 
 def numpy_products(ops: dict) -> None:
-    q, k, v, a = (ops["att"][n] for n in "qkva")
+    q, k, v, dyh, a = (ops["att"][n] for n in ("q", "k", "v", "dy", "a"))
     for _ in range(ops["n_layer"]):
         for x, w, dy in ops["layer"]:
             x @ w.T  # forward               (N, in) @ (in, out)
             dy @ w  # dx                     (N, out) @ (out, in)
             dy.T @ x  # dW                   (out, N) @ (N, in)
         q @ k.transpose(0, 2, 1)  # scores   (BH, T, hs) @ (BH, hs, T)
-        a @ v  # y                           (BH, T, T) @ (BH, T, hs)
-        a.transpose(0, 2, 1) @ v  # dv
-        v @ k.transpose(0, 2, 1)  # datt = dy @ vᵀ
+        a @ v  # y = att @ v                 (BH, T, T) @ (BH, T, hs)
+        a.transpose(0, 2, 1) @ dyh  # dv = attᵀ @ dy
+        dyh @ v.transpose(0, 2, 1)  # datt = dy @ vᵀ
         a @ k  # dq = ds @ k
         a.transpose(0, 2, 1) @ q  # dk = dsᵀ @ q
     x, w, dy = ops["head"]
@@ -73,7 +74,7 @@ def torch_products(ops: dict):
          "att": {n: torch.from_numpy(m) for n, m in ops["att"].items()}}
 
     def run() -> None:
-        q, k, v, a = (t["att"][n] for n in "qkva")
+        q, k, v, dyh, a = (t["att"][n] for n in ("q", "k", "v", "dy", "a"))
         for _ in range(t["n_layer"]):
             for x, w, dy in t["layer"]:
                 x @ w.T
@@ -81,8 +82,8 @@ def torch_products(ops: dict):
                 dy.T @ x
             q @ k.transpose(1, 2)
             a @ v
-            a.transpose(1, 2) @ v
-            v @ k.transpose(1, 2)
+            a.transpose(1, 2) @ dyh
+            dyh @ v.transpose(1, 2)
             a @ k
             a.transpose(1, 2) @ q
         x, w, dy = t["head"]

@@ -91,7 +91,8 @@ def _read(path: Path, meta_only: bool = False) -> tuple[dict[str, numpy.ndarray]
     """Every array (none with ``meta_only``) and the JSON metadata, or a CheckpointError saying
     what is wrong. An .npz is a zip: reading one entry leaves the others on disk."""
     if not zipfile.is_zipfile(path):  # numpy.load would take any other file for a pickle
-        raise CheckpointError(f"{path} is not a readable checkpoint (not an .npz archive: truncated or damaged, or not a checkpoint)")
+        raise CheckpointError(f"{path} is not a readable checkpoint (not an .npz archive: "
+                              "truncated or damaged, or not a checkpoint)")
     try:
         with numpy.load(path, allow_pickle=False) as npz:
             if "__meta__" not in npz.files:
