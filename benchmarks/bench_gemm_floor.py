@@ -46,52 +46,34 @@ def operands(n_layer: int, n_embd: int, n_head: int, block: int, batch: int, voc
     return {"n_layer": n_layer, "layer": layer, "head": head, "att": att}
 
 
-def numpy_products(ops: dict) -> None:
+def run_products(ops: dict) -> None:
+    """Every matrix product of one step, on NumPy arrays or on torch tensors alike."""
     q, k, v, dyh, a = (ops["att"][n] for n in ("q", "k", "v", "dy", "a"))
     for _ in range(ops["n_layer"]):
         for x, w, dy in ops["layer"]:
             x @ w.T  # forward               (N, in) @ (in, out)
             dy @ w  # dx                     (N, out) @ (out, in)
             dy.T @ x  # dW                   (out, N) @ (N, in)
-        q @ k.transpose(0, 2, 1)  # scores   (BH, T, hs) @ (BH, hs, T)
+        q @ k.swapaxes(-1, -2)  # scores     (BH, T, hs) @ (BH, hs, T)
         a @ v  # y = att @ v                 (BH, T, T) @ (BH, T, hs)
-        a.transpose(0, 2, 1) @ dyh  # dv = attᵀ @ dy
-        dyh @ v.transpose(0, 2, 1)  # datt = dy @ vᵀ
+        a.swapaxes(-1, -2) @ dyh  # dv = attᵀ @ dy
+        dyh @ v.swapaxes(-1, -2)  # datt = dy @ vᵀ
         a @ k  # dq = ds @ k
-        a.transpose(0, 2, 1) @ q  # dk = dsᵀ @ q
+        a.swapaxes(-1, -2) @ q  # dk = dsᵀ @ q
     x, w, dy = ops["head"]
     x @ w.T
     dy @ w
     dy.T @ x
 
 
-def torch_products(ops: dict):
+def as_torch(ops: dict) -> dict:
+    """The same operands as torch tensors sharing NumPy's memory."""
     import torch
 
-    t = {"n_layer": ops["n_layer"],
-         "layer": [tuple(torch.from_numpy(m) for m in trio) for trio in ops["layer"]],
-         "head": tuple(torch.from_numpy(m) for m in ops["head"]),
-         "att": {n: torch.from_numpy(m) for n, m in ops["att"].items()}}
-
-    def run() -> None:
-        q, k, v, dyh, a = (t["att"][n] for n in ("q", "k", "v", "dy", "a"))
-        for _ in range(t["n_layer"]):
-            for x, w, dy in t["layer"]:
-                x @ w.T
-                dy @ w
-                dy.T @ x
-            q @ k.transpose(1, 2)
-            a @ v
-            a.transpose(1, 2) @ dyh
-            dyh @ v.transpose(1, 2)
-            a @ k
-            a.transpose(1, 2) @ q
-        x, w, dy = t["head"]
-        x @ w.T
-        dy @ w
-        dy.T @ x
-
-    return run
+    return {"n_layer": ops["n_layer"],
+            "layer": [tuple(torch.from_numpy(m) for m in trio) for trio in ops["layer"]],
+            "head": tuple(torch.from_numpy(m) for m in ops["head"]),
+            "att": {n: torch.from_numpy(m) for n, m in ops["att"].items()}}
 
 
 def median_ms(fn, repeats: int) -> float:
@@ -112,13 +94,14 @@ def main() -> None:
     args = p.parse_args()
     cfg, mcfg = configs()
     ops = operands(mcfg.n_layer, mcfg.n_embd, mcfg.n_head, cfg.block_size, cfg.batch_size, mcfg.vocab_size)
-    runners = {"numpy": lambda: numpy_products(ops)}
+    runners = {"numpy": lambda: run_products(ops)}
     if have_torch() and not args.no_torch:
         import torch
 
         if args.threads:
             torch.set_num_threads(args.threads)
-        runners["pytorch"] = torch_products(ops)
+        torch_ops = as_torch(ops)
+        runners["pytorch"] = lambda: run_products(torch_ops)
     for fn in runners.values():  # warm-up
         fn()
     samples: dict[str, list[float]] = {name: [] for name in runners}
