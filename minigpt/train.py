@@ -322,6 +322,8 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print,
     out_dir = Path(cfg.out_dir)
     device = resolve_device(cfg.device)
     dtype = numpy.dtype(cfg.dtype)
+    if device == "cpu":
+        backend.keep_freed_memory()  # each step reuses the last one's freed memory: no page faults
 
     text = load_text(resolve_data_path(cfg.data), url=os.environ.get("MINIGPT_DATA_URL") or TINY_SHAKESPEARE_URL)
     tokenizer = CharTokenizer.from_text(text)
