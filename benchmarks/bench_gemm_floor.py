@@ -18,6 +18,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
@@ -46,24 +47,33 @@ def operands(n_layer: int, n_embd: int, n_head: int, block: int, batch: int, voc
     return {"n_layer": n_layer, "layer": layer, "head": head, "att": att}
 
 
-def run_products(ops: dict) -> None:
-    """Every matrix product of one step, on NumPy arrays or on torch tensors alike."""
+def products(ops: dict) -> list[tuple[str, int, Callable[[], Any]]]:
+    """Every matrix product of one step, as (name, times per step, product), on NumPy arrays or
+    on torch tensors alike."""
     q, k, v, dyh, a = (ops["att"][n] for n in ("q", "k", "v", "dy", "a"))
-    for _ in range(ops["n_layer"]):
-        for x, w, dy in ops["layer"]:
-            x @ w.T  # forward               (N, in) @ (in, out)
-            dy @ w  # dx                     (N, out) @ (out, in)
-            dy.T @ x  # dW                   (out, N) @ (N, in)
-        q @ k.swapaxes(-1, -2)  # scores     (BH, T, hs) @ (BH, hs, T)
-        a @ v  # y = att @ v                 (BH, T, T) @ (BH, T, hs)
-        a.swapaxes(-1, -2) @ dyh  # dv = attᵀ @ dy
-        dyh @ v.swapaxes(-1, -2)  # datt = dy @ vᵀ
-        a @ k  # dq = ds @ k
-        a.swapaxes(-1, -2) @ q  # dk = dsᵀ @ q
+    L = ops["n_layer"]
+    out: list[tuple[str, int, Callable[[], Any]]] = []
+    for name, (x, w, dy) in zip(("c_attn", "attn.c_proj", "c_fc", "mlp.c_proj"), ops["layer"]):
+        out += [(f"{name} forward", L, lambda x=x, w=w: x @ w.T),  # (N, in) @ (in, out)
+                (f"{name} dx", L, lambda dy=dy, w=w: dy @ w),  # (N, out) @ (out, in)
+                (f"{name} dW", L, lambda dy=dy, x=x: dy.T @ x)]  # (out, N) @ (N, in)
+    out += [("attention q @ kT", L, lambda: q @ k.swapaxes(-1, -2)),  # (BH, T, hs) @ (BH, hs, T)
+            ("attention att @ v", L, lambda: a @ v),  # (BH, T, T) @ (BH, T, hs)
+            ("attention dv = attT @ dy", L, lambda: a.swapaxes(-1, -2) @ dyh),
+            ("attention datt = dy @ vT", L, lambda: dyh @ v.swapaxes(-1, -2)),
+            ("attention dq = ds @ k", L, lambda: a @ k),
+            ("attention dk = dsT @ q", L, lambda: a.swapaxes(-1, -2) @ q)]
     x, w, dy = ops["head"]
-    x @ w.T
-    dy @ w
-    dy.T @ x
+    out += [("lm_head forward", 1, lambda: x @ w.T), ("lm_head dx", 1, lambda: dy @ w),
+            ("lm_head dW", 1, lambda: dy.T @ x)]
+    return out
+
+
+def run_products(ops: dict) -> None:
+    """One step's matrix products, each as many times as a step runs it."""
+    for _, times, product in products(ops):
+        for _ in range(times):
+            product()
 
 
 def as_torch(ops: dict) -> dict:
@@ -85,12 +95,26 @@ def median_ms(fn, repeats: int) -> float:
     return statistics.median(times) * 1e3
 
 
+def by_product(ops: dict, torch_ops: dict | None) -> None:
+    """Each product's median time alone, per step (times the number of layers that run it)."""
+    print(f"{'product':28s} {'x':>2s} {'numpy ms':>9s} {'torch ms':>9s} {'ratio':>6s}")
+    pairs = zip(products(ops), products(torch_ops) if torch_ops else [None] * len(products(ops)))
+    for (name, times, fn), other in pairs:
+        mine = median_ms(fn, 200) * times
+        if other is None:
+            print(f"{name:28s} {times:2d} {mine:9.3f}")
+            continue
+        theirs = median_ms(other[2], 200) * times
+        print(f"{name:28s} {times:2d} {mine:9.3f} {theirs:9.3f} {mine / theirs:6.2f}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=7, help="alternating rounds (NumPy, then PyTorch)")
     p.add_argument("--repeats", type=int, default=20, help="timed runs per library per round")
     p.add_argument("--threads", type=int, default=None, help="PyTorch intra-op threads (default: all cores)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+    p.add_argument("--by-product", action="store_true", help="also time each product alone (median of 200)")
     args = p.parse_args()
     cfg, mcfg = configs()
     ops = operands(mcfg.n_layer, mcfg.n_embd, mcfg.n_head, cfg.block_size, cfg.batch_size, mcfg.vocab_size)
@@ -102,6 +126,8 @@ def main() -> None:
             torch.set_num_threads(args.threads)
         torch_ops = as_torch(ops)
         runners["pytorch"] = lambda: run_products(torch_ops)
+    if args.by_product:
+        by_product(ops, torch_ops if "pytorch" in runners else None)
     for fn in runners.values():  # warm-up
         fn()
     samples: dict[str, list[float]] = {name: [] for name in runners}
