@@ -426,12 +426,16 @@ class GELU(Function):
     Forward computes dy/dx as it goes (tile by tile, while x and tanh u are in cache) and
     saves only that: backward is then one multiply. The factored form shares (1 + tanh u)
     with y, so the whole forward is 15 array passes. Saves dy/dx (shape of x), nothing in no_grad.
+    ``inplace=True`` writes y over x's array (each tile's x is read before its y is written),
+    for a caller whose x is used by nothing else, as the MLP's c_fc output: one array fewer to
+    allocate and to pass through the cache.
     """
 
-    def forward(self, x: Any) -> Any:
+    def forward(self, x: Any, inplace: bool = False) -> Any:
         xp = backend.get_array_module(x)
-        x = xp.ascontiguousarray(x)
-        y = xp.empty_like(x)
+        contiguous = xp.ascontiguousarray(x)
+        y = contiguous if inplace and contiguous is x and x.flags.writeable else xp.empty_like(x)
+        x = contiguous
         deriv = xp.empty_like(x) if self.needs_input_grad[0] else None
         xf, yf = x.reshape(-1), y.reshape(-1)
         df = deriv.reshape(-1) if deriv is not None else None

@@ -84,6 +84,29 @@ def test_gelu_gradient(x):
     assert gradcheck(F.gelu, [leaf(x * 2)])
 
 
+def test_gelu_inplace_writes_over_its_input_and_changes_nothing_else():
+    rng = np.random.default_rng(3)
+    x, g = rng.standard_normal((5, 70_000)), rng.standard_normal((5, 70_000))  # several tiles
+
+    def run(inplace, make_input):
+        leaf_ = Tensor(x.copy(), requires_grad=True)
+        h = make_input(leaf_)  # an intermediate, as the MLP's c_fc output
+        y = F.GELU.apply(h, inplace=inplace)
+        y.backward(g[:, : y.shape[1]])
+        return h, y, leaf_.grad
+
+    h_ref, y_ref, grad_ref = run(False, lambda t: t * 1.0)
+    h, y, grad = run(True, lambda t: t * 1.0)
+    assert y.data is h.data  # written over its input
+    np.testing.assert_array_equal(y.data, y_ref.data)
+    np.testing.assert_array_equal(grad, grad_ref)
+    np.testing.assert_array_equal(h_ref.data, x)  # not in place: the input is untouched
+    # an input that is not contiguous is copied first, and stays as it was
+    h, y, grad = run(True, lambda t: (t * 1.0)[:, ::2])
+    assert not np.shares_memory(y.data, h.data)
+    np.testing.assert_array_equal(h.data, x[:, ::2])
+
+
 @given(x=arrays(), p=st.sampled_from([0.1, 0.5, 0.9]), seed=seeds)
 def test_dropout_gradient(x, p, seed):
     def fn(t):

@@ -89,7 +89,9 @@ class MLP(Module):
         self.dropout = Dropout(config.dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x))))  # (B, T, C) -> (B, T, 4C) -> (B, T, C)
+        h = self.c_fc(x)  # (B, T, C) -> (B, T, 4C)
+        h = F.GELU.apply(h, inplace=True)  # as F.gelu(h), written over c_fc's output: nothing else reads it
+        return self.dropout(self.c_proj(h))  # (B, T, 4C) -> (B, T, C)
 
 
 class Block(Module):
