@@ -12,7 +12,7 @@ from typing import Any
 from minigpt import backend
 from minigpt.attention import attention_backward, attention_forward
 from minigpt.functional import _check_p
-from minigpt.tensor import Function, Tensor
+from minigpt.tensor import Function, Tensor, unbroadcast
 
 
 def split_heads(qkv: Any, n_head: int) -> Any:
@@ -64,3 +64,25 @@ def causal_self_attention(qkv: Tensor, n_head: int, dropout_p: float = 0.0) -> T
     """Causal multi-head attention from packed qkv (B, T, 3C) to merged heads (B, T, C)."""
     _check_p(dropout_p)
     return CausalSelfAttentionQKV.apply(qkv, n_head=n_head, dropout_p=dropout_p)
+
+
+class ResidualAdd(Function):
+    """x + branch, written over branch's array: the residual connection x + f(x), where the
+    branch output f(x) (a linear layer's fresh output) is read by nothing else.
+    The composed twin is x + branch (ops.Add). Backward: dx = dy, dbranch = dy. Saves nothing."""
+
+    def forward(self, x: Any, branch: Any) -> Any:
+        xp = backend.get_array_module(x)
+        self.shapes = (x.shape, branch.shape)
+        if branch.shape != x.shape or branch.dtype != x.dtype or not branch.flags.writeable:
+            return x + branch  # broadcasting or a read-only branch: a new array, as ops.Add
+        return xp.add(branch, x, out=branch)  # a + b = b + a exactly, in floating point too
+
+    def backward(self, dy: Any) -> tuple[Any, Any]:
+        # forward: y = x + branch  =>  dx = dy, dbranch = dy (summed back over broadcast axes)
+        return unbroadcast(dy, self.shapes[0]), unbroadcast(dy, self.shapes[1])
+
+
+def residual_add(x: Tensor, branch: Tensor) -> Tensor:
+    """x + branch for the residual stream, reusing branch's array (see ResidualAdd)."""
+    return ResidualAdd.apply(x, branch)

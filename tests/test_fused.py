@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 import minigpt
 from minigpt import Tensor, gradcheck
 from minigpt import functional as F
-from minigpt.fused import causal_self_attention
+from minigpt.fused import causal_self_attention, residual_add
 from tests.strategies import arrays, seeds
 
 
@@ -54,3 +54,31 @@ def test_fused_attention_keeps_float32_and_checks_p():
     assert y.dtype == x.grad.dtype == np.float32
     with pytest.raises(ValueError):
         causal_self_attention(x, 2, dropout_p=2.0)
+
+
+@given(x=arrays((3, 4)), b=arrays((3, 4)), seed=seeds)
+def test_residual_add_equals_add_and_writes_over_the_branch(x, b, seed):
+    g = np.random.default_rng(seed).standard_normal((3, 4))
+    results = []
+    for fn in (residual_add, lambda a, c: a + c):
+        tx, tb = Tensor(x, requires_grad=True), Tensor(b, requires_grad=True)
+        branch = tb * 1.0  # an intermediate, as a linear layer's output is
+        y = fn(tx, branch)
+        y.backward(g)
+        results.append((y.data.copy(), tx.grad, tb.grad, y.data is branch.data))
+    (y, dx, db, reused), (y_ref, dx_ref, db_ref, _) = results
+    np.testing.assert_array_equal(y, y_ref)  # a + b == b + a exactly
+    np.testing.assert_array_equal(dx, dx_ref)
+    np.testing.assert_array_equal(db, db_ref)
+    assert reused
+    assert gradcheck(lambda a, c: residual_add(a, c * 1.0), [Tensor(x, requires_grad=True), Tensor(b, requires_grad=True)])
+
+
+def test_residual_add_broadcasting_falls_back_to_a_new_array():
+    x, b = Tensor(np.ones((2, 3)), requires_grad=True), Tensor(np.arange(3.0), requires_grad=True)
+    y = residual_add(x, b)
+    np.testing.assert_array_equal(y.data, np.ones((2, 3)) + np.arange(3.0))
+    np.testing.assert_array_equal(b.data, np.arange(3.0))
+    y.backward(np.arange(6.0).reshape(2, 3))
+    np.testing.assert_array_equal(x.grad, np.arange(6.0).reshape(2, 3))
+    np.testing.assert_array_equal(b.grad, [3.0, 5.0, 7.0])

@@ -19,7 +19,7 @@ from typing import Any
 
 from minigpt import backend
 from minigpt import functional as F
-from minigpt.fused import causal_self_attention, split_heads
+from minigpt.fused import causal_self_attention, residual_add, split_heads
 from minigpt.nn.layers import Dropout, Embedding, LayerNorm, Linear
 from minigpt.nn.module import Module, ModuleDict, ModuleList
 from minigpt.tensor import Tensor, no_grad
@@ -105,8 +105,8 @@ class Block(Module):
         self.mlp = MLP(config)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x + self.attn(self.ln_1(x))
-        return x + self.mlp(self.ln_2(x))
+        x = residual_add(x, self.attn(self.ln_1(x)))  # x + attn(ln_1(x))
+        return residual_add(x, self.mlp(self.ln_2(x)))  # x + mlp(ln_2(x))
 
     def forward_cached(self, x: Tensor, cache: dict[str, Any], pos: int) -> Tensor:
         x = x + self.attn.forward_cached(self.ln_1(x), cache, pos)
