@@ -108,6 +108,11 @@ def to_numpy(array: Any) -> numpy.ndarray:
     return array.get()
 
 
+def writeable(array: Any) -> bool:
+    """Whether an op may write into ``array`` (NumPy arrays can be read-only; CuPy's cannot)."""
+    return getattr(array.flags, "writeable", True)
+
+
 def ensure_array(x: Any) -> Any:
     """``x`` as an array: NumPy reductions return scalars (numpy.float32), not 0-d arrays."""
     if isinstance(x, numpy.generic):

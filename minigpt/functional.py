@@ -434,7 +434,7 @@ class GELU(Function):
     def forward(self, x: Any, inplace: bool = False) -> Any:
         xp = backend.get_array_module(x)
         contiguous = xp.ascontiguousarray(x)
-        y = contiguous if inplace and contiguous is x and x.flags.writeable else xp.empty_like(x)
+        y = contiguous if inplace and contiguous is x and backend.writeable(x) else xp.empty_like(x)
         x = contiguous
         deriv = xp.empty_like(x) if self.needs_input_grad[0] else None
         xf, yf = x.reshape(-1), y.reshape(-1)

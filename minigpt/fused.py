@@ -74,7 +74,7 @@ class ResidualAdd(Function):
     def forward(self, x: Any, branch: Any) -> Any:
         xp = backend.get_array_module(x)
         self.shapes = (x.shape, branch.shape)
-        if branch.shape != x.shape or branch.dtype != x.dtype or not branch.flags.writeable:
+        if branch.shape != x.shape or branch.dtype != x.dtype or not backend.writeable(branch):
             return x + branch  # broadcasting or a read-only branch: a new array, as ops.Add
         return xp.add(branch, x, out=branch)  # a + b = b + a exactly, in floating point too
 

@@ -82,3 +82,11 @@ def test_residual_add_broadcasting_falls_back_to_a_new_array():
     y.backward(np.arange(6.0).reshape(2, 3))
     np.testing.assert_array_equal(x.grad, np.arange(6.0).reshape(2, 3))
     np.testing.assert_array_equal(b.grad, [3.0, 5.0, 7.0])
+
+
+def test_residual_add_never_writes_into_a_read_only_branch():
+    data = np.arange(6.0).reshape(2, 3)
+    data.flags.writeable = False
+    y = residual_add(Tensor(np.ones((2, 3))), Tensor(data))
+    np.testing.assert_array_equal(y.data, np.arange(6.0).reshape(2, 3) + 1)
+    np.testing.assert_array_equal(data, np.arange(6.0).reshape(2, 3))
