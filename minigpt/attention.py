@@ -45,20 +45,30 @@ def _batch_tiles(xp: Any, att_shape: tuple[int, ...]) -> list[Any]:
     return backend.tiles(xp, att_shape[0], unit)
 
 
-def _transposed_buffer(k: Any, tile: Any) -> Any:
-    """Room for one batch tile of k (.., S, hs) with its last two axes swapped: (.., hs, S)."""
+def _transposed_buffer(q: Any, k: Any, tile: Any) -> Any:
+    """Room for one batch tile of k (.., S, hs) with its last two axes swapped, (.., hs, S), when
+    q @ kᵀ runs faster on a contiguous copy of kᵀ than on a transposed view; else None.
+
+    Measured with NumPy's OpenBLAS on a 2-core x86 machine (q @ kᵀ, batched): for heads of up
+    to 48 channels, 32 or more query rows and at most 128 keys (the CPU preset: hs 32, T = S = 64)
+    the product on a transposed view runs 1.4-2x slower than on a contiguous copy, and the copy
+    costs less than the difference. For wider heads or longer rows the copy costs more than it
+    saves, for a single query row (generation with a cache) it is pure cost, and on a GPU
+    cuBLAS takes transposed operands at full speed: there the view is used as it is."""
     xp = backend.get_array_module(k)
+    T, S, hs = q.shape[-2], k.shape[-2], k.shape[-1]
+    if xp is not backend.numpy or not (T >= 32 and S <= 128 and hs <= 48):
+        return None
     shape = k[tile].shape
-    return xp.empty(shape[:-2] + (shape[-1], shape[-2]), dtype=k.dtype)
+    return xp.empty(shape[:-2] + (hs, S), dtype=k.dtype)
 
 
 def _transposed(k: Any, buf: Any) -> Any:
-    """kᵀ over the last two axes, copied into (the front of) ``buf`` so that it is contiguous.
-
-    The products q @ kᵀ and dy @ vᵀ multiply by a transposed matrix. Handed a transposed view,
-    BLAS runs them about twice as slowly as the same product on a contiguous (hs, S) operand, for
-    attention's small matrices (hs = 32, S = 64 here); the copy costs a fraction of the saving."""
+    """kᵀ over the last two axes: copied into (the front of) ``buf``, contiguous, when a buffer
+    is given (see _transposed_buffer), else a transposed view."""
     xp = backend.get_array_module(k)
+    if buf is None:
+        return xp.swapaxes(k, -1, -2)
     kt = buf[: k.shape[0]] if k.ndim > 2 else buf
     xp.copyto(kt, xp.swapaxes(k, -1, -2))
     return kt
@@ -75,11 +85,11 @@ def attention_forward(q: Any, k: Any, v: Any, is_causal: bool, dropout_p: float,
     mask = _additive_causal_mask(T, S, xp, att.dtype) if is_causal else None
     tiles = _batch_tiles(xp, att.shape)
     scores = xp.empty_like(att[tiles[0]])  # one tile's scores; softmax writes att
-    kt_buf = _transposed_buffer(k, tiles[0])
+    kt_buf = _transposed_buffer(q, k, tiles[0])
     for b in tiles:
         a = att[b]
         s = scores[: a.shape[0]]
-        kt = _transposed(k[b], kt_buf)  # (.., S, hs) -> (.., hs, S), contiguous
+        kt = _transposed(k[b], kt_buf)  # (.., S, hs) -> (.., hs, S)
         xp.matmul(q[b], kt, out=s)  # (.., T, hs) @ (.., hs, S) -> (.., T, S)
         s *= scale
         if mask is not None:
@@ -100,14 +110,14 @@ def attention_backward(dy: Any, q: Any, k: Any, v: Any, att: Any, drop: Any, sca
     dq, dk, dv = out if out is not None else (xp.empty(t.shape, dtype=dy.dtype) for t in (q, k, v))
     tiles = _batch_tiles(xp, att.shape)
     datt_buf, yd_buf = (xp.empty_like(att[tiles[0]]) for _ in range(2))  # one tile each
-    vt_buf = _transposed_buffer(v, tiles[0])
+    vt_buf = _transposed_buffer(dy, v, tiles[0])
     for b in tiles:
         a = att[b]
         datt, yd = datt_buf[: a.shape[0]], yd_buf[: a.shape[0]]
         a_d = a if drop is None else a * drop[b]
         # forward: y = att_d @ v
         xp.matmul(xp.swapaxes(a_d, -1, -2), dy[b], out=dv[b])  # (.., S, T) @ (.., T, hs) -> (.., S, hs)
-        vt = _transposed(v[b], vt_buf)  # (.., S, hs) -> (.., hs, S), contiguous
+        vt = _transposed(v[b], vt_buf)  # (.., S, hs) -> (.., hs, S)
         xp.matmul(dy[b], vt, out=datt)  # (.., T, hs) @ (.., hs, S) -> (.., T, S)
         # forward: att_d = att * drop
         if drop is not None:

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 import minigpt
 from minigpt import Tensor, gradcheck
+from minigpt import attention
 from minigpt import functional as F
 from tests.strategies import arrays, rng_from, seeds, shapes
 
@@ -138,12 +139,22 @@ def test_attention_with_dropout_gradient(qkv, seed):
     assert gradcheck(fn, [leaf(a) for a in qkv])
 
 
+def test_attention_gradient_with_a_contiguous_copy_of_k_transposed():
+    # 40 query rows and heads of 3: the shapes for which attention multiplies by copies of kᵀ and vᵀ
+    rng = np.random.default_rng(2)
+    q, k, v = (rng.standard_normal((2, 1, 40, 3)) for _ in range(3))
+    assert attention._transposed_buffer(q, k, slice(0, 1)) is not None
+    assert attention._transposed_buffer(q[..., :1, :], k, slice(0, 1)) is None  # one query row: a view
+    assert gradcheck(lambda q, k, v: F.scaled_dot_product_attention(q, k, v), [leaf(a) for a in (q, k, v)])
+
+
 # ----------------------------------------------------------------------------- forward values from the math
-def test_attention_equals_the_masked_softmax_formula():
+@pytest.mark.parametrize("T", [5, 40])  # 40: through copies of kᵀ (see the test above)
+def test_attention_equals_the_masked_softmax_formula(T):
     rng = np.random.default_rng(0)
-    q, k, v = (rng.standard_normal((2, 3, 5, 4)) for _ in range(3))
+    q, k, v = (rng.standard_normal((2, 3, T, 4)) for _ in range(3))
     att = q @ k.swapaxes(-1, -2) / math.sqrt(4)
-    att = np.where(np.tril(np.ones((5, 5), bool)), att, -np.inf)
+    att = np.where(np.tril(np.ones((T, T), bool)), att, -np.inf)
     att = np.exp(att - att.max(-1, keepdims=True))
     att /= att.sum(-1, keepdims=True)
     out = F.scaled_dot_product_attention(Tensor(q), Tensor(k), Tensor(v))
