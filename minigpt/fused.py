@@ -67,15 +67,15 @@ def causal_self_attention(qkv: Tensor, n_head: int, dropout_p: float = 0.0) -> T
 
 
 class ResidualAdd(Function):
-    """x + branch, written over branch's array: the residual connection x + f(x), where the
-    branch output f(x) (a linear layer's fresh output) is read by nothing else.
+    """x + branch, written over branch's array (``inplace``): the residual connection x + f(x),
+    where the branch output f(x) (a linear layer's fresh output) is read by nothing else.
     The composed twin is x + branch (ops.Add). Backward: dx = dy, dbranch = dy. Saves nothing."""
 
-    def forward(self, x: Any, branch: Any) -> Any:
+    def forward(self, x: Any, branch: Any, inplace: bool = True) -> Any:
         xp = backend.get_array_module(x)
         self.shapes = (x.shape, branch.shape)
-        if branch.shape != x.shape or branch.dtype != x.dtype or not backend.writeable(branch):
-            return x + branch  # broadcasting or a read-only branch: a new array, as ops.Add
+        if not inplace or branch.shape != x.shape or branch.dtype != x.dtype or not backend.writeable(branch):
+            return x + branch  # broadcasting, or a branch not ours to write: a new array, as ops.Add
         return xp.add(branch, x, out=branch)  # a + b = b + a exactly, in floating point too
 
     def backward(self, dy: Any) -> tuple[Any, Any]:
@@ -84,5 +84,6 @@ class ResidualAdd(Function):
 
 
 def residual_add(x: Tensor, branch: Tensor) -> Tensor:
-    """x + branch for the residual stream, reusing branch's array (see ResidualAdd)."""
-    return ResidualAdd.apply(x, branch)
+    """x + branch for the residual stream, reusing branch's array when it is an op's output
+    (see ResidualAdd); a leaf (a parameter, a tensor the caller made) is never written over."""
+    return ResidualAdd.apply(x, branch, inplace=isinstance(branch, Tensor) and not branch.is_leaf)

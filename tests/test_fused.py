@@ -75,18 +75,26 @@ def test_residual_add_equals_add_and_writes_over_the_branch(x, b, seed):
 
 
 def test_residual_add_broadcasting_falls_back_to_a_new_array():
-    x, b = Tensor(np.ones((2, 3)), requires_grad=True), Tensor(np.arange(3.0), requires_grad=True)
+    x = Tensor(np.ones((2, 3)), requires_grad=True)
+    b_leaf = Tensor(np.arange(3.0), requires_grad=True)
+    b = b_leaf * 1.0  # an op's output, so writing over it would be allowed, but it broadcasts
     y = residual_add(x, b)
     np.testing.assert_array_equal(y.data, np.ones((2, 3)) + np.arange(3.0))
     np.testing.assert_array_equal(b.data, np.arange(3.0))
     y.backward(np.arange(6.0).reshape(2, 3))
     np.testing.assert_array_equal(x.grad, np.arange(6.0).reshape(2, 3))
-    np.testing.assert_array_equal(b.grad, [3.0, 5.0, 7.0])
+    np.testing.assert_array_equal(b_leaf.grad, [3.0, 5.0, 7.0])
 
 
-def test_residual_add_never_writes_into_a_read_only_branch():
+def test_residual_add_never_writes_into_a_leaf_or_a_read_only_branch():
+    leaf_ = Tensor(np.arange(6.0).reshape(2, 3), requires_grad=True)
+    y = residual_add(Tensor(np.ones((2, 3))), leaf_)
+    np.testing.assert_array_equal(y.data, np.arange(6.0).reshape(2, 3) + 1)
+    np.testing.assert_array_equal(leaf_.data, np.arange(6.0).reshape(2, 3))
     data = np.arange(6.0).reshape(2, 3)
     data.flags.writeable = False
-    y = residual_add(Tensor(np.ones((2, 3))), Tensor(data))
+    branch = Tensor(data, requires_grad=True).reshape(2, 3)  # an op's output: a read-only view of data
+    assert not branch.is_leaf and not branch.data.flags.writeable
+    y = residual_add(Tensor(np.ones((2, 3))), branch)
     np.testing.assert_array_equal(y.data, np.arange(6.0).reshape(2, 3) + 1)
     np.testing.assert_array_equal(data, np.arange(6.0).reshape(2, 3))

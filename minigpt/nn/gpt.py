@@ -90,7 +90,7 @@ class MLP(Module):
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.c_fc(x)  # (B, T, C) -> (B, T, 4C)
-        h = F.GELU.apply(h, inplace=True)  # as F.gelu(h), written over c_fc's output: nothing else reads it
+        h = F.GELU.apply(h, inplace=not h.is_leaf)  # as F.gelu(h), over c_fc's output: nothing else reads it
         return self.dropout(self.c_proj(h))  # (B, T, 4C) -> (B, T, C)
 
 
