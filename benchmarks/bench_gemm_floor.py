@@ -97,7 +97,8 @@ def median_ms(fn, repeats: int) -> float:
 
 def by_product(ops: dict, torch_ops: dict | None) -> None:
     """Each product's median time alone, per step (times the number of layers that run it)."""
-    print(f"{'product':28s} {'x':>2s} {'numpy ms':>9s} {'torch ms':>9s} {'ratio':>6s}")
+    torch_columns = f" {'torch ms':>9s} {'ratio':>6s}" if torch_ops else ""
+    print(f"{'product':28s} {'x':>2s} {'numpy ms':>9s}{torch_columns}")
     mine_all = products(ops)
     for (name, times, fn), other in zip(mine_all, products(torch_ops) if torch_ops else [None] * len(mine_all)):
         mine = median_ms(fn, 200) * times
