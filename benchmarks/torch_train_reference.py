@@ -8,8 +8,8 @@ Same recipe as `python examples/train_shakespeare.py --seed S` (nanoGPT's CPU re
 block 64, batch 12, 2000 iterations, lr 1e-3 -> 1e-4 with warmup 100, AdamW beta2 0.99, weight
 decay 0.1 on 2-D weights, clip 1.0, no biases), batches drawn by minigpt.data.get_batch from
 numpy's generator with that seed, and the loss over every token of the validation split as
-minigpt.train.split_loss computes it. Needs torch (pip install -e ".[bench]") and the text
-(--data, or $MINIGPT_DATA).
+minigpt.train.split_loss computes it. Needs torch (pip install -e ".[bench]"); the text is
+--data (a path or URL), else $MINIGPT_DATA, else the Tiny Shakespeare shipped inside minigpt.
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from torch_gpt import TorchGPT, adamw_like_nanogpt  # noqa: E402
 
-from minigpt.data import CharTokenizer, get_batch, load_text, train_val_split  # noqa: E402
+from minigpt.data import CharTokenizer, get_batch, load_source, train_val_split  # noqa: E402
 from minigpt.nn import GPTConfig  # noqa: E402
 from minigpt.optim import cosine_lr  # noqa: E402
-from minigpt.train import TrainConfig, resolve_data_path  # noqa: E402
+from minigpt.train import TrainConfig  # noqa: E402
 
 
 def main() -> None:
@@ -44,7 +44,7 @@ def main() -> None:
     cfg = TrainConfig.preset()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    text = load_text(resolve_data_path(args.data))
+    text = load_source(args.data)
     tok = CharTokenizer.from_text(text)
     train, val = train_val_split(tok.encode(text))
     model = TorchGPT(GPTConfig(block_size=cfg.block_size, vocab_size=tok.vocab_size, n_layer=cfg.n_layer,

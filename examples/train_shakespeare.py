@@ -21,7 +21,8 @@ from minigpt.train import TrainConfig, resume_config, train
 
 FLAG_HELP = {
     "device": "cpu, cuda or auto (default cpu; cuda switches to the GPU preset)",
-    "data": "text file to train on (default: $MINIGPT_DATA, else Tiny Shakespeare, downloaded once)",
+    "data": "text file or http(s) URL to train on (default: $MINIGPT_DATA, else the Tiny Shakespeare "
+            "shipped inside minigpt; a URL is downloaded once into the cache)",
     "out_dir": "where checkpoints and metrics.csv go (default out)",
     "model": "gpt or bigram",
 }

@@ -14,8 +14,8 @@
     python examples/walkthrough.py all           # every step in order
 
 Every model step trains with the same small budget (AdamW at a constant 1e-3, batch 16 x block 32,
-64 channels) and reports its loss over the whole validation split. Data: --data PATH, else
-$MINIGPT_DATA, else the download cache.
+64 channels) and reports its loss over the whole validation split. Data: --data PATH (or URL), else
+$MINIGPT_DATA, else the Tiny Shakespeare shipped inside minigpt.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ import numpy as np
 import minigpt
 from minigpt import Tensor, cli, nn, optim
 from minigpt import functional as F
-from minigpt.data import CharTokenizer, get_batch, load_text, train_val_split
-from minigpt.train import resolve_data_path, split_loss
+from minigpt.data import CharTokenizer, get_batch, load_source, train_val_split
+from minigpt.train import split_loss
 
 # Shape letters: B batch, T time, C channels (n_embd), V vocab, hs head size.
 BLOCK_SIZE, BATCH_SIZE, N_EMBD, N_HEAD, N_LAYER = 32, 16, 64, 4, 4
@@ -39,7 +39,7 @@ MAX_ITERS, LEARNING_RATE, SEED = 1500, 1e-3, 1337
 
 # ----------------------------------------------------------------------------- the data
 def load(data: str | None = None):
-    text = load_text(resolve_data_path(data))
+    text = load_source(data)
     tok = CharTokenizer.from_text(text)
     train, val = train_val_split(tok.encode(text))
     return text, tok, train, val
@@ -212,7 +212,7 @@ MODEL_STEPS = ["bigram", "embed", "head", "multihead", "ffwd", "residual", "laye
 def main(argv: list[str] | None = None) -> int:
     p = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("step", choices=["data", "averaging", *MODEL_STEPS, "all"])
-    p.add_argument("--data", default=None, help="text file (default: $MINIGPT_DATA, else the download cache)")
+    p.add_argument("--data", default=None, help="text file or URL (default: $MINIGPT_DATA, else the packaged Tiny Shakespeare)")
     p.add_argument("--max_iters", type=int, default=MAX_ITERS)
     args = p.parse_args(argv)
     if args.max_iters < 1:

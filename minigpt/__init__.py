@@ -12,9 +12,10 @@ The pieces, in the order to read them:
     nn/            Module and the layers
     optim.py       AdamW, gradient clipping, the learning-rate schedule
     gradcheck.py   numerical gradient checks
+    data.py        Tiny Shakespeare (shipped inside the package), CharTokenizer, batches
 """
 
-from minigpt import backend, functional, nn, optim
+from minigpt import backend, data, functional, nn, optim
 from minigpt.backend import available_devices, get_array_module, manual_seed
 from minigpt.gradcheck import GradcheckError, gradcheck
 from minigpt.tensor import Tensor, cat, is_grad_enabled, no_grad
@@ -22,4 +23,4 @@ from minigpt.tensor import Tensor, cat, is_grad_enabled, no_grad
 __version__ = "0.1.0"
 
 __all__ = ["Tensor", "cat", "no_grad", "is_grad_enabled", "manual_seed", "gradcheck", "GradcheckError",
-           "available_devices", "get_array_module", "backend", "functional", "nn", "optim"]
+           "available_devices", "get_array_module", "backend", "data", "functional", "nn", "optim"]

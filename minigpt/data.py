@@ -9,9 +9,12 @@ This follows the lecture notebook minigpt grew from:
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import tempfile
+import zlib
+from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -19,10 +22,12 @@ import numpy
 
 from minigpt import backend
 
+# where the packaged copy came from (the char-rnn repository's input.txt)
 TINY_SHAKESPEARE_URL = ("https://raw.githubusercontent.com/karpathy/char-rnn/master/"
                         "data/tinyshakespeare/input.txt")
 TINY_SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 _KNOWN_SHA256 = {TINY_SHAKESPEARE_URL: TINY_SHAKESPEARE_SHA256}
+PACKAGED_TEXT = "tinyshakespeare.txt.gz"  # in minigpt/assets: the text above, gzip -9 (434 KB)
 DOWNLOAD_TIMEOUT_S = 30
 
 
@@ -81,8 +86,9 @@ def download(url: str, dest: Path, sha256: str | None = None, timeout: float = D
         response = requests.get(url, timeout=timeout)
         response.raise_for_status()
     except requests.RequestException as e:
-        raise DataError(f"could not download {url}: {e}. Without network, pass the text file "
-                        "with --data PATH or the MINIGPT_DATA environment variable") from e
+        raise DataError(f"could not download {url}: {e}. Without network, pass a text file "
+                        "with --data PATH or the MINIGPT_DATA environment variable, or leave both unset "
+                        "to train on the packaged Tiny Shakespeare") from e
     body = response.content
     if sha256 is not None:
         got = hashlib.sha256(body).hexdigest()
@@ -92,17 +98,42 @@ def download(url: str, dest: Path, sha256: str | None = None, timeout: float = D
     atomic_write_bytes(dest, body)
 
 
-def load_text(path: str | os.PathLike | None = None, url: str = TINY_SHAKESPEARE_URL,
-              cache_dir: str | os.PathLike | None = None, sha256: str | None = None) -> str:
-    """The training text: read from ``path`` when given, else downloaded once from ``url``
-    into ``cache_dir`` (default :func:`default_cache_dir`) and read from there afterwards.
+def packaged_text() -> str:
+    """Tiny Shakespeare from the copy shipped inside minigpt (``minigpt/assets``, gzip -9), no network.
 
-    Downloads are checked against ``sha256`` (by default, the known hash of Tiny
-    Shakespeare for its URL) and written atomically: a failed or damaged download is
-    neither used nor cached. Raises ``DataError`` with a message saying what to do.
+    The decompressed bytes must have Tiny Shakespeare's sha256: a damaged or replaced copy is a
+    ``DataError``, never silently trained on.
+    """
+    resource = resources.files("minigpt") / "assets" / PACKAGED_TEXT
+    try:
+        body = gzip.decompress(resource.read_bytes())
+    except (OSError, EOFError, zlib.error) as e:  # missing file, not gzip, truncated stream
+        raise DataError(f"the packaged Tiny Shakespeare ({resource}) cannot be read: {e}; "
+                        "reinstall minigpt, or pass a text file with --data PATH") from e
+    got = hashlib.sha256(body).hexdigest()
+    if got != TINY_SHAKESPEARE_SHA256:
+        raise DataError(f"the packaged Tiny Shakespeare ({resource}) is damaged: sha256 {got}, expected "
+                        f"{TINY_SHAKESPEARE_SHA256}; reinstall minigpt, or pass a text file with --data PATH")
+    return body.decode("utf-8")
+
+
+def load_text(path: str | os.PathLike | None = None, url: str | None = None,
+              cache_dir: str | os.PathLike | None = None, sha256: str | None = None) -> str:
+    """The training text, from the first of these that is given:
+
+    - ``path``: a text file, read as UTF-8;
+    - ``url``: downloaded with ``requests`` once into ``cache_dir`` (default
+      :func:`default_cache_dir`) and read from there afterwards. Downloads are checked against
+      ``sha256`` (by default the known hash of Tiny Shakespeare for its URL, none for other
+      URLs) and written atomically: a failed or damaged download is neither used nor cached;
+    - neither: Tiny Shakespeare from the copy inside the package (:func:`packaged_text`).
+
+    Only a ``url`` touches the network. Raises ``DataError`` with a message saying what to do.
     """
     if path is not None:
         return _read_text(Path(path))
+    if url is None:
+        return packaged_text()
     sha256 = sha256 if sha256 is not None else _KNOWN_SHA256.get(url)
     url_tag = hashlib.sha256(url.encode()).hexdigest()[:10]
     cached = Path(cache_dir or default_cache_dir()) / f"{url_tag}-{Path(url).name or 'data.txt'}"
@@ -112,6 +143,20 @@ def load_text(path: str | os.PathLike | None = None, url: str = TINY_SHAKESPEARE
         cached.unlink()  # damaged cache: fetch again
     download(url, cached, sha256)
     return _read_text(cached)
+
+
+def is_url(source: str) -> bool:
+    """True for an http(s) address, which :func:`load_source` downloads instead of opening."""
+    return source.startswith(("http://", "https://"))
+
+
+def load_source(source: str | None = None) -> str:
+    """The text a command line asks for: ``source`` (a file path or an http(s) URL), else the
+    ``MINIGPT_DATA`` environment variable (the same), else the packaged Tiny Shakespeare."""
+    source = source or os.environ.get("MINIGPT_DATA") or None
+    if source is None:
+        return load_text()
+    return load_text(url=source) if is_url(source) else load_text(path=source)
 
 
 class CharTokenizer:

@@ -33,8 +33,7 @@ import numpy
 import minigpt
 from minigpt import backend, checkpoint, optim
 from minigpt import functional as F
-from minigpt.data import (TINY_SHAKESPEARE_URL, CharTokenizer, atomic_write_bytes, get_batch, load_text,
-                          train_val_split)
+from minigpt.data import CharTokenizer, atomic_write_bytes, get_batch, load_source, train_val_split
 from minigpt.nn import GPT, BigramLanguageModel, GPTConfig, Module
 from minigpt.tensor import no_grad
 
@@ -55,7 +54,7 @@ class TrainConfig:
     """Every setting of a run; the field names are nanoGPT's (and the command-line flags)."""
 
     device: str = "cpu"  # cpu | cuda | auto
-    data: str | None = None  # text file; else $MINIGPT_DATA; else the download cache
+    data: str | None = None  # text file or http(s) URL; else $MINIGPT_DATA; else the packaged Tiny Shakespeare
     out_dir: str = "out"
     resume: bool = False
     model: str = "gpt"  # gpt | bigram
@@ -84,10 +83,11 @@ class TrainConfig:
 
     @classmethod
     def preset(cls, device: str | None = None, model: str | None = None, **overrides: Any) -> TrainConfig:
-        """The CPU preset, the GPU preset (device "cuda") or the bigram preset, then the
-        ``overrides`` that are not None."""
+        """The CPU preset, the GPU preset (device "cuda", or "auto" where it resolves to CUDA) or the
+        bigram preset, then the ``overrides`` that are not None."""
         device, model = device or "cpu", model or "gpt"
-        values: dict[str, Any] = dict(GPU_PRESET if device == "cuda" else CPU_PRESET)
+        runs_on = resolve_device(device) if device == "auto" else device
+        values: dict[str, Any] = dict(GPU_PRESET if runs_on == "cuda" else CPU_PRESET)
         if model == "bigram":
             values.update(BIGRAM_PRESET)
         values.update(device=device, model=model)
@@ -144,15 +144,11 @@ class TrainingError(RuntimeError):
 
 # ----------------------------------------------------------------------------- building blocks
 def resolve_device(device: str) -> str:
+    """"auto" -> "cuda" where CuPy finds a GPU, else "cpu"; "cuda" without one -> DeviceError."""
     if device == "auto":
         return "cuda" if "cuda" in backend.available_devices() else "cpu"
     backend.xp_for(device)  # a clear DeviceError when cuda is asked for and missing
     return device
-
-
-def resolve_data_path(data: str | None) -> str | None:
-    """--data, else $MINIGPT_DATA, else None (meaning: the download cache)."""
-    return data or os.environ.get("MINIGPT_DATA") or None
 
 
 def build_model(cfg: TrainConfig, vocab_size: int) -> Module:
@@ -325,7 +321,7 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print,
     if device == "cpu":
         backend.keep_freed_memory()  # each step reuses the last one's freed memory: no page faults
 
-    text = load_text(resolve_data_path(cfg.data), url=os.environ.get("MINIGPT_DATA_URL") or TINY_SHAKESPEARE_URL)
+    text = load_source(cfg.data)
     tokenizer = CharTokenizer.from_text(text)
     train_ids, val_ids = train_val_split(tokenizer.encode(text))
     if len(val_ids) <= cfg.block_size:

@@ -1,5 +1,6 @@
 """Data: the tokenizer facts of the notebook, the split, batches, and the download (against a local server)."""
 
+import gzip
 import hashlib
 import http.server
 import threading
@@ -154,3 +155,74 @@ def test_damaged_cache_is_fetched_again(server, tmp_path):
 def test_the_default_url_is_the_char_rnn_file():
     assert data.TINY_SHAKESPEARE_URL.endswith("karpathy/char-rnn/master/data/tinyshakespeare/input.txt")
     assert data._KNOWN_SHA256[data.TINY_SHAKESPEARE_URL] == data.TINY_SHAKESPEARE_SHA256
+
+
+# ----------------------------------------------------------------------------- the packaged text
+def test_packaged_text_is_tiny_shakespeare_with_no_network(monkeypatch, shakespeare_text):
+    import requests
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("the packaged text must not touch the network")
+
+    monkeypatch.setattr(requests, "get", no_network)
+    text = load_text()
+    assert len(text) == 1_115_394
+    assert hashlib.sha256(text.encode("utf-8")).hexdigest() == data.TINY_SHAKESPEARE_SHA256
+    assert text.startswith("First Citizen:\nBefore we proceed any further, hear me speak.")
+    assert data.load_source() == text  # no --data, no $MINIGPT_DATA: the same text
+
+
+def _package_with(tmp_path, monkeypatch, gz_bytes):
+    """Make data.packaged_text read ``gz_bytes`` as its asset (None: no asset file at all)."""
+    assets = tmp_path / "pkg" / "assets"
+    assets.mkdir(parents=True)
+    if gz_bytes is not None:
+        (assets / data.PACKAGED_TEXT).write_bytes(gz_bytes)
+
+    class FakeResources:
+        @staticmethod
+        def files(package):
+            assert package == "minigpt"
+            return tmp_path / "pkg"
+
+    monkeypatch.setattr(data, "resources", FakeResources)
+
+
+def test_the_real_asset_passes_the_stand_in_check(tmp_path, monkeypatch, shakespeare_text):
+    # the stand-in of the tests below reads what it is given: the true text goes through whole
+    _package_with(tmp_path, monkeypatch, gzip.compress(shakespeare_text.encode("utf-8")))
+    assert load_text() == shakespeare_text
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("one character changed", "is damaged: sha256"),
+    ("truncated", "cannot be read"),
+    ("not gzip", "cannot be read"),
+    ("missing", "cannot be read"),
+])
+def test_a_damaged_packaged_copy_is_a_clear_error(damage, message, tmp_path, monkeypatch, shakespeare_text):
+    body = shakespeare_text.encode("utf-8")
+    gz = {"one character changed": gzip.compress(body.replace(b"First Citizen", b"First Citizem", 1)),
+          "truncated": gzip.compress(body)[:200_000],
+          "not gzip": body[:5000],
+          "missing": None}[damage]
+    _package_with(tmp_path, monkeypatch, gz)
+    with pytest.raises(DataError, match=message):
+        load_text()
+
+
+def test_load_source_takes_a_path_a_url_or_the_environment(server, tmp_path, monkeypatch):
+    f = tmp_path / "mine.txt"
+    f.write_text("my own text\n", encoding="utf-8")
+    srv = server(b"text from a url\n")
+    monkeypatch.setenv("MINIGPT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("MINIGPT_DATA", raising=False)
+    assert data.load_source(str(f)) == "my own text\n"
+    assert data.load_source(srv.url) == "text from a url\n"
+    assert data.load_source(srv.url) == "text from a url\n" and srv.requests == 1  # cached
+    monkeypatch.setenv("MINIGPT_DATA", str(f))
+    assert data.load_source() == "my own text\n"
+    assert data.load_source(srv.url) == "text from a url\n"  # the flag wins over the environment
+    monkeypatch.setenv("MINIGPT_DATA", srv.url)
+    assert data.load_source() == "text from a url\n"
+    assert data.is_url("https://example.org/a.txt") and not data.is_url("data/https.txt")

@@ -22,8 +22,8 @@ TINY = ["--n_layer", "1", "--n_head", "2", "--n_embd", "16", "--block_size", "16
 
 
 def cli(script, *args, env=None, timeout=300):
-    full_env = dict(os.environ, PYTHONPATH=str(REPO), MINIGPT_DATA_URL="http://127.0.0.1:9/input.txt")
-    full_env.pop("MINIGPT_DATA", None)
+    full_env = dict(os.environ, PYTHONPATH=str(REPO))
+    full_env.pop("MINIGPT_DATA", None)  # the packaged Tiny Shakespeare unless a test says otherwise
     full_env.update(env or {})
     return subprocess.run([sys.executable, str(REPO / "examples" / script), *args], capture_output=True,
                           text=True, env=full_env, timeout=timeout)
@@ -58,8 +58,8 @@ def assert_one_line_error(r, *fragments):
     (["--n_layer", "two"], "invalid int value"),
     (["--no_such_flag"], "unrecognized arguments"),
 ])
-def test_bad_training_flags(args, message, shakespeare_path):
-    assert_one_line_error(cli("train_shakespeare.py", *args, "--data", shakespeare_path), message)
+def test_bad_training_flags(args, message):
+    assert_one_line_error(cli("train_shakespeare.py", *args), message)
 
 
 @pytest.mark.parametrize("args, message", [
@@ -72,36 +72,54 @@ def test_bad_sampling_flags(args, message, tmp_path):
     assert_one_line_error(cli("sample.py", "--out_dir", str(tmp_path), *args), message)
 
 
-def _fake_module_dir(tmp_path, source):
+def _fake_module_dir(tmp_path, name, source):
+    """PYTHONPATH with a stand-in module ``name`` (whose code is ``source``) ahead of everything."""
     d = tmp_path / "fake"
     d.mkdir()
-    (d / "cupy.py").write_text(source)
+    (d / f"{name}.py").write_text(source)
     return {"PYTHONPATH": f"{d}{os.pathsep}{REPO}"}
 
 
-def test_cuda_without_cupy_says_so(tmp_path, shakespeare_path):
-    env = _fake_module_dir(tmp_path, "raise ImportError('No module named cupy')\n")
-    r = cli("train_shakespeare.py", "--device", "cuda", "--data", shakespeare_path, env=env)
+def test_cuda_without_cupy_says_so(tmp_path):
+    env = _fake_module_dir(tmp_path, "cupy", "raise ImportError('No module named cupy')\n")
+    r = cli("train_shakespeare.py", "--device", "cuda", env=env)
     assert_one_line_error(r, "CuPy, which is not installed")
 
 
-def test_cuda_without_a_gpu_says_so(tmp_path, shakespeare_path):
+def test_cuda_without_a_gpu_says_so(tmp_path):
     source = ("class ndarray: pass\n"
               "class _Runtime:\n"
               "    @staticmethod\n"
               "    def getDeviceCount():\n"
               "        raise RuntimeError('cudaErrorNoDevice: no CUDA-capable device is detected')\n"
               "class cuda:\n    runtime = _Runtime\n")
-    env = _fake_module_dir(tmp_path, source)
-    r = cli("train_shakespeare.py", "--device", "cuda", "--data", shakespeare_path, env=env)
+    env = _fake_module_dir(tmp_path, "cupy", source)
+    r = cli("train_shakespeare.py", "--device", "cuda", env=env)
     assert_one_line_error(r, "no CUDA GPU is usable")
     r = cli("sample.py", "--out_dir", str(tmp_path), "--device", "cuda", env=env)
     assert_one_line_error(r, "no CUDA GPU is usable")
 
 
 # ----------------------------------------------------------------------------- data
-def test_no_data_and_no_network_says_how_to_pass_it(tmp_path):
-    r = cli("train_shakespeare.py", *TINY, env={"MINIGPT_CACHE": str(tmp_path / "cache")})
+def test_default_text_is_the_packaged_one_and_touches_no_network(tmp_path):
+    # requests cannot even be imported, and the cache stays empty: the text came from the package
+    env = _fake_module_dir(tmp_path, "requests", "raise ImportError('the network must not be touched')\n")
+    env["MINIGPT_CACHE"] = str(tmp_path / "cache")
+    r = cli("train_shakespeare.py", *TINY, "--max_iters", "2", "--eval_interval", "2", "--out_dir",
+            str(tmp_path / "run"), env=env)
+    assert r.returncode == 0, r.stderr
+    assert "1,003,854 training and 111,540 validation tokens, vocabulary 65" in r.stdout
+    assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("where", ["flag", "environment"])
+def test_a_url_without_network_says_how_to_pass_the_data(where, tmp_path):
+    url = "http://127.0.0.1:9/input.txt"  # the discard port: nothing listens there
+    env = {"MINIGPT_CACHE": str(tmp_path / "cache")}
+    args = ["--data", url] if where == "flag" else []
+    if where == "environment":
+        env["MINIGPT_DATA"] = url
+    r = cli("train_shakespeare.py", *TINY, *args, env=env)
     assert_one_line_error(r, "could not download", "--data PATH or the MINIGPT_DATA environment variable")
     cache = tmp_path / "cache"
     assert not cache.exists() or not any(cache.iterdir())  # nothing cached from a failed download

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minigpt import checkpoint, nn
+from minigpt import backend, checkpoint, nn
 from minigpt.data import CharTokenizer
-from minigpt.train import TrainConfig, read_metrics, resume_config, split_loss, train
+from minigpt.train import TrainConfig, read_metrics, resolve_device, resume_config, split_loss, train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -100,8 +100,8 @@ def test_split_loss_of_a_gpt_matches_a_direct_computation():
     assert split_loss(m, ids, block_size=8) == pytest.approx(total / n, rel=1e-5)
 
 
-def test_bigram_training(tmp_path, shakespeare_path):
-    cfg = TrainConfig.preset(model="bigram", data=shakespeare_path, out_dir=str(tmp_path / "bigram"),
+def test_bigram_training(tmp_path):  # no data named: the packaged Tiny Shakespeare
+    cfg = TrainConfig.preset(model="bigram", out_dir=str(tmp_path / "bigram"),
                              max_iters=300, lr_decay_iters=300, eval_interval=150, sample_chars=0)
     assert cfg.block_size == 8 and cfg.batch_size == 32  # the bigram preset
     result = train(cfg, log=quiet)
@@ -118,6 +118,15 @@ def test_presets_follow_nanogpt():
             gpu.bias) == (6, 6, 384, 256, 64, 5000, 0.2, False)
     assert TrainConfig.preset(bias=True).bias  # --bias turns them on
     assert TrainConfig.preset(n_layer=2, dropout=None).n_layer == 2
+
+
+@pytest.mark.parametrize("devices, n_layer", [(["cpu"], 4), (["cpu", "cuda"], 6)])
+def test_device_auto_takes_the_preset_of_the_device_it_resolves_to(devices, n_layer, monkeypatch):
+    monkeypatch.setattr(backend, "available_devices", lambda: devices)
+    cfg = TrainConfig.preset(device="auto")
+    assert cfg.device == "auto" and resolve_device(cfg.device) == devices[-1]
+    assert (cfg.n_layer, cfg.block_size) == ((4, 64) if n_layer == 4 else (6, 256))
+    assert TrainConfig.preset(device="auto", model="bigram").block_size == 8  # the bigram's own preset
 
 
 def run_cli(script, *args, env_extra=None):
