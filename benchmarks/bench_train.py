@@ -2,6 +2,7 @@
 
     python benchmarks/bench_train.py                 # CPU preset: 4 layers, 4 heads, 128 wide, block 64, batch 12
     python benchmarks/bench_train.py --rounds 9 --steps 20
+    python benchmarks/bench_train.py --reference     # also the plain reference ops (fast.disabled())
 
 Reports, as medians over many steps after warm-up: ms/iter, tokens/s, and the share of the
 machine's float32 matrix-multiply speed the step reaches (6·params·tokens FLOPs against a GEMM
@@ -10,13 +11,14 @@ model, batch and optimizer in PyTorch eager, alternating with minigpt round by r
 the same machine load, and prints the ratio minigpt / PyTorch. Peak memory of each is measured
 in a subprocess of its own (peak RSS, and its growth over the set-up).
 minigpt's step asks malloc to keep freed memory for reuse, as ``minigpt.train`` does
-(``backend.keep_freed_memory``); that setting is process-wide, so in the timing process PyTorch
+(``fast.keep_freed_memory``); that setting is process-wide, so in the timing process PyTorch
 gets the same benefit, which makes the ratio a conservative one.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -34,7 +36,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 import minigpt  # noqa: E402
-from minigpt import backend, optim  # noqa: E402
+from minigpt import fast, optim  # noqa: E402
 from minigpt.nn import GPT, GPTConfig  # noqa: E402
 from minigpt.train import TrainConfig, build_optimizer  # noqa: E402
 
@@ -61,20 +63,24 @@ def make_batches(cfg: TrainConfig, n: int, seed: int = 0) -> list[tuple[np.ndarr
 class MinigptStep:
     name = "minigpt"
 
-    def __init__(self, cfg: TrainConfig, model_cfg: GPTConfig):
+    def __init__(self, cfg: TrainConfig, model_cfg: GPTConfig, reference: bool = False):
         # as minigpt.train does; process-wide, so PyTorch's steps in this process gain from it too
-        backend.keep_freed_memory()
+        fast.keep_freed_memory()
         minigpt.manual_seed(0)
         self.model = GPT(model_cfg)
         self.opt = build_optimizer(self.model, cfg)
         self.cfg = cfg
+        self.reference = reference
+        if reference:
+            self.name = "reference"  # the plain ops of minigpt.functional / optim (fast.disabled())
 
     def __call__(self, x, y) -> float:
-        _, loss = self.model(x, y)
-        self.opt.zero_grad()
-        loss.backward()
-        optim.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-        self.opt.step()
+        with fast.disabled() if self.reference else contextlib.nullcontext():
+            _, loss = self.model(x, y)
+            self.opt.zero_grad()
+            loss.backward()
+            optim.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            self.opt.step()
         return loss.item()
 
 
@@ -183,6 +189,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="PyTorch intra-op threads")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--reference", action="store_true", help="also time the reference ops (fast.disabled())")
     p.add_argument("--memory-child", choices=["minigpt", "pytorch"], help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.memory_child:
@@ -193,6 +200,8 @@ def main() -> None:
     tokens = cfg.batch_size * cfg.block_size
     batches = make_batches(cfg, 64)
     steps = [MinigptStep(cfg, mcfg)]
+    if args.reference:
+        steps.append(MinigptStep(cfg, mcfg, reference=True))
     if not args.no_torch and have_torch():
         steps.append(TorchStep(cfg, mcfg, args.threads))
     n_params = steps[0].model.num_params()
@@ -216,8 +225,10 @@ def main() -> None:
               f"{flops / t / 1e9 / gflops:5.1%} of GEMM speed  [{len(times[name])} steps]")
     if "pytorch" in med:
         print(f"ratio minigpt / pytorch: {med['minigpt'] / med['pytorch']:.3f} (median step time)")
+    if "reference" in med:
+        print(f"ratio reference / minigpt (fast): {med['reference'] / med['minigpt']:.3f} (median step time)")
     if not args.no_memory:
-        for name in med:
+        for name in (n for n in med if n != "reference"):
             m = measure_memory(name, 20, args.threads)
             print(f"peak memory {name:8s}: {m['peak_mb']:.0f} MB RSS, of which {m['growth_mb']:.0f} MB "
                   f"grew during 20 training steps")

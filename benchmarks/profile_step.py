@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_train import MinigptStep, configs, make_batches, machine  # noqa: E402
 
-from minigpt import optim  # noqa: E402
+from minigpt import fast, optim  # noqa: E402
 from minigpt.tensor import Function  # noqa: E402
 
 totals: dict[str, float] = collections.defaultdict(float)
@@ -47,8 +47,10 @@ def instrument() -> None:
     for cls in set(all_functions()):
         for phase in ("forward", "backward"):
             if phase in vars(cls):
-                setattr(cls, phase, timed(f"{cls.__name__}.{phase}", vars(cls)[phase]))
+                where = "fast." if cls.__module__.startswith("minigpt.fast") else ""
+                setattr(cls, phase, timed(f"{where}{cls.__name__}.{phase}", vars(cls)[phase]))
     optim.AdamW.step = timed("AdamW.step", optim.AdamW.step)
+    fast.AdamW.step = timed("fast.AdamW.step", fast.AdamW.step)
     optim.clip_grad_norm_ = timed("clip_grad_norm_", optim.clip_grad_norm_)
     import bench_train
 
@@ -59,10 +61,11 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--reference", action="store_true", help="profile the reference ops (fast.disabled())")
     args = p.parse_args()
     cfg, mcfg = configs()
     batches = make_batches(cfg, args.steps + args.warmup)
-    step = MinigptStep(cfg, mcfg)
+    step = MinigptStep(cfg, mcfg, reference=args.reference)
     for x, y in batches[: args.warmup]:
         step(x, y)
     instrument()
@@ -72,7 +75,8 @@ def main() -> None:
         step(x, y)
     wall = (time.perf_counter() - t0) / args.steps
     print(f"machine: {machine()}")
-    print(f"step: {wall * 1e3:.2f} ms (CPU preset, mean of {args.steps})")
+    ops = "reference ops" if args.reference else "fast twins"
+    print(f"step: {wall * 1e3:.2f} ms (CPU preset, {ops}, mean of {args.steps})")
     print(f"{'where':40s} {'ms/step':>8s} {'share':>6s}")
     rows = sorted(totals.items(), key=lambda kv: -kv[1])
     for name, t in rows:

@@ -13,8 +13,6 @@ device, which :func:`manual_seed` resets.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import sys
 from types import ModuleType
 from typing import Any
@@ -128,55 +126,6 @@ def move(array: Any, device: str) -> Any:
     if device == "cpu":
         return array.get()
     return xp_for("cuda").asarray(array)
-
-
-# ----------------------------------------------------------------------------- tiling
-# On a CPU, an elementwise pass over an array larger than the L2 cache runs at the speed of
-# the L3 cache or memory. A chain of such passes (GELU, layer norm, softmax, AdamW) is much
-# faster done tile by tile, each tile staying in L2 for the whole chain. On a GPU tiling
-# only adds kernel launches, so there each "tile" is the whole array.
-TILE = 1 << 15  # elements per tile: 128 KiB of float32
-
-
-def overflow_ok(xp: ModuleType) -> Any:
-    """A context in which a float overflow to inf is expected and handled: NumPy stays quiet
-    (CuPy never warns)."""
-    return numpy.errstate(over="ignore") if xp is numpy else contextlib.nullcontext()
-
-
-def tiles(xp: ModuleType, n: int, unit: int = 1) -> list[slice]:
-    """Slices covering range(n) whose length times ``unit`` elements is about TILE (one slice on GPU)."""
-    if xp is not numpy or n * unit <= TILE:
-        return [slice(0, n)]
-    step = max(1, TILE // max(unit, 1))
-    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
-
-
-# ----------------------------------------------------------------------------- host memory
-# A training step allocates and frees the same few megabytes of activations every iteration.
-# glibc's malloc hands large freed blocks back to the kernel (munmap, or trimming the heap's top),
-# so the next step's arrays are fresh pages that fault in one by one, zeroed by the kernel: on the
-# CPU preset about 640 page faults and 1 ms of system time per step. Kept in the heap instead,
-# the blocks are simply reused.
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters, from glibc's <malloc.h>
-_MMAP_THRESHOLD_MAX = 32 << 20  # glibc's upper limit on 64-bit: bigger blocks are always mmapped
-
-
-def keep_freed_memory(trim_threshold_mb: int = 512) -> bool:
-    """Ask glibc's malloc to keep freed blocks for reuse rather than return them to the OS.
-
-    Blocks up to 32 MiB come from the heap (not from their own mmap), and the heap's free top is
-    returned to the OS only beyond ``trim_threshold_mb``. This changes no result, only where
-    memory comes from; a training loop calls it once. Returns False, changing nothing, where the
-    C library is not glibc (macOS, Windows, musl)."""
-    try:
-        libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError, TypeError):  # no C library by that name, or no mallopt in it
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    ok = mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX) == 1
-    return mallopt(_M_TRIM_THRESHOLD, trim_threshold_mb << 20) == 1 and ok
 
 
 # ----------------------------------------------------------------------------- randomness

@@ -1,7 +1,12 @@
 """The neural-network ops, each a forward with a backward written by hand from the math.
 
-Legend: B batch, T time (sequence), C channels, V vocab, nh heads, hs head size,
-N rows (any leading axes flattened), "*" any leading axes.
+This is the REFERENCE engine: every op here is its math and nothing else, whole arrays in,
+whole arrays out, forward and backward side by side. Read this file to learn backprop.
+(``minigpt/fast/`` holds twins of some of these ops that compute the same thing faster on a
+CPU; ``tests/test_fast.py`` holds each twin equal to the op here.)
+
+Legend: B batch, T time (sequence), S key positions, C channels, V vocab, nh heads,
+hs head size, N rows (any leading axes flattened), "*" any leading axes.
 
 Every op reads its array module from its inputs (``xp``), so one code path runs on
 NumPy and CuPy, and keeps its inputs' float dtype (float32 stays float32: constants are
@@ -9,6 +14,7 @@ Python numbers, which NumPy and CuPy do not let promote an array).
 
 Each docstring states the forward, the gradient and what is saved for backward.
 Each backward mirrors its forward in reverse, with the forward line it inverts above it.
+docs/derivations.md derives every gradient at more length.
 """
 
 from __future__ import annotations
@@ -28,7 +34,12 @@ def _data(x: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------- embedding
-_ONE_HOT_LIMIT = 1 << 22  # up to V * N = 4M, a one-hot matmul beats add.at's scatter by far
+def check_indices(idx: Any, n: int, what: str) -> None:
+    """Raise IndexError unless every entry of the int array ``idx`` lies in [0, n)."""
+    if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= n):
+        raise IndexError(f"{what} out of range: indices must lie in [0, {n})")
+
+
 class Embedding(Function):
     """out[*, :] = weight[idx[*], :]: row lookup.
 
@@ -43,42 +54,23 @@ class Embedding(Function):
         idx = xp.asarray(idx)
         if idx.dtype.kind not in "iu":
             raise TypeError(f"embedding indices must be integers, not {idx.dtype}")
-        V = weight.shape[0]
-        if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= V):
-            raise IndexError(f"embedding index out of range: indices must lie in [0, {V})")
-        self.saved, self.weight_shape, self.dtype = idx, weight.shape, weight.dtype
+        check_indices(idx, weight.shape[0], "embedding index")
+        self.saved, self.weight_shape = idx, weight.shape
         return weight[idx]  # (*) -> (*, C)
 
     def backward(self, dout: Any) -> tuple[None, Any]:
         idx = self.saved
         xp = backend.get_array_module(dout)
         V, C = self.weight_shape
-        # forward: out[n] = weight[idx[n]]  =>  dweight[idx[n]] += dout[n]
-        flat, rows = idx.reshape(-1), dout.reshape(-1, C)  # (N,), (N, C)
-        if V * flat.size <= _ONE_HOT_LIMIT:
-            # the scatter-add as one matmul: dweight = onehot(idx)ᵀ @ dout, (V, N) @ (N, C) -> (V, C)
-            one_hot_t = (xp.arange(V)[:, None] == flat[None, :]).astype(self.dtype)  # (V, N)
-            return None, one_hot_t @ rows
-        dweight = xp.zeros((V, C), dtype=self.dtype)
-        xp.add.at(dweight, flat, rows)
+        # forward: out[n] = weight[idx[n]]  =>  dweight[idx[n]] += dout[n], for every n
+        dweight = xp.zeros((V, C), dtype=dout.dtype)
+        xp.add.at(dweight, idx.reshape(-1), dout.reshape(-1, C))  # add.at adds repeated indices up
         return None, dweight
 
 
 def embedding(idx: Any, weight: Tensor) -> Tensor:
     """Look up rows of ``weight`` (V, C) at integer ``idx`` (*): returns (*, C)."""
     return Embedding.apply(_data(idx), weight)
-
-
-def _row_mean(x: Any, inv_n: Any) -> Any:
-    """Mean over the last axis of x (N, C), kept as (N, 1): one matrix-vector product with a
-    vector of 1/C (BLAS), several times faster than x.mean(axis=-1) for short rows."""
-    return (x @ inv_n)[:, None]
-
-
-def _column_sum(x: Any) -> Any:
-    """Sum over the rows of x (N, C) -> (C,), as ones(N) @ x (BLAS)."""
-    xp = backend.get_array_module(x)
-    return xp.ones(x.shape[0], dtype=x.dtype) @ x
 
 
 # ----------------------------------------------------------------------------- linear
@@ -95,10 +87,9 @@ class Linear(Function):
     def forward(self, x: Any, weight: Any, bias: Any = None) -> Any:
         self.saved = (x, weight)
         out_features, in_features = weight.shape
-        x2 = x.reshape(-1, in_features)  # (*, in) -> (N, in)
-        y = x2 @ weight.T  # (N, in) @ (in, out) -> (N, out)
+        y = x.reshape(-1, in_features) @ weight.T  # (N, in) @ (in, out) -> (N, out)
         if bias is not None:
-            y += bias
+            y = y + bias
         return y.reshape(*x.shape[:-1], out_features)  # (N, out) -> (*, out)
 
     def backward(self, dy: Any) -> tuple[Any, Any, Any]:
@@ -108,11 +99,11 @@ class Linear(Function):
         dx = dW = db = None
         # forward: y = x @ Wᵀ + b
         if self.needs_input_grad[0]:
-            dx = (dy2 @ weight).reshape(x.shape)  # (N, out) @ (out, in) -> (*, in)
+            dx = (dy2 @ weight).reshape(x.shape)  # (N, out) @ (out, in) -> (N, in) -> (*, in)
         if self.needs_input_grad[1]:
             dW = dy2.T @ x.reshape(-1, in_features)  # (out, N) @ (N, in) -> (out, in)
         if len(self.needs_input_grad) > 2 and self.needs_input_grad[2]:
-            db = _column_sum(dy2)  # (out,)
+            db = dy2.sum(axis=0)  # (N, out) -> (out,)
         return dx, dW, db
 
 
@@ -124,87 +115,23 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 
 
 # ----------------------------------------------------------------------------- softmax
-def _last_axis_max(x: Any) -> Any:
-    """x.max(axis=-1, keepdims=True), computed as a tree of elementwise maxima of halves.
+def softmax_forward(x: Any, axis: int) -> Any:
+    """softmax on arrays: exp(x - max x) / sum exp(x - max x) along ``axis``.
 
-    NumPy's max over short contiguous rows runs an unvectorised loop (about 1 ns an element
-    here); np.maximum of two halves is vectorised, and log2(n) of them on shrinking halves
-    cost less than one pass of the slow reduction. NaN and -inf propagate as in max."""
+    Subtracting the row max changes nothing (the factor exp(-max) cancels) and keeps every
+    exp in (0, 1], so nothing overflows. A row that is all -inf gives NaN, as in torch."""
     xp = backend.get_array_module(x)
-    if xp is not backend.numpy or x.shape[-1] < 16:
-        return x.max(axis=-1, keepdims=True)
-    m = x
-    while m.shape[-1] > 1:
-        n, half = m.shape[-1], m.shape[-1] // 2
-        top = xp.maximum(m[..., :half], m[..., half:2 * half])
-        if n % 2:  # the odd one out joins the first column
-            xp.maximum(top[..., :1], m[..., -1:], out=top[..., :1])
-        m = top
-    return m
+    e = xp.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
 
 
-def _last_axis_sum(x: Any) -> Any:
-    """x.sum(axis=-1, keepdims=True) as one matrix-vector product (BLAS) when x is contiguous."""
-    xp = backend.get_array_module(x)
-    if xp is not backend.numpy or not x.flags.c_contiguous or x.ndim < 2:
-        return x.sum(axis=-1, keepdims=True)
-    n = x.shape[-1]
-    return (x.reshape(-1, n) @ xp.ones(n, dtype=x.dtype)).reshape(x.shape[:-1] + (1,))
-
-
-def _softmax(x: Any, axis: int, out: Any = None) -> Any:
-    """softmax along ``axis``: exp(x) / sum exp(x), computed so that exp cannot overflow.
-
-    softmax(x) = softmax(x - c) for any constant c per row; the textbook c is the row max,
-    which keeps every exp(x - c) in (0, 1]. On the last axis (attention's rows) finding the
-    max costs about as much as the rest of softmax, so c = 0 is tried first and kept when
-    a row's sum of exp is a finite number no smaller than n·tiny (n terms): then no exp
-    overflowed, the row's largest term is a normal float, and the result is as accurate as the
-    shifted one (it even skips the rounding of x - c). Any other row is recomputed on its own
-    with its max, so each row's result depends on that row alone.
-    ``out`` (optional) receives the result and must not be x.
-    """
-    xp = backend.get_array_module(x)
-    if axis not in (-1, x.ndim - 1):
-        y = xp.subtract(x, x.max(axis=axis, keepdims=True), out=out)
-        xp.exp(y, out=y)
-        y /= y.sum(axis=axis, keepdims=True)
-        return y
-    with backend.overflow_ok(xp):  # an overflowing row is caught below and redone
-        y = xp.exp(x, out=out)
-    total = _last_axis_sum(y)  # (*, 1)
-    bad = _unusable_sums(total, x.shape[-1])[..., 0]  # (*): rows to redo, each on its own
-    if bad.any():
-        xb = x[bad]  # (rows, n)
-        yb = xp.exp(xb - _last_axis_max(xb))  # every row's max becomes 0, so 1 <= sum <= n
-        y[bad] = yb
-        total[bad] = _last_axis_sum(yb)
-    y *= xp.reciprocal(total, out=total)
-    return y
-
-
-def _unusable_sums(total: Any, n: int) -> Any:
-    """Rows whose sum of unshifted exp is not a finite number of at least n·tiny (NaN, an
-    overflow to inf, or so small that the row's largest term may have lost precision)."""
-    xp = backend.get_array_module(total)
-    lo = float(xp.finfo(total.dtype).tiny) * n
-    return ~((total >= lo) & (total < math.inf))
-
-
-def _softmax_backward(y: Any, dy: Any, axis: int, inplace: bool = False, scratch: Any = None) -> Any:
+def softmax_backward(y: Any, dy: Any, axis: int) -> Any:
     """forward: y = softmax(x)  =>  dx = y * (dy - sum(y * dy)).
 
     Because dy_i/dx_j = y_i (δ_ij - y_j):  dx_j = sum_i dy_i y_i (δ_ij - y_j)
                                               = y_j (dy_j - sum_i y_i dy_i).
-    With ``inplace`` the result overwrites dy; ``scratch`` (shape of y) holds y * dy.
     """
-    xp = backend.get_array_module(y)
-    yd = xp.multiply(y, dy, out=scratch)
-    s = _last_axis_sum(yd) if axis in (-1, y.ndim - 1) else yd.sum(axis=axis, keepdims=True)
-    dx = dy if inplace else dy.copy()
-    dx -= s
-    dx *= y
-    return dx
+    return y * (dy - (y * dy).sum(axis=axis, keepdims=True))
 
 
 class Softmax(Function):
@@ -215,11 +142,11 @@ class Softmax(Function):
 
     def forward(self, x: Any, axis: int = -1) -> Any:
         self.axis = axis
-        self.saved = _softmax(x, axis)
+        self.saved = softmax_forward(x, axis)
         return self.saved
 
     def backward(self, dy: Any) -> Any:
-        return _softmax_backward(self.saved, dy, self.axis)
+        return softmax_backward(self.saved, dy, self.axis)
 
 
 def softmax(x: Tensor, axis: int = -1) -> Tensor:
@@ -227,8 +154,9 @@ def softmax(x: Tensor, axis: int = -1) -> Tensor:
     return Softmax.apply(x, axis=axis)
 
 
-def _logsumexp(x: Any, axis: int) -> Any:
-    """log(sum(exp(x))) along ``axis`` (kept as a size-1 axis), without overflow."""
+def logsumexp(x: Any, axis: int) -> Any:
+    """log(sum(exp(x))) along ``axis`` (kept as a size-1 axis), without overflow:
+    max + log(sum(exp(x - max)))."""
     xp = backend.get_array_module(x)
     m = x.max(axis=axis, keepdims=True)
     return m + xp.log(xp.exp(x - m).sum(axis=axis, keepdims=True))
@@ -243,7 +171,7 @@ class LogSoftmax(Function):
 
     def forward(self, x: Any, axis: int = -1) -> Any:
         self.axis = axis
-        self.saved = x - _logsumexp(x, axis)
+        self.saved = x - logsumexp(x, axis)
         return self.saved
 
     def backward(self, dy: Any) -> Any:
@@ -258,66 +186,66 @@ def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
 
 # ----------------------------------------------------------------------------- cross-entropy
 class CrossEntropy(Function):
-    """Mean negative log-likelihood of the targets under softmax(logits).
+    """Mean negative log-likelihood of the targets under softmax(logits), via log-softmax.
 
     logits (N, V) with targets (N,), or (B, T, V) with (B, T) (rows are flattened).
-    Rows whose target is ``ignore_index`` count for nothing. With p = softmax(z_n) and
-    M the number of counted rows:
-        loss = (1/M) sum_n [logsumexp(z_n) - z_n[t_n]]
-        dz_n = (p_n - onehot(t_n)) / M      for counted rows, 0 for ignored ones.
+    Rows whose target is ``ignore_index`` count for nothing. With M the number of counted rows:
+        logp_n = z_n - logsumexp(z_n)                    (log-softmax of row n)
+        loss   = -(1/M) sum_n logp_n[t_n]
+        dz_n   = (exp(logp_n) - onehot(t_n)) / M         for counted rows, 0 for ignored ones
+    (the log-softmax backward with an upstream gradient of -1/M at t_n: exp(logp) is softmax).
     ``reduction`` "sum" drops the 1/M; "none" returns the per-row losses (shape of targets).
-    No target counted gives NaN for "mean", as torch does. Saves p (N, V) and the targets.
+    No target counted gives NaN for "mean", as torch does. Saves logp (N, V) and the targets.
     """
 
     def forward(self, logits: Any, targets: Any, ignore_index: int = -100,
                 reduction: str = "mean") -> Any:
         xp = backend.get_array_module(logits)
-        V = logits.shape[-1]
-        targets = xp.asarray(targets)
-        if targets.shape != logits.shape[:-1]:
-            raise ValueError(f"cross_entropy: targets of shape {targets.shape} do not match "
-                             f"logits of shape {logits.shape} (expected {logits.shape[:-1]})")
-        if reduction not in ("mean", "sum", "none"):
-            raise ValueError(f"cross_entropy: unknown reduction {reduction!r}")
-        z = logits.reshape(-1, V)  # (*, V) -> (N, V)
-        t = targets.reshape(-1).astype(xp.int64)  # (N,)
-        counted = t != ignore_index  # (N,)
-        t = xp.where(counted, t, 0)
-        if t.size and (int(t.min()) < 0 or int(t.max()) >= V):
-            raise IndexError(f"cross_entropy: target out of range: targets must lie in [0, {V}) or be ignore_index")
-        rows = xp.arange(z.shape[0])
-        shifted = z - _last_axis_max(z)  # (N, V), every row's max is 0
-        p = xp.exp(shifted)
-        total = _last_axis_sum(p)  # (N, 1), in [1, V]
-        p /= total  # softmax(z)
-        # -log p[t] = log(sum exp) - shifted[t]: from the shifted logits, not log(p), so p[t] = 0 stays finite
-        nll = (xp.log(total[:, 0]) - shifted[rows, t]) * counted  # (N,), 0 where ignored
-        self.saved = (p, t, counted)
-        self.reduction, self.targets_shape = reduction, targets.shape
+        t, counted = check_targets(logits, targets, ignore_index, reduction)  # (N,), (N,)
+        z = logits.reshape(-1, logits.shape[-1])  # (*, V) -> (N, V)
+        logp = z - logsumexp(z, axis=-1)  # (N, V)
+        nll = xp.where(counted, -logp[xp.arange(len(t)), t], 0.0)  # (N,), 0 where ignored
+        self.saved = (logp, t, counted)
+        self.reduction, self.targets_shape = reduction, logits.shape[:-1]
         if reduction == "none":
-            return nll.reshape(targets.shape)
+            return nll.reshape(self.targets_shape)
         if reduction == "sum":
             return nll.sum()
         self.count = int(counted.sum())
-        if self.count == 0:
-            return xp.asarray(float("nan"), dtype=logits.dtype)
-        return nll.sum() / self.count
+        return nll.sum() / self.count if self.count else xp.asarray(math.nan, dtype=logits.dtype)
 
     def backward(self, dloss: Any) -> tuple[Any, None]:
-        p, t, counted = self.saved
-        xp = backend.get_array_module(p)
-        rows = xp.arange(p.shape[0])
-        # forward: loss_n = logsumexp(z_n) - z_n[t_n]  =>  dz_n = (p_n - onehot(t_n)) * dloss_n
-        dz = p  # p is not needed after this: reuse its buffer
-        dz[rows, t] -= 1
+        logp, t, counted = self.saved
+        xp = backend.get_array_module(logp)
+        # forward: loss_n = -logp_n[t_n], logp_n = z_n - logsumexp(z_n)  =>  dz_n = softmax(z_n) - onehot(t_n)
+        dz = xp.exp(logp)
+        dz[xp.arange(len(t)), t] -= 1
+        # times the upstream gradient of each row's loss (and 1/M for the mean); ignored rows get 0
         if self.reduction == "none":
-            scale = (dloss.reshape(-1) * counted)[:, None]  # (N, 1)
-        elif self.reduction == "sum":
-            scale = dloss * counted[:, None]
+            dz *= dloss.reshape(-1, 1)
+        elif self.reduction == "mean":
+            dz *= dloss / max(self.count, 1)
         else:
-            scale = (dloss / max(self.count, 1)) * counted[:, None]
-        dz *= scale.astype(dz.dtype, copy=False)
-        return dz.reshape(*self.targets_shape, p.shape[-1]), None
+            dz *= dloss
+        dz = xp.where(counted[:, None], dz, 0.0)
+        return dz.reshape(*self.targets_shape, logp.shape[-1]), None
+
+
+def check_targets(logits: Any, targets: Any, ignore_index: int, reduction: str) -> tuple[Any, Any]:
+    """The targets of cross_entropy, checked and flattened: (t (N,) int64 with ignored rows
+    pointing at class 0, counted (N,) bool)."""
+    xp = backend.get_array_module(logits)
+    targets = xp.asarray(targets)
+    if targets.shape != logits.shape[:-1]:
+        raise ValueError(f"cross_entropy: targets of shape {targets.shape} do not match "
+                         f"logits of shape {logits.shape} (expected {logits.shape[:-1]})")
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"cross_entropy: unknown reduction {reduction!r}")
+    t = targets.reshape(-1).astype(xp.int64)  # (N,)
+    counted = t != ignore_index
+    t = xp.where(counted, t, 0)
+    check_indices(t, logits.shape[-1], "cross_entropy: target (or ignore_index)")
+    return t, counted
 
 
 def cross_entropy(logits: Tensor, targets: Any, ignore_index: int = -100, reduction: str = "mean") -> Tensor:
@@ -337,71 +265,33 @@ class LayerNorm(Function):
         dx = rstd * (g - mean(g) - xhat * mean(g * xhat))      (means over C)
         dw = sum over rows of dy * xhat,   db = sum over rows of dy
     (mean(g) is how shifting every x moves mu; xhat * mean(g * xhat) how scaling moves rstd.)
-    Rows are processed in tiles that fit the cache. Saves xhat (*, C), rstd (*, 1) and w.
+    Saves xhat (*, C), rstd (*, 1) and w.
     """
 
     def forward(self, x: Any, weight: Any = None, bias: Any = None, eps: float = 1e-5) -> Any:
         xp = backend.get_array_module(x)
-        C = x.shape[-1]
-        x2 = x.reshape(-1, C)  # (N, C)
-        N = x2.shape[0]
-        xhat, y = xp.empty_like(x2), xp.empty_like(x2)
-        rstd = xp.empty((N, 1), dtype=x.dtype)
-        inv_c = xp.full(C, 1.0 / C, dtype=x.dtype)
-        for r in backend.tiles(xp, N, C):
-            xc = xhat[r]
-            xp.subtract(x2[r], _row_mean(x2[r], inv_c), out=xc)  # x - mu
-            yc = y[r]  # scratch for (x - mu)² before it holds y
-            xp.multiply(xc, xc, out=yc)
-            rs = rstd[r]
-            rs[...] = _row_mean(yc, inv_c)  # var
-            rs += eps
-            xp.sqrt(rs, out=rs)
-            xp.divide(1.0, rs, out=rs)  # rstd
-            xc *= rs  # xhat
-            if weight is not None:
-                xp.multiply(xc, weight, out=yc)
-            else:
-                yc[...] = xc
-            if bias is not None:
-                yc += bias
-        self.saved = (xhat, rstd, weight) if any(self.needs_input_grad) else None
-        self.has_weight, self.has_bias, self.shape = weight is not None, bias is not None, x.shape
-        return y.reshape(x.shape)
+        mu = x.mean(axis=-1, keepdims=True)  # (*, 1)
+        xc = x - mu  # (*, C)
+        var = (xc * xc).mean(axis=-1, keepdims=True)  # (*, 1)
+        rstd = 1.0 / xp.sqrt(var + eps)  # (*, 1)
+        xhat = xc * rstd  # (*, C)
+        y = xhat if weight is None else xhat * weight
+        if bias is not None:
+            y = y + bias
+        self.saved = (xhat, rstd, weight)
+        self.has_bias = bias is not None
+        return y
 
     def backward(self, dy: Any) -> tuple[Any, Any, Any]:
         xhat, rstd, weight = self.saved
-        xp = backend.get_array_module(dy)
-        N, C = xhat.shape
-        dy2 = dy.reshape(N, C)
-        need_x = self.needs_input_grad[0]
-        need_w = self.has_weight and self.needs_input_grad[1]
+        rows = tuple(range(dy.ndim - 1))  # every axis but C
         # forward: y = xhat * w + b
-        db = _column_sum(dy2) if self.has_bias and self.needs_input_grad[2] else None
-        inv_c = xp.full(C, 1.0 / C, dtype=dy.dtype)
-        dw = xp.zeros(C, dtype=dy.dtype) if need_w else None
-        dx = xp.empty_like(xhat) if need_x else None
-        scratch = xp.empty((min(N, max(1, backend.TILE // C)) if xp is backend.numpy else N, C), dtype=dy.dtype)
-        for r in backend.tiles(xp, N, C):
-            xh, d, tmp = xhat[r], dy2[r], scratch[: r.stop - r.start]
-            if need_w:
-                xp.multiply(d, xh, out=tmp)
-                dw += _column_sum(tmp)
-            if not need_x:
-                continue
-            g = dx[r]
-            if self.has_weight:
-                xp.multiply(d, weight, out=g)  # g = dy * w
-            else:
-                g[...] = d
-            # forward: xhat = (x - mu) * rstd  =>  dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
-            xp.multiply(g, xh, out=tmp)
-            m2 = _row_mean(tmp, inv_c)
-            g -= _row_mean(g, inv_c)
-            xp.multiply(xh, m2, out=tmp)
-            g -= tmp
-            g *= rstd[r]
-        return (dx.reshape(self.shape) if need_x else None), dw, db
+        db = dy.sum(axis=rows) if self.has_bias else None  # (C,)
+        dw = (dy * xhat).sum(axis=rows) if weight is not None else None  # (C,)
+        g = dy if weight is None else dy * weight  # (*, C): the gradient reaching xhat
+        # forward: xhat = (x - mu) * rstd  =>  dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
+        dx = rstd * (g - g.mean(axis=-1, keepdims=True) - xhat * (g * xhat).mean(axis=-1, keepdims=True))
+        return dx, dw, db
 
 
 def layer_norm(x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
@@ -413,65 +303,30 @@ def layer_norm(x: Tensor, weight: Tensor | None = None, bias: Tensor | None = No
 
 
 # ----------------------------------------------------------------------------- GELU
-_GELU_K = math.sqrt(2.0 / math.pi)
-_GELU_A = 0.044715
+GELU_K = math.sqrt(2.0 / math.pi)
+GELU_A = 0.044715
 
 
 class GELU(Function):
     """GELU, tanh form (GPT-2; torch ``approximate="tanh"``):
         u = k (x + a x³),  k = sqrt(2/π), a = 0.044715
         y = 0.5 x (1 + tanh u)
-        dy/dx = 0.5 (1 + tanh u) + 0.5 x (1 - tanh² u) k (1 + 3 a x²)
-              = (1 + tanh u) (0.5 + 0.5 x k (1 + 3 a x²) (1 - tanh u))     (1 - t² = (1 + t)(1 - t))
-    Forward computes dy/dx as it goes (tile by tile, while x and tanh u are in cache) and
-    saves only that: backward is then one multiply. The factored form shares (1 + tanh u)
-    with y, so the whole forward is 15 array passes. Saves dy/dx (shape of x), nothing in no_grad.
-    ``inplace=True`` writes y over x's array (each tile's x is read before its y is written),
-    for a caller whose x is used by nothing else, as the MLP's c_fc output: one array fewer to
-    allocate and to pass through the cache.
+        dy/dx = 0.5 (1 + tanh u) + 0.5 x (1 - tanh² u) k (1 + 3 a x²)      (product rule)
+    Saves x (the backward recomputes tanh u from it).
     """
 
-    def forward(self, x: Any, inplace: bool = False) -> Any:
+    def forward(self, x: Any) -> Any:
         xp = backend.get_array_module(x)
-        contiguous = xp.ascontiguousarray(x)
-        y = contiguous if inplace and contiguous is x and backend.writeable(x) else xp.empty_like(x)
-        x = contiguous
-        deriv = xp.empty_like(x) if self.needs_input_grad[0] else None
-        xf, yf = x.reshape(-1), y.reshape(-1)
-        df = deriv.reshape(-1) if deriv is not None else None
-        n = min(x.size, backend.TILE) if xp is backend.numpy else x.size
-        s_buf, t_buf = xp.empty(n, x.dtype), xp.empty(n, x.dtype)
-        for sl in backend.tiles(xp, x.size):
-            xc, yc = xf[sl], yf[sl]
-            s, t = s_buf[: xc.size], t_buf[: xc.size]
-            xp.multiply(xc, xc, out=s)  # x²
-            # t = tanh(u), u = x k (1 + a x²)
-            xp.multiply(s, _GELU_A * _GELU_K, out=t)
-            t += _GELU_K
-            t *= xc
-            xp.tanh(t, out=t)
-            xp.multiply(xc, 0.5, out=yc)  # yc holds x/2 until the end
-            if df is not None:
-                # dy/dx = (1 + t) (0.5 + (x/2) k (1 + 3 a x²) (1 - t))
-                dc = df[sl]
-                s *= 3.0 * _GELU_A * _GELU_K
-                s += _GELU_K
-                s *= yc
-                xp.subtract(1.0, t, out=dc)
-                s *= dc
-                s += 0.5
-            t += 1.0
-            yc *= t  # y = (x/2) (1 + t)
-            if df is not None:
-                xp.multiply(s, t, out=dc)
-        self.saved = deriv
-        return y
+        self.saved = x
+        return 0.5 * x * (1.0 + xp.tanh(GELU_K * (x + GELU_A * x * x * x)))
 
     def backward(self, dy: Any) -> Any:
-        # forward: y = gelu(x)  =>  dx = dy * dy/dx, written over dy/dx (a graph runs backward once)
-        deriv = self.saved
-        deriv *= dy
-        return deriv
+        xp = backend.get_array_module(dy)
+        x = self.saved
+        t = xp.tanh(GELU_K * (x + GELU_A * x * x * x))
+        # forward: y = 0.5 x (1 + tanh u)  =>  dy/dx = 0.5 (1 + t) + 0.5 x (1 - t²) du/dx
+        dydx = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_K * (1.0 + 3.0 * GELU_A * x * x)
+        return dy * dydx
 
 
 def gelu(x: Tensor) -> Tensor:
@@ -480,12 +335,18 @@ def gelu(x: Tensor) -> Tensor:
 
 
 # ----------------------------------------------------------------------------- dropout
-def _dropout_mask(like: Any, p: float) -> Any:
+def dropout_mask(like: Any, p: float) -> Any:
     """Inverted-dropout mask: 0 with probability p, else 1/(1-p), in like's dtype and device."""
     keep = backend.uniform(like.shape, like.dtype, backend.device_of(like)) >= p
     mask = keep.astype(like.dtype)
     mask *= 1.0 / (1.0 - p) if p < 1 else 0.0
     return mask
+
+
+def check_p(p: float) -> None:
+    """A dropout probability must lie in [0, 1] (torch's message)."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
 
 
 class Dropout(Function):
@@ -495,16 +356,11 @@ class Dropout(Function):
     """
 
     def forward(self, x: Any, p: float) -> Any:
-        self.saved = _dropout_mask(x, p)
+        self.saved = dropout_mask(x, p)
         return x * self.saved
 
     def backward(self, dy: Any) -> Any:
         return dy * self.saved
-
-
-def _check_p(p: float) -> None:
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
 
 
 def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
@@ -512,20 +368,79 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
 
     The identity (the very same tensor) when ``training`` is False or ``p`` is 0.
     """
-    _check_p(p)
+    check_p(p)
     if not training or p == 0.0:
         return x if isinstance(x, Tensor) else Tensor(x)
     return Dropout.apply(x, p=p)
 
 
 # ----------------------------------------------------------------------------- attention
-# Causal scaled-dot-product attention has a module of its own, minigpt/attention.py (it needs the
-# softmax and dropout helpers above); it is part of this functional API all the same.
-from minigpt.attention import (  # noqa: E402, F401 - re-exported: part of this module's API
-    ScaledDotProductAttention,
-    _additive_causal_mask,
-    attention_backward,
-    attention_forward,
-    causal_mask,
-    scaled_dot_product_attention,
-)
+def causal_mask(T: int, S: int, xp: Any) -> Any:
+    """(T, S) bool, True where query i may look at key j (j <= i), as torch's is_causal."""
+    return xp.tril(xp.ones((T, S), dtype=bool))
+
+
+def attention_weights(q: Any, k: Any, is_causal: bool, scale: float) -> Any:
+    """att = softmax(q @ kᵀ * scale, with the future masked out), on arrays:
+    q (*, T, hs), k (*, S, hs) -> att (*, T, S), each row a distribution over the keys."""
+    xp = backend.get_array_module(q)
+    scores = q @ xp.swapaxes(k, -1, -2) * scale  # (*, T, hs) @ (*, hs, S) -> (*, T, S)
+    if is_causal:
+        scores = xp.where(causal_mask(q.shape[-2], k.shape[-2], xp), scores, -math.inf)
+    return softmax_forward(scores, axis=-1)  # the masked entries become exactly 0
+
+
+class ScaledDotProductAttention(Function):
+    """y = softmax(q kᵀ * s + mask) v, s = 1/sqrt(hs) by default; -inf above the diagonal if causal.
+
+    q (B, nh, T, hs), k and v (B, nh, S, hs) -> y (B, nh, T, hs). Forward:
+        scores = q @ kᵀ * s                  (B, nh, T, S)
+        att = softmax(masked scores)         the future (j > i) set to -inf, so its weight is exactly 0
+        att_d = att * drop                   (drop: inverted-dropout mask, when dropout_p > 0)
+        y = att_d @ v
+    Backward, in reverse:
+        dv = att_dᵀ @ dy,   datt_d = dy @ vᵀ
+        datt = datt_d * drop
+        dscores = att * (datt - sum(att * datt)) * s      (softmax backward; masked entries stay 0)
+        dq = dscores @ k,   dk = dscoresᵀ @ q
+    Saves q, k, v, att (B, nh, T, S) and, with dropout, its mask (B, nh, T, S).
+    """
+
+    def forward(self, q: Any, k: Any, v: Any, is_causal: bool = True, dropout_p: float = 0.0,
+                scale: float | None = None) -> Any:
+        self.scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+        att = attention_weights(q, k, is_causal, self.scale)  # (B, nh, T, S)
+        drop = dropout_mask(att, dropout_p) if dropout_p > 0.0 else None
+        att_d = att if drop is None else att * drop
+        self.saved = (q, k, v, att, drop)
+        return att_d @ v  # (B, nh, T, S) @ (B, nh, S, hs) -> (B, nh, T, hs)
+
+    def backward(self, dy: Any) -> tuple[Any, Any, Any]:
+        q, k, v, att, drop = self.saved
+        xp = backend.get_array_module(dy)
+        # forward: y = att_d @ v
+        att_d = att if drop is None else att * drop
+        dv = xp.swapaxes(att_d, -1, -2) @ dy  # (B, nh, S, T) @ (B, nh, T, hs) -> (B, nh, S, hs)
+        datt = dy @ xp.swapaxes(v, -1, -2)  # (B, nh, T, hs) @ (B, nh, hs, S) -> (B, nh, T, S)
+        # forward: att_d = att * drop
+        if drop is not None:
+            datt = datt * drop
+        # forward: att = softmax(scores), scores = q @ kᵀ * s
+        dscores = softmax_backward(att, datt, axis=-1) * self.scale
+        dq = dscores @ k  # (B, nh, T, S) @ (B, nh, S, hs) -> (B, nh, T, hs)
+        dk = xp.swapaxes(dscores, -1, -2) @ q  # (B, nh, S, T) @ (B, nh, T, hs) -> (B, nh, S, hs)
+        return dq, dk, dv
+
+
+def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, is_causal: bool = True,
+                                 dropout_p: float = 0.0, scale: float | None = None) -> Tensor:
+    """softmax(q kᵀ/√hs, causal mask) v: q (B, nh, T, hs), k and v (B, nh, S, hs) -> (B, nh, T, hs)."""
+    check_p(dropout_p)
+    return ScaledDotProductAttention.apply(q, k, v, is_causal=is_causal, dropout_p=dropout_p, scale=scale)
+
+
+def split_heads(qkv: Any, n_head: int) -> Any:
+    """Packed qkv (B, T, 3C), as c_attn writes it, seen as the heads of q, k and v:
+    (B, T, 3, nh, hs) -> (3, B, nh, T, hs). An array view (no copy), for code outside the graph."""
+    B, T, C3 = qkv.shape
+    return qkv.reshape(B, T, 3, n_head, C3 // 3 // n_head).transpose(2, 0, 3, 1, 4)

@@ -49,7 +49,6 @@ class AdamW:
                 raise ValueError("a parameter appears in more than one place in the optimizer's groups")
             seen.add(id(p))
         self.state: dict[int, dict[str, Any]] = {}  # id(param) -> {"step", "exp_avg", "exp_avg_sq"}
-        self._flats: dict[int, dict[str, Any]] = {}  # group index -> flat buffers (see _flat)
 
     def _params(self) -> list[Tensor]:
         return [p for g in self.param_groups for p in g["params"]]
@@ -59,80 +58,34 @@ class AdamW:
         for p in self._params():
             p.grad = None
 
+    def init_state(self, p: Tensor) -> dict[str, Any]:
+        """The state of parameter ``p``, made on its first step: the step count and the two
+        moments m and v, zeros of p's shape."""
+        if id(p) not in self.state:
+            self.state[id(p)] = {"step": 0, "exp_avg": p.xp.zeros_like(p.data), "exp_avg_sq": p.xp.zeros_like(p.data)}
+        return self.state[id(p)]
+
     def step(self) -> None:
         """One AdamW update of every parameter that has a gradient."""
-        for gi, group in enumerate(self.param_groups):
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            for p in params:
-                if id(p) not in self.state:
-                    self.state[id(p)] = {"step": 0, "exp_avg": p.xp.zeros_like(p.data),
-                                         "exp_avg_sq": p.xp.zeros_like(p.data)}
-            steps = {self.state[id(p)]["step"] for p in params}
-            if len(params) == len(group["params"]) and len(steps) == 1:
-                flat = self._flat(gi, group)
-                g = params[0].xp.concatenate([p.grad.reshape(-1) for p in params]).astype(flat["p"].dtype, copy=False)
-                for p in params:
-                    self.state[id(p)]["step"] += 1
-                self._update(flat["p"], g, flat["m"], flat["v"], group, steps.pop() + 1)
-            else:  # a partly populated group: tensor by tensor
-                for p in params:
-                    st = self.state[id(p)]
-                    st["step"] += 1
-                    self._update(p.data, p.grad, st["exp_avg"], st["exp_avg_sq"], group, st["step"])
+        for group in self.param_groups:
+            self.update_group(group)
 
-    def _flat(self, gi: int, group: dict[str, Any]) -> dict[str, Any]:
-        """One flat buffer each for the group's parameters and their two moments, with every
-        parameter's .data (and state) a view into it, so one vectorised update serves them all.
-        Rebuilt whenever something replaced a view (Module.to, load_state_dict of the optimizer)."""
-        params = group["params"]
-        cache = self._flats.get(gi)
-        if cache is not None and all(p.data.base is cache["p"] and self.state[id(p)]["exp_avg"].base is cache["m"]
-                                     and self.state[id(p)]["exp_avg_sq"].base is cache["v"] for p in params):
-            return cache
-        xp = params[0].xp
-        cache = {}
-        for key, arrays in (("p", [p.data for p in params]),
-                            ("m", [self.state[id(p)]["exp_avg"] for p in params]),
-                            ("v", [self.state[id(p)]["exp_avg_sq"] for p in params])):
-            cache[key] = xp.concatenate([a.reshape(-1) for a in arrays])
-        offset = 0
-        for p in params:
-            n, st = p.size, self.state[id(p)]
-            p.data = cache["p"][offset:offset + n].reshape(p.shape)
-            st["exp_avg"] = cache["m"][offset:offset + n].reshape(p.shape)
-            st["exp_avg_sq"] = cache["v"][offset:offset + n].reshape(p.shape)
-            offset += n
-        self._flats[gi] = cache
-        return cache
-
-    @staticmethod
-    def _update(p: Any, g: Any, m: Any, v: Any, group: dict[str, Any], t: int) -> None:
-        """The AdamW update of one array (or one flat buffer), in place, tile by tile."""
+    def update_group(self, group: dict[str, Any]) -> None:
+        """The update of the class docstring, parameter by parameter, in place."""
         lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
         beta1, beta2 = group["betas"]
-        xp = backend.get_array_module(p)
-        pf, gf, mf, vf = (a.reshape(-1) for a in (p, g, m, v))
-        step_size = lr / (1.0 - beta1**t)
-        bias_correction2_sqrt = math.sqrt(1.0 - beta2**t)
-        tmp_buf = xp.empty(min(pf.size, backend.TILE) if xp is backend.numpy else pf.size, dtype=pf.dtype)
-        for sl in backend.tiles(xp, pf.size):
-            pc, gc, mc, vc, tmp = pf[sl], gf[sl], mf[sl], vf[sl], tmp_buf[: sl.stop - sl.start]
-            pc *= 1.0 - lr * wd  # decoupled weight decay
-            xp.subtract(gc, mc, out=tmp)  # m <- m + (1 - beta1) (g - m)
-            tmp *= 1.0 - beta1
-            mc += tmp
-            vc *= beta2  # v <- beta2 v + (1 - beta2) g²
-            xp.multiply(gc, gc, out=tmp)
-            tmp *= 1.0 - beta2
-            vc += tmp
-            xp.sqrt(vc, out=tmp)  # denom = sqrt(v) / sqrt(1 - beta2^t) + eps
-            tmp /= bias_correction2_sqrt
-            tmp += eps
-            xp.divide(mc, tmp, out=tmp)  # p <- p - lr / (1 - beta1^t) * m / denom
-            tmp *= step_size
-            pc -= tmp
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            state = self.init_state(p)
+            state["step"] += 1
+            t, g, m, v = state["step"], p.grad, state["exp_avg"], state["exp_avg_sq"]
+            p.data *= 1.0 - lr * wd  # decoupled weight decay
+            m += (g - m) * (1.0 - beta1)  # first moment: a running mean of g
+            v *= beta2  # second moment: a running mean of g²
+            v += (g * g) * (1.0 - beta2)
+            denom = p.xp.sqrt(v) / math.sqrt(1.0 - beta2**t) + eps  # sqrt(v̂) + eps, v̂ = v / (1 - β2ᵗ)
+            p.data -= (m / denom) * (lr / (1.0 - beta1**t))  # p -= lr * m̂ / denom, m̂ = m / (1 - β1ᵗ)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
@@ -167,7 +120,6 @@ class AdamW:
                                      f"the parameter has {p.shape}")
                 entry[name] = p.xp.array(buf, dtype=p.dtype, copy=True)
             new_state[id(p)] = entry
-        self._flats = {}
         for saved, group in zip(groups, self.param_groups):
             group.update({k: v for k, v in saved.items() if k != "params"})
             group["betas"] = tuple(group["betas"])

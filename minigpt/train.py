@@ -31,10 +31,11 @@ from typing import Any, Callable, Iterator
 import numpy
 
 import minigpt
-from minigpt import backend, checkpoint, optim
+from minigpt import backend, checkpoint, fast, optim
 from minigpt import functional as F
 from minigpt.data import CharTokenizer, atomic_write_bytes, get_batch, load_source, train_val_split
 from minigpt.nn import GPT, BigramLanguageModel, GPTConfig, Module
+from minigpt.nn.gpt import check_settings
 from minigpt.tensor import no_grad
 
 # nanoGPT's recipes. CPU: its README's laptop command for shakespeare_char; GPU: config/train_shakespeare_char.py.
@@ -80,6 +81,7 @@ class TrainConfig:
     seed: int = 1337
     dtype: str = "float32"  # float32 | float64
     sample_chars: int = 500  # characters of text generated at the end
+    reference: bool = False  # train with the plain reference ops instead of the fast twins (same math)
 
     @classmethod
     def preset(cls, device: str | None = None, model: str | None = None, **overrides: Any) -> TrainConfig:
@@ -96,9 +98,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the first setting that is out of range or inconsistent."""
-        positive = ["n_layer", "n_head", "n_embd", "block_size", "batch_size", "max_iters", "eval_interval",
-                    "eval_iters", "log_interval"]
-        for name in positive:
+        check_settings(dataclasses.asdict(self), prefix="--")  # the model's settings, as GPTConfig checks them
+        for name in ("batch_size", "max_iters", "eval_interval", "eval_iters", "log_interval"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"--{name} must be a positive integer, got {getattr(self, name)}")
         for name in ("learning_rate", "min_lr"):
@@ -112,10 +113,6 @@ class TrainConfig:
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"--{name} must lie in [0, 1), got {getattr(self, name)}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"--dropout must lie in [0, 1), got {self.dropout}")
-        if self.n_embd % self.n_head:
-            raise ValueError(f"--n_embd ({self.n_embd}) must be divisible by --n_head ({self.n_head})")
         if self.model not in ("gpt", "bigram"):
             raise ValueError(f"--model must be gpt or bigram, got {self.model!r}")
         if self.dtype not in ("float32", "float64"):
@@ -167,7 +164,7 @@ def build_optimizer(model: Module, cfg: TrainConfig) -> optim.AdamW:
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
-    return optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2))
+    return fast.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2))  # optim.AdamW's twin
 
 
 @contextlib.contextmanager
@@ -311,15 +308,21 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print,
     """Train as ``cfg`` says, writing checkpoints and metrics into ``cfg.out_dir``.
 
     ``should_stop`` is asked after every step; when it says True the run saves ``latest.npz``
-    and returns (``interrupted=True``); ``--resume`` continues from there.
+    and returns (``interrupted=True``); ``--resume`` continues from there. With ``cfg.reference``
+    every step runs the plain reference ops (``minigpt.fast.disabled()``).
     """
     cfg.validate()
+    with fast.disabled() if cfg.reference else contextlib.nullcontext():
+        return _train(cfg, log, should_stop)
+
+
+def _train(cfg: TrainConfig, log: Callable[[str], None], should_stop: Callable[[], bool]) -> TrainResult:
     start = time.time()
     out_dir = Path(cfg.out_dir)
     device = resolve_device(cfg.device)
     dtype = numpy.dtype(cfg.dtype)
     if device == "cpu":
-        backend.keep_freed_memory()  # each step reuses the last one's freed memory: no page faults
+        fast.keep_freed_memory()  # each step reuses the last one's freed memory: no page faults
 
     text = load_source(cfg.data)
     tokenizer = CharTokenizer.from_text(text)
@@ -339,7 +342,8 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print,
                                                        tokenizer, batch_rng, device, log)
     model.train()
     n_params = model.num_params()
-    log(f"model: {cfg.model}, {n_params:,} parameters ({n_params / 1e6:.2f}M), device {device}, {cfg.dtype}")
+    ops = "fast twins" if cfg.model == "gpt" and fast.enabled(next(model.parameters())) else "reference ops"
+    log(f"model: {cfg.model}, {n_params:,} parameters ({n_params / 1e6:.2f}M), device {device}, {cfg.dtype}, {ops}")
     log(f"data: {len(train_ids):,} training and {len(val_ids):,} validation tokens, vocabulary {tokenizer.vocab_size}")
 
     def save(name: str, evaluated: bool) -> None:

@@ -12,7 +12,9 @@ from minigpt import backend
 
 PACKAGE = Path(minigpt.__file__).parent
 # every module that does array math must take xp from its inputs
-OP_MODULES = ["tensor.py", "ops.py", "functional.py", "attention.py", "fused.py", "optim.py", "gradcheck.py", "nn/module.py", "nn/layers.py"]
+OP_MODULES = ["tensor.py", "ops.py", "functional.py", "optim.py", "gradcheck.py", "nn/module.py", "nn/layers.py", "nn/gpt.py",
+              "fast/functional.py", "fast/attention.py", "fast/reductions.py", "fast/tiling.py", "fast/optim.py", "fast/gpt.py",
+              "fast/switch.py"]
 
 
 def numpy_uses(source):
@@ -93,8 +95,8 @@ def test_rng_state_round_trip():
 FAULTS_PER_ROUND = """
 import resource, sys
 import numpy as np
-from minigpt import backend
-kept = backend.keep_freed_memory() if sys.argv[1] == "keep" else None
+from minigpt import fast
+kept = fast.keep_freed_memory() if sys.argv[1] == "keep" else None
 for _ in range(3):  # warm-up: the heap grows once
     a = np.ones(1 << 19, np.float32); b = np.ones(1 << 19, np.float32); del a, b
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

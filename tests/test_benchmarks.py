@@ -12,8 +12,10 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.mark.parametrize("script, args, expect", [
-    ("bench_train.py", ["--rounds", "1", "--steps", "2", "--warmup", "1", "--no-torch", "--no-memory"], "ms/iter"),
-    ("profile_step.py", ["--steps", "2", "--warmup", "1"], "AdamW.step"),
+    ("bench_train.py", ["--rounds", "1", "--steps", "2", "--warmup", "1", "--no-torch", "--no-memory", "--reference"],
+     "ratio reference / minigpt"),
+    ("profile_step.py", ["--steps", "2", "--warmup", "1"], "fast.AdamW.step"),
+    ("profile_step.py", ["--steps", "2", "--warmup", "1", "--reference"], "LayerNorm.backward"),
     ("bench_gemm_floor.py", ["--rounds", "1", "--repeats", "1", "--no-torch"], "ms per step"),
     ("bench_generate.py", ["--new_tokens", "12", "--n_layer", "1", "--n_embd", "16", "--n_head", "2",
                            "--block_size", "8"], "identical tokens: True"),

@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 
 import minigpt
 from minigpt import Tensor, gradcheck
-from minigpt import attention
 from minigpt import functional as F
 from tests.strategies import arrays, rng_from, seeds, shapes
 
@@ -85,29 +84,6 @@ def test_gelu_gradient(x):
     assert gradcheck(F.gelu, [leaf(x * 2)])
 
 
-def test_gelu_inplace_writes_over_its_input_and_changes_nothing_else():
-    rng = np.random.default_rng(3)
-    x, g = rng.standard_normal((5, 70_000)), rng.standard_normal((5, 70_000))  # several tiles
-
-    def run(inplace, make_input):
-        leaf_ = Tensor(x.copy(), requires_grad=True)
-        h = make_input(leaf_)  # an intermediate, as the MLP's c_fc output
-        y = F.GELU.apply(h, inplace=inplace)
-        y.backward(g[:, : y.shape[1]])
-        return h, y, leaf_.grad
-
-    h_ref, y_ref, grad_ref = run(False, lambda t: t * 1.0)
-    h, y, grad = run(True, lambda t: t * 1.0)
-    assert y.data is h.data  # written over its input
-    np.testing.assert_array_equal(y.data, y_ref.data)
-    np.testing.assert_array_equal(grad, grad_ref)
-    np.testing.assert_array_equal(h_ref.data, x)  # not in place: the input is untouched
-    # an input that is not contiguous is copied first, and stays as it was
-    h, y, grad = run(True, lambda t: (t * 1.0)[:, ::2])
-    assert not np.shares_memory(y.data, h.data)
-    np.testing.assert_array_equal(h.data, x[:, ::2])
-
-
 @given(x=arrays(), p=st.sampled_from([0.1, 0.5, 0.9]), seed=seeds)
 def test_dropout_gradient(x, p, seed):
     def fn(t):
@@ -139,17 +115,8 @@ def test_attention_with_dropout_gradient(qkv, seed):
     assert gradcheck(fn, [leaf(a) for a in qkv])
 
 
-def test_attention_gradient_with_a_contiguous_copy_of_k_transposed():
-    # 40 query rows and heads of 3: the shapes for which attention multiplies by copies of kᵀ and vᵀ
-    rng = np.random.default_rng(2)
-    q, k, v = (rng.standard_normal((2, 1, 40, 3)) for _ in range(3))
-    assert attention._transposed_buffer(q, k, slice(0, 1)) is not None
-    assert attention._transposed_buffer(q[..., :1, :], k, slice(0, 1)) is None  # one query row: a view
-    assert gradcheck(lambda q, k, v: F.scaled_dot_product_attention(q, k, v), [leaf(a) for a in (q, k, v)])
-
-
 # ----------------------------------------------------------------------------- forward values from the math
-@pytest.mark.parametrize("T", [5, 40])  # 40: through copies of kᵀ (see the test above)
+@pytest.mark.parametrize("T", [5, 40])
 def test_attention_equals_the_masked_softmax_formula(T):
     rng = np.random.default_rng(0)
     q, k, v = (rng.standard_normal((2, 3, T, 4)) for _ in range(3))
@@ -205,27 +172,6 @@ def test_softmax_and_cross_entropy_finite_for_huge_logits(dtype):
     assert loss.item() == pytest.approx((2e4 + (2e4 + math.log(2)) + math.log(3)) / 3, rel=1e-4)
     loss.backward()
     assert np.isfinite(x.grad).all()
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_softmax_rows_out_of_exp_range_are_redone_alone(dtype):
-    # softmax tries exp(x) unshifted; rows that overflow, underflow or hold NaN are redone with
-    # their max, quietly, and the other rows keep their unshifted result bit for bit
-    big = float(np.log(np.finfo(dtype).max)) + 10  # exp(big) overflows
-    z = np.array([[0.5, -1.0, 2.0], [big, big - 1, 0.0], [-2 * big, -2 * big - 1, -2 * big],
-                  [np.nan, 0.0, 1.0], [3.0, 1.0, -4.0]], dtype=dtype)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        p = F.softmax(Tensor(z)).data
-    z64 = z.astype(np.float64)
-    e = np.exp(z64 - z64.max(axis=-1, keepdims=True))
-    expected = e / e.sum(axis=-1, keepdims=True)
-    finite = [0, 1, 2, 4]
-    np.testing.assert_allclose(p[finite], expected[finite], rtol=1e-6 if dtype == np.float32 else 1e-14,
-                               atol=np.finfo(dtype).tiny)  # subnormal results keep few digits
-    assert np.isnan(p[3]).all()
-    alone = F.softmax(Tensor(z[[0, 4]])).data  # the ordinary rows without the bad ones
-    np.testing.assert_array_equal(p[[0, 4]], alone)
 
 
 # ----------------------------------------------------------------------------- invariants

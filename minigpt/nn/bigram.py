@@ -43,4 +43,4 @@ class BigramLanguageModel(Module):
     def generate(self, idx: Any, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None) -> Any:
         """Sample ``max_new_tokens`` tokens after idx (B, T) -> (B, T + max_new_tokens).
         Only the last token matters to a bigram, so only it is fed in."""
-        return generate_loop(self, idx, max_new_tokens, temperature, top_k, block_size=1)
+        return generate_loop(idx, max_new_tokens, temperature, top_k, lambda ids: self(ids[:, -1:])[0].data[:, -1, :])

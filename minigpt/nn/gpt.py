@@ -9,17 +9,20 @@ Legend: B batch, T time, C channels (n_embd), V vocab, nh heads (n_head), hs hea
     mlp:    c_fc (C -> 4C) -> GELU -> c_proj (4C -> C)
 
 Parameter names match nanoGPT's, so state_dicts move between the two.
+
+Everything below is written with the reference ops of minigpt.functional. On NumPy,
+``GPT.forward`` hands the same network to its fast twin (minigpt/fast/gpt.py: the same math,
+faster on a CPU) unless inside ``minigpt.fast.disabled()``: that one ``if`` is the switch.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
-from minigpt import backend
+from minigpt import backend, fast
 from minigpt import functional as F
-from minigpt.fused import causal_self_attention, residual_add, split_heads
 from minigpt.nn.layers import Dropout, Embedding, LayerNorm, Linear
 from minigpt.nn.module import Module, ModuleDict, ModuleList
 from minigpt.tensor import Tensor, no_grad
@@ -38,13 +41,21 @@ class GPTConfig:
     bias: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        if self.n_embd % self.n_head:
-            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
+        check_settings(vars(self))
+
+
+def check_settings(settings: dict[str, Any], prefix: str = "") -> None:
+    """Raise ValueError naming the first of the model's settings (GPTConfig's fields, those of
+    them present in ``settings``) that is out of range; names are written ``prefix + name``
+    (the training command line's flags pass "--")."""
+    for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
+        if name in settings and int(settings[name]) < 1:
+            raise ValueError(f"{prefix}{name} must be a positive integer, got {settings[name]}")
+    if settings["n_embd"] % settings["n_head"]:
+        raise ValueError(f"{prefix}n_embd ({settings['n_embd']}) must be divisible by "
+                         f"{prefix}n_head ({settings['n_head']})")
+    if not 0.0 <= settings["dropout"] < 1.0:
+        raise ValueError(f"{prefix}dropout must lie in [0, 1), got {settings['dropout']}")
 
 
 class CausalSelfAttention(Module):
@@ -58,19 +69,21 @@ class CausalSelfAttention(Module):
         self.n_head, self.n_embd = config.n_head, config.n_embd
 
     def forward(self, x: Tensor) -> Tensor:
+        B, T, C = x.shape
+        nh, hs = self.n_head, C // self.n_head
         qkv = self.c_attn(x)  # (B, T, C) -> (B, T, 3C): queries, keys and values of every head
+        # split q, k, v, each into nh heads: (B, T, C) -> (B, T, nh, hs) -> (B, nh, T, hs)
+        q, k, v = (qkv[:, :, i * C:(i + 1) * C].reshape(B, T, nh, hs).transpose(0, 2, 1, 3) for i in range(3))
         p = self.attn_dropout_p if self.training else 0.0
-        # split into heads q, k, v (B, nh, T, hs), causal attention, heads side by side again (B, T, C);
-        # fused into one op: see minigpt/fused.py for the three-step version it equals
-        y = causal_self_attention(qkv, self.n_head, dropout_p=p)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)  # (B, nh, T, hs)
+        y = y.transpose(0, 2, 1, 3).reshape(B, T, C)  # the heads side by side again: (B, T, C)
         return self.resid_dropout(self.c_proj(y))
-
 
     def forward_cached(self, x: Tensor, cache: dict[str, Any], pos: int) -> Tensor:
         """Attention for new positions pos.. of x (B, t, C), reading and extending the key/value
         ``cache`` ({"k", "v"}: (B, nh, block_size, hs)) instead of recomputing the past."""
         B, t, C = x.shape
-        qkv = split_heads(self.c_attn(x).data, self.n_head)  # (3, B, nh, t, hs)
+        qkv = F.split_heads(self.c_attn(x).data, self.n_head)  # (3, B, nh, t, hs)
         cache["k"][:, :, pos:pos + t] = qkv[1]
         cache["v"][:, :, pos:pos + t] = qkv[2]
         keys, values = cache["k"][:, :, :pos + t], cache["v"][:, :, :pos + t]  # (B, nh, pos + t, hs)
@@ -89,8 +102,7 @@ class MLP(Module):
         self.dropout = Dropout(config.dropout)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.c_fc(x)  # (B, T, C) -> (B, T, 4C)
-        h = F.GELU.apply(h, inplace=not h.is_leaf)  # as F.gelu(h), over c_fc's output: nothing else reads it
+        h = F.gelu(self.c_fc(x))  # (B, T, C) -> (B, T, 4C)
         return self.dropout(self.c_proj(h))  # (B, T, 4C) -> (B, T, C)
 
 
@@ -105,8 +117,8 @@ class Block(Module):
         self.mlp = MLP(config)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = residual_add(x, self.attn(self.ln_1(x)))  # x + attn(ln_1(x))
-        return residual_add(x, self.mlp(self.ln_2(x)))  # x + mlp(ln_2(x))
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
 
     def forward_cached(self, x: Tensor, cache: dict[str, Any], pos: int) -> Tensor:
         x = x + self.attn.forward_cached(self.ln_1(x), cache, pos)
@@ -162,19 +174,21 @@ class GPT(Module):
 
     def forward(self, idx: Any, targets: Any = None) -> tuple[Tensor, Tensor | None]:
         """idx (B, T) int, T <= block_size -> (logits (B, T, V), mean cross-entropy or None)."""
-        idx = backend.unwrap(idx)
+        device = self.lm_head.weight.device
+        idx = backend.move(backend.unwrap(idx), device)
         B, T = idx.shape
         if T > self.config.block_size:
             raise ValueError(f"cannot forward a sequence of length {T}: block_size is {self.config.block_size}")
+        if targets is not None:
+            targets = backend.move(backend.unwrap(targets), device)
+        if fast.enabled(idx):  # the same math, faster on a CPU: minigpt/fast/gpt.py
+            return fast.gpt_forward(self, idx, targets)
         x = self._embed(idx)  # (B, T, C)
         for block in self.transformer.h:
             x = block(x)
         x = self.transformer.ln_f(x)
         logits = self.lm_head(x)  # (B, T, C) -> (B, T, V)
-        loss = None
-        if targets is not None:
-            targets = backend.move(backend.unwrap(targets), self.lm_head.weight.device)
-            loss = F.cross_entropy(logits, targets, ignore_index=-1)
+        loss = None if targets is None else F.cross_entropy(logits, targets, ignore_index=-1)
         return logits, loss
 
     @no_grad()
@@ -182,17 +196,15 @@ class GPT(Module):
         """The attention weights of every head of every layer for idx (B, T): an array
         (n_layer, B, nh, T, T) whose row t says how much position t reads from each position <= t.
         Meant for a model in eval mode (in training mode dropout would perturb the stream)."""
-        idx = backend.unwrap(idx)
         w = self.lm_head.weight
-        B, T = idx.shape
+        idx = backend.move(backend.unwrap(idx), w.device)
         nh = self.config.n_head
         hs = self.config.n_embd // nh
         x = self._embed(idx)
         maps = []
         for block in self.transformer.h:
-            qkv = split_heads(block.attn.c_attn(block.ln_1(x)).data, nh)  # (3, B, nh, T, hs)
-            scores = Tensor(qkv[0] @ w.xp.swapaxes(qkv[1], -1, -2) / math.sqrt(hs))  # (B, nh, T, T)
-            maps.append(F.softmax(scores + F._additive_causal_mask(T, T, w.xp, w.dtype)).data)  # -inf: the future
+            q, k, _ = F.split_heads(block.attn.c_attn(block.ln_1(x)).data, nh)  # 3 × (B, nh, T, hs)
+            maps.append(F.attention_weights(q, k, is_causal=True, scale=1.0 / math.sqrt(hs)))  # (B, nh, T, T)
             x = block(x)
         return w.xp.stack(maps)
 
@@ -209,27 +221,26 @@ class GPT(Module):
         and each step recomputes the cropped window, exactly as ``use_cache=False`` always does.
         Both give the same tokens for the same seed.
         """
+        block = self.config.block_size
         if not use_cache:
-            return generate_loop(self, idx, max_new_tokens, temperature, top_k, self.config.block_size)
-        as_tensor = isinstance(idx, Tensor)
-        idx = backend.unwrap(idx)
-        xp = backend.get_array_module(idx)
-        idx = xp.asarray(idx, dtype="int64")
-        B, block = idx.shape[0], self.config.block_size
-        filled = 0  # positions in the cache; 0 forces a (re)fill
+            return generate_loop(idx, max_new_tokens, temperature, top_k,
+                                 lambda ids: self(ids[:, -block:])[0].data[:, -1, :])  # crop, forward, last position
         caches: list[dict[str, Any]] = []
-        for _ in range(max_new_tokens):
+        filled = 0  # positions in the caches; 0 forces a (re)fill
+
+        def next_logits(ids: Any) -> Any:
+            nonlocal caches, filled
             if filled == 0 or filled + 1 > block:  # (re)fill from the context, cropped to block_size
-                ctx = idx[:, -block:]
-                caches = [self._new_cache(B) for _ in self.transformer.h]
+                ctx = ids[:, -block:]
+                caches = [self._new_cache(ids.shape[0]) for _ in self.transformer.h]
                 logits = self._forward_cached(ctx, caches, 0)
                 filled = ctx.shape[1]
             else:  # one new position
-                logits = self._forward_cached(idx[:, -1:], caches, filled)
+                logits = self._forward_cached(ids[:, -1:], caches, filled)
                 filled += 1
-            nxt = sample_next(logits.data[:, -1, :], temperature, top_k)  # (B,)
-            idx = xp.concatenate([idx, xp.asarray(nxt, dtype="int64")[:, None]], axis=1)  # (B, T + 1)
-        return Tensor(idx) if as_tensor else idx
+            return logits.data[:, -1, :]  # (B, V)
+
+        return generate_loop(idx, max_new_tokens, temperature, top_k, next_logits)
 
     def _new_cache(self, B: int) -> dict[str, Any]:
         w = self.lm_head.weight
@@ -267,16 +278,16 @@ def sample_next(logits: Any, temperature: float = 1.0, top_k: int | None = None)
     return xp.minimum((cdf < u[:, None] * cdf[:, -1:]).sum(axis=-1), probs.shape[-1] - 1)  # (B,)
 
 
-def generate_loop(model: Module, idx: Any, max_new_tokens: int, temperature: float, top_k: int | None,
-                  block_size: int | None) -> Any:
-    """The sampling loop shared by the models: crop, forward, take the last position, sample, append."""
+def generate_loop(idx: Any, max_new_tokens: int, temperature: float, top_k: int | None,
+                  next_logits: Callable[[Any], Any]) -> Any:
+    """The sampling loop every model shares: ``max_new_tokens`` times, take the logits of the
+    next token given everything so far (``next_logits``: ids (B, t) -> (B, V)), sample one
+    token per row, append it. Returns ids (B, T + max_new_tokens), array or Tensor as idx was."""
     as_tensor = isinstance(idx, Tensor)
     idx = backend.unwrap(idx)
     xp = backend.get_array_module(idx)
     idx = xp.asarray(idx, dtype="int64")
     for _ in range(max_new_tokens):
-        idx_cond = idx if block_size is None else idx[:, -block_size:]  # (B, <= block_size)
-        logits, _ = model(idx_cond)
-        nxt = sample_next(logits.data[:, -1, :], temperature, top_k)  # (B,)
+        nxt = sample_next(next_logits(idx), temperature, top_k)  # (B,)
         idx = xp.concatenate([idx, xp.asarray(nxt, dtype="int64")[:, None]], axis=1)  # (B, T + 1)
     return Tensor(idx) if as_tensor else idx

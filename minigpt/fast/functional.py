@@ -1,0 +1,377 @@
+"""Fast twins of the ops in minigpt/functional.py: the same math, faster on a CPU.
+
+Each twin subclasses its reference op (so it takes the same arguments and gives the same
+values, which tests/test_fast.py checks at the sizes where every tile and branch runs) and
+says in its docstring what it does differently and why. Read the reference first.
+
+Legend: B batch, T time, C channels, V vocab, N rows (leading axes flattened), "*" any leading axes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from minigpt import backend
+from minigpt import functional as ref
+from minigpt.fast import tiling
+from minigpt.fast.reductions import column_sum, row_max, row_mean, row_sum
+from minigpt.tensor import Function, Tensor, unbroadcast
+
+# ----------------------------------------------------------------------------- embedding
+ONE_HOT_LIMIT = 1 << 22  # up to V * N = 4M elements the one-hot matrix pays (tests patch it both ways)
+
+
+def scatter_add(dweight: Any, idx: Any, rows: Any) -> Any:
+    """dweight[idx[n]] += rows[n] for every n, repeated indices adding up (add.at)."""
+    xp = backend.get_array_module(dweight)
+    xp.add.at(dweight, idx, rows)
+    return dweight
+
+
+class Embedding(ref.Embedding):
+    """Twin of ``functional.Embedding``: the backward's scatter-add as one matrix product.
+
+    dweight = onehot(idx)ᵀ @ dout, (V, N) @ (N, C): BLAS instead of add.at's element-by-element
+    scatter, several times faster for a 65-token vocabulary. Above ONE_HOT_LIMIT elements the
+    one-hot matrix costs more than it saves, and the scatter-add runs as in the reference.
+    """
+
+    def backward(self, dout: Any) -> tuple[None, Any]:
+        idx = self.saved
+        xp = backend.get_array_module(dout)
+        V, C = self.weight_shape
+        flat, rows = idx.reshape(-1), dout.reshape(-1, C)  # (N,), (N, C)
+        if V * flat.size <= ONE_HOT_LIMIT:
+            one_hot_t = (xp.arange(V)[:, None] == flat[None, :]).astype(dout.dtype)  # (V, N)
+            return None, one_hot_t @ rows  # (V, N) @ (N, C) -> (V, C)
+        return None, scatter_add(xp.zeros((V, C), dtype=dout.dtype), flat, rows)
+
+
+def embedding(idx: Any, weight: Tensor) -> Tensor:
+    """Twin of ``functional.embedding``."""
+    return Embedding.apply(idx.data if isinstance(idx, Tensor) else idx, weight)
+
+
+# ----------------------------------------------------------------------------- linear
+class Linear(ref.Linear):
+    """Twin of ``functional.Linear``: one 2-D matrix product over the flattened rows, the bias
+    added in place, and db as ones(N) @ dy (BLAS) instead of dy.sum(axis=0) (an unvectorised
+    loop over short rows in NumPy)."""
+
+    def forward(self, x: Any, weight: Any, bias: Any = None) -> Any:
+        self.saved = (x, weight)
+        out_features, in_features = weight.shape
+        y = x.reshape(-1, in_features) @ weight.T  # (N, in) @ (in, out) -> (N, out)
+        if bias is not None:
+            y += bias
+        return y.reshape(*x.shape[:-1], out_features)  # (N, out) -> (*, out)
+
+    def backward(self, dy: Any) -> tuple[Any, Any, Any]:
+        x, weight = self.saved
+        out_features, in_features = weight.shape
+        dy2 = dy.reshape(-1, out_features)  # (N, out)
+        dx = dW = db = None
+        if self.needs_input_grad[0]:
+            dx = (dy2 @ weight).reshape(x.shape)  # (N, out) @ (out, in) -> (*, in)
+        if self.needs_input_grad[1]:
+            dW = dy2.T @ x.reshape(-1, in_features)  # (out, N) @ (N, in) -> (out, in)
+        if len(self.needs_input_grad) > 2 and self.needs_input_grad[2]:
+            db = column_sum(dy2)  # (out,)
+        return dx, dW, db
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """Twin of ``functional.linear``."""
+    return Linear.apply(x, weight) if bias is None else Linear.apply(x, weight, bias)
+
+
+# ----------------------------------------------------------------------------- softmax
+def softmax_forward(x: Any, axis: int, out: Any = None) -> Any:
+    """Twin of ``functional.softmax_forward``: skips the row max where it is not needed.
+
+    softmax(x) = softmax(x - c) for any c per row; the reference takes c = the row max. Finding
+    it costs about as much as the rest of softmax on attention's short rows, so on the last axis
+    c = 0 is tried first and kept when a row's sum of exp is a finite number no smaller than
+    n·tiny (n terms): then no exp overflowed, the row's largest term is a normal float, and the
+    result is as accurate as the shifted one. Any other row is recomputed on its own with its
+    max (the max tree of reductions.row_max), so each row's result depends on that row alone.
+    ``out`` (optional) receives the result and must not be x.
+    """
+    xp = backend.get_array_module(x)
+    if axis not in (-1, x.ndim - 1):
+        y = xp.subtract(x, x.max(axis=axis, keepdims=True), out=out)
+        xp.exp(y, out=y)
+        y /= y.sum(axis=axis, keepdims=True)
+        return y
+    with tiling.overflow_ok(xp):  # an overflowing row is caught below and redone
+        y = xp.exp(x, out=out)
+    total = row_sum(y)  # (*, 1)
+    bad = unusable_sums(total, x.shape[-1])[..., 0]  # (*): rows to redo, each on its own
+    if bad.any():
+        xb = x[bad]  # (rows, n)
+        yb = xp.exp(xb - row_max(xb))  # every row's max becomes 0, so 1 <= sum <= n
+        y[bad] = yb
+        total[bad] = row_sum(yb)
+    y *= xp.reciprocal(total, out=total)
+    return y
+
+
+def unusable_sums(total: Any, n: int) -> Any:
+    """Rows whose sum of unshifted exp is not a finite number of at least n·tiny (NaN, an
+    overflow to inf, or so small that the row's largest term may have lost precision)."""
+    xp = backend.get_array_module(total)
+    lo = float(xp.finfo(total.dtype).tiny) * n
+    return ~((total >= lo) & (total < math.inf))
+
+
+def softmax_backward(y: Any, dy: Any, axis: int, inplace: bool = False, scratch: Any = None) -> Any:
+    """Twin of ``functional.softmax_backward``: dx = y * (dy - sum(y * dy)) with the row sum as
+    a matrix-vector product; ``inplace`` writes dx over dy and ``scratch`` (shape of y) holds
+    y * dy, so attention's backward allocates nothing per tile."""
+    xp = backend.get_array_module(y)
+    yd = xp.multiply(y, dy, out=scratch)
+    s = row_sum(yd) if axis in (-1, y.ndim - 1) else yd.sum(axis=axis, keepdims=True)
+    dx = dy if inplace else dy.copy()
+    dx -= s
+    dx *= y
+    return dx
+
+
+class Softmax(ref.Softmax):
+    """Twin of ``functional.Softmax``: the unshifted forward and BLAS row sums above."""
+
+    def forward(self, x: Any, axis: int = -1) -> Any:
+        self.axis = axis
+        self.saved = softmax_forward(x, axis)
+        return self.saved
+
+    def backward(self, dy: Any) -> Any:
+        return softmax_backward(self.saved, dy, self.axis)
+
+
+def softmax(x: Tensor, axis: int = -1) -> Tensor:
+    """Twin of ``functional.softmax``."""
+    return Softmax.apply(x, axis=axis)
+
+
+# ----------------------------------------------------------------------------- cross-entropy
+class CrossEntropy(ref.CrossEntropy):
+    """Twin of ``functional.CrossEntropy``: softmax computed once with the max tree and a BLAS
+    row sum, -log p[t] taken from the shifted logits, and p's buffer reused for the gradient
+    (the reference builds logp, then exp(logp) in backward: two more (N, V) passes)."""
+
+    def forward(self, logits: Any, targets: Any, ignore_index: int = -100,
+                reduction: str = "mean") -> Any:
+        xp = backend.get_array_module(logits)
+        t, counted = ref.check_targets(logits, targets, ignore_index, reduction)
+        z = logits.reshape(-1, logits.shape[-1])  # (N, V)
+        shifted = z - row_max(z)  # (N, V), every row's max is 0
+        p = xp.exp(shifted)
+        total = row_sum(p)  # (N, 1), in [1, V]
+        p /= total  # softmax(z)
+        # -log p[t] = log(sum exp) - shifted[t]: from the shifted logits, not log(p), so p[t] = 0 stays finite
+        nll = xp.where(counted, xp.log(total[:, 0]) - shifted[xp.arange(len(t)), t], 0.0)  # (N,)
+        self.saved = (p, t, counted)
+        self.reduction, self.targets_shape = reduction, logits.shape[:-1]
+        if reduction == "none":
+            return nll.reshape(self.targets_shape)
+        if reduction == "sum":
+            return nll.sum()
+        self.count = int(counted.sum())
+        return nll.sum() / self.count if self.count else xp.asarray(math.nan, dtype=logits.dtype)
+
+    def backward(self, dloss: Any) -> tuple[Any, None]:
+        p, t, counted = self.saved
+        xp = backend.get_array_module(p)
+        dz = p  # p is not needed after this: its buffer becomes the gradient
+        dz[xp.arange(len(t)), t] -= 1
+        if self.reduction == "none":
+            dz *= dloss.reshape(-1, 1)
+        elif self.reduction == "mean":
+            dz *= dloss / max(self.count, 1)
+        else:
+            dz *= dloss
+        if not counted.all():
+            dz[~counted] = 0.0
+        return dz.reshape(*self.targets_shape, p.shape[-1]), None
+
+
+def cross_entropy(logits: Tensor, targets: Any, ignore_index: int = -100, reduction: str = "mean") -> Tensor:
+    """Twin of ``functional.cross_entropy``."""
+    targets = targets.data if isinstance(targets, Tensor) else targets
+    return CrossEntropy.apply(logits, targets, ignore_index=ignore_index, reduction=reduction)
+
+
+# ----------------------------------------------------------------------------- layer norm
+class LayerNorm(ref.LayerNorm):
+    """Twin of ``functional.LayerNorm``: the same formulas, tile by tile over the rows.
+
+    Each tile's chain (mean, center, square, mean, rsqrt, scale, shift) runs while the tile is
+    in the L2 cache, writing into preallocated arrays (``out=``); row means are matrix-vector
+    products with a vector of 1/C (reductions.row_mean). The reference makes a new array per
+    step, each pass over the whole (N, C) array.
+    """
+
+    def forward(self, x: Any, weight: Any = None, bias: Any = None, eps: float = 1e-5) -> Any:
+        xp = backend.get_array_module(x)
+        C = x.shape[-1]
+        x2 = x.reshape(-1, C)  # (N, C)
+        N = x2.shape[0]
+        xhat, y = xp.empty_like(x2), xp.empty_like(x2)
+        rstd = xp.empty((N, 1), dtype=x.dtype)
+        inv_c = xp.full(C, 1.0 / C, dtype=x.dtype)
+        for r in tiling.tiles(xp, N, C):
+            xc = xhat[r]
+            xp.subtract(x2[r], row_mean(x2[r], inv_c), out=xc)  # x - mu
+            yc = y[r]  # scratch for (x - mu)² before it holds y
+            xp.multiply(xc, xc, out=yc)
+            rs = rstd[r]
+            rs[...] = row_mean(yc, inv_c)  # var
+            rs += eps
+            xp.sqrt(rs, out=rs)
+            xp.divide(1.0, rs, out=rs)  # rstd
+            xc *= rs  # xhat
+            if weight is not None:
+                xp.multiply(xc, weight, out=yc)
+            else:
+                yc[...] = xc
+            if bias is not None:
+                yc += bias
+        self.saved = (xhat, rstd, weight) if any(self.needs_input_grad) else None
+        self.has_weight, self.has_bias, self.shape = weight is not None, bias is not None, x.shape
+        return y.reshape(x.shape)
+
+    def backward(self, dy: Any) -> tuple[Any, Any, Any]:
+        xhat, rstd, weight = self.saved
+        xp = backend.get_array_module(dy)
+        N, C = xhat.shape
+        dy2 = dy.reshape(N, C)
+        need_x = self.needs_input_grad[0]
+        need_w = self.has_weight and self.needs_input_grad[1]
+        db = column_sum(dy2) if self.has_bias and self.needs_input_grad[2] else None
+        inv_c = xp.full(C, 1.0 / C, dtype=dy.dtype)
+        dw = xp.zeros(C, dtype=dy.dtype) if need_w else None
+        dx = xp.empty_like(xhat) if need_x else None
+        scratch = xp.empty((tiling.tile_rows(xp, N, C), C), dtype=dy.dtype)
+        for r in tiling.tiles(xp, N, C):
+            xh, d, tmp = xhat[r], dy2[r], scratch[: r.stop - r.start]
+            if need_w:
+                xp.multiply(d, xh, out=tmp)
+                dw += column_sum(tmp)
+            if not need_x:
+                continue
+            g = dx[r]
+            if self.has_weight:
+                xp.multiply(d, weight, out=g)  # g = dy * w
+            else:
+                g[...] = d
+            # dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
+            xp.multiply(g, xh, out=tmp)
+            m2 = row_mean(tmp, inv_c)
+            g -= row_mean(g, inv_c)
+            xp.multiply(xh, m2, out=tmp)
+            g -= tmp
+            g *= rstd[r]
+        return (dx.reshape(self.shape) if need_x else None), dw, db
+
+
+def layer_norm(x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
+    """Twin of ``functional.layer_norm``."""
+    args = [x, weight, bias]
+    while args and args[-1] is None:
+        args.pop()
+    return LayerNorm.apply(*args, eps=eps)
+
+
+# ----------------------------------------------------------------------------- GELU
+class GELU(ref.GELU):
+    """Twin of ``functional.GELU``: dy/dx computed in the forward pass, tile by tile, in 15
+    array passes, so that backward is one multiply.
+
+    The reference saves x and recomputes tanh u in backward (about 30 passes in all). Here,
+    while x and tanh u are in cache, forward also writes dy/dx in the factored form
+        dy/dx = (1 + tanh u) (0.5 + 0.5 x k (1 + 3 a x²) (1 - tanh u))     (1 - t² = (1 + t)(1 - t))
+    which shares (1 + tanh u) with y. Saves dy/dx (shape of x), nothing in no_grad.
+    ``inplace=True`` writes y over x's array (each tile's x is read before its y is written),
+    for a caller whose x nothing else reads (the MLP's c_fc output): one array fewer.
+    """
+
+    def forward(self, x: Any, inplace: bool = False) -> Any:
+        xp = backend.get_array_module(x)
+        K, A = ref.GELU_K, ref.GELU_A
+        contiguous = xp.ascontiguousarray(x)
+        y = contiguous if inplace and contiguous is x and backend.writeable(x) else xp.empty_like(x)
+        x = contiguous
+        deriv = xp.empty_like(x) if self.needs_input_grad[0] else None
+        xf, yf = x.reshape(-1), y.reshape(-1)
+        df = deriv.reshape(-1) if deriv is not None else None
+        n = tiling.tile_rows(xp, x.size)
+        s_buf, t_buf = xp.empty(n, x.dtype), xp.empty(n, x.dtype)
+        for sl in tiling.tiles(xp, x.size):
+            xc, yc = xf[sl], yf[sl]
+            s, t = s_buf[: xc.size], t_buf[: xc.size]
+            xp.multiply(xc, xc, out=s)  # x²
+            # t = tanh(u), u = x k (1 + a x²)
+            xp.multiply(s, A * K, out=t)
+            t += K
+            t *= xc
+            xp.tanh(t, out=t)
+            xp.multiply(xc, 0.5, out=yc)  # yc holds x/2 until the end
+            if df is not None:
+                # dy/dx = (1 + t) (0.5 + (x/2) k (1 + 3 a x²) (1 - t))
+                dc = df[sl]
+                s *= 3.0 * A * K
+                s += K
+                s *= yc
+                xp.subtract(1.0, t, out=dc)
+                s *= dc
+                s += 0.5
+            t += 1.0
+            yc *= t  # y = (x/2) (1 + t)
+            if df is not None:
+                xp.multiply(s, t, out=dc)
+        self.saved = deriv
+        return y
+
+    def backward(self, dy: Any) -> Any:
+        # dx = dy * dy/dx, written over dy/dx (a graph runs backward once)
+        deriv = self.saved
+        deriv *= dy
+        return deriv
+
+
+def gelu(x: Tensor) -> Tensor:
+    """Twin of ``functional.gelu``."""
+    return GELU.apply(x)
+
+
+def gelu_(h: Tensor) -> Tensor:
+    """GELU written over h's array when h is an op's output (not a leaf: never a parameter or
+    a caller's tensor). For the MLP, whose c_fc output nothing else reads."""
+    return GELU.apply(h, inplace=isinstance(h, Tensor) and not h.is_leaf)
+
+
+# ----------------------------------------------------------------------------- residual add
+class ResidualAdd(Function):
+    """x + branch, written over branch's array (``inplace``): the residual connection x + f(x),
+    where the branch output f(x) (a linear layer's fresh output) is read by nothing else.
+    Its reference is x + branch (ops.Add), which allocates a new array per block half.
+    Backward: dx = dy, dbranch = dy. Saves nothing."""
+
+    def forward(self, x: Any, branch: Any, inplace: bool = True) -> Any:
+        xp = backend.get_array_module(x)
+        self.shapes = (x.shape, branch.shape)
+        if not inplace or branch.shape != x.shape or branch.dtype != x.dtype or not backend.writeable(branch):
+            return x + branch  # broadcasting, or a branch not ours to write: a new array, as ops.Add
+        return xp.add(branch, x, out=branch)  # a + b = b + a exactly, in floating point too
+
+    def backward(self, dy: Any) -> tuple[Any, Any]:
+        # forward: y = x + branch  =>  dx = dy, dbranch = dy (summed back over broadcast axes)
+        return unbroadcast(dy, self.shapes[0]), unbroadcast(dy, self.shapes[1])
+
+
+def residual_add(x: Tensor, branch: Tensor) -> Tensor:
+    """x + branch for the residual stream, reusing branch's array when it is an op's output
+    (see ResidualAdd); a leaf (a parameter, a tensor the caller made) is never written over."""
+    return ResidualAdd.apply(x, branch, inplace=isinstance(branch, Tensor) and not branch.is_leaf)

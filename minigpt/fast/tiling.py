@@ -1,0 +1,36 @@
+"""Tiles: running a chain of elementwise passes over a cache-sized piece at a time.
+
+On a CPU, an elementwise pass over an array larger than the L2 cache runs at the speed of
+the L3 cache or memory. A chain of such passes (GELU, layer norm, softmax, AdamW) is much
+faster done tile by tile, each tile staying in L2 for the whole chain. On a GPU tiling
+only adds kernel launches, so there each "tile" is the whole array.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from types import ModuleType
+from typing import Any
+
+from minigpt import backend
+
+TILE = 1 << 15  # elements per tile: 128 KiB of float32 (tests patch it small to run many tiles)
+
+
+def tiles(xp: ModuleType, n: int, unit: int = 1) -> list[slice]:
+    """Slices covering range(n) whose length times ``unit`` elements is about TILE (one slice on GPU)."""
+    if xp is not backend.numpy or n * unit <= TILE:
+        return [slice(0, n)]
+    step = max(1, TILE // max(unit, 1))
+    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+
+
+def tile_rows(xp: ModuleType, n: int, unit: int = 1) -> int:
+    """How many rows (of ``unit`` elements) the largest of :func:`tiles` holds: a scratch size."""
+    return max(sl.stop - sl.start for sl in tiles(xp, n, unit)) if n else 0
+
+
+def overflow_ok(xp: ModuleType) -> Any:
+    """A context in which a float overflow to inf is expected and handled: NumPy stays quiet
+    (CuPy never warns)."""
+    return backend.numpy.errstate(over="ignore") if xp is backend.numpy else contextlib.nullcontext()

@@ -1,0 +1,418 @@
+"""Every fast twin (minigpt/fast/) equals its reference (minigpt/functional.py, minigpt/optim.py),
+at sizes where every tile, remainder and branch of the twin runs.
+
+How: each property runs the twin and its reference on the same float64 inputs and the same
+random upstream gradient, and compares the values and every input gradient (rtol 1e-10). The
+knobs of the twins are patched so that hypothesis' small shapes exercise them:
+  "tiny tiles, branches on":  TILE = 7 elements (odd: tiles end mid-row and leave remainders),
+                              the one-hot embedding, the max tree, the copies of kᵀ;
+  "tiny tiles, branches off": TILE = 7, and each branch's other side (scatter-add, x.max, views);
+  "as shipped":               the real settings (one tile at these sizes).
+Then the tests of the tests: each twin is broken on purpose (a tile dropped, repeated indices
+dropped, the max tree's odd column forgotten) and the very same properties must fail.
+"""
+
+import contextlib
+from unittest import mock
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import minigpt
+from minigpt import Tensor, fast, gradcheck, nn, optim
+from minigpt import functional as F
+from minigpt.fast import attention as fast_attention
+from minigpt.fast import functional as fast_functional
+from minigpt.fast import reductions, tiling
+from tests.strategies import arrays, rng_from, seeds
+
+MODES = ["tiny tiles, branches on", "tiny tiles, branches off", "as shipped"]
+
+
+@contextlib.contextmanager
+def knobs(mode):
+    """Patch the twins' tile size and size thresholds for ``mode`` (see the module docstring)."""
+    if mode == "as shipped":
+        yield
+        return
+    on = mode == "tiny tiles, branches on"
+    big = 10**12
+    patches = [(tiling, "TILE", 7),
+               (fast_functional, "ONE_HOT_LIMIT", big if on else 0),
+               (reductions, "MAX_TREE_MIN_WIDTH", 2 if on else big),
+               (fast_attention, "KT_COPY_MIN_T", 1 if on else big),
+               (fast_attention, "KT_COPY_MAX_S", big),
+               (fast_attention, "KT_COPY_MAX_HS", big)]
+    with contextlib.ExitStack() as stack:
+        for module, name, value in patches:
+            stack.enter_context(mock.patch.object(module, name, value))
+        yield
+
+
+def run_both(fast_fn, ref_fn, inputs, grad_seed, seed=0):
+    """Run both ops on copies of ``inputs`` (float arrays become leaves) with the same minigpt seed
+    (dropout masks) and upstream gradient: [(value, [gradient of each float input]), ...]."""
+    results = []
+    for fn in (fast_fn, ref_fn):
+        leaves = [Tensor(a.copy(), requires_grad=True) if a.dtype.kind == "f" else a for a in inputs]
+        minigpt.manual_seed(seed)
+        y = fn(*leaves)
+        value = y.data.copy()
+        y.backward(rng_from(grad_seed).standard_normal(y.shape))
+        results.append((value, [t.grad for t in leaves if isinstance(t, Tensor)]))
+    return results
+
+
+def assert_twins_equal(fast_fn, ref_fn, inputs, grad_seed, seed=0):
+    (y_fast, g_fast), (y_ref, g_ref) = run_both(fast_fn, ref_fn, inputs, grad_seed, seed)
+    np.testing.assert_allclose(y_fast, y_ref, rtol=1e-10, atol=1e-12, err_msg="values differ")
+    assert len(g_fast) == len(g_ref)
+    for i, (a, b) in enumerate(zip(g_fast, g_ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12, err_msg=f"gradient of input {i} differs")
+
+
+def values(rng, shape, huge_rows=False):
+    """Standard normal values; with ``huge_rows`` some rows scaled by 1000 (exp overflows there)."""
+    x = rng.standard_normal(shape)
+    if huge_rows:
+        x *= rng.choice([1.0, 1000.0], size=shape[:-1] + (1,))
+    return x
+
+
+sides = st.integers(1, 9)
+
+
+# ----------------------------------------------------------------------------- the twins
+@pytest.mark.parametrize("mode", MODES)
+@given(V=st.integers(1, 7), C=st.integers(1, 5), B=sides, T=sides, seed=seeds)
+def test_embedding_twin(mode, V, C, B, T, seed):
+    rng = rng_from(seed)
+    idx = rng.integers(0, V, size=(B, T))  # B*T draws from V rows: repeated indices
+    with knobs(mode):
+        assert_twins_equal(fast.embedding, F.embedding, [idx, values(rng, (V, C))], seed)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@given(shape=st.lists(sides, min_size=1, max_size=3), n_out=sides, bias=st.booleans(), seed=seeds)
+def test_linear_twin(mode, shape, n_out, bias, seed):
+    rng = rng_from(seed)
+    x, w, b = values(rng, tuple(shape)), values(rng, (n_out, shape[-1])), values(rng, (n_out,))
+    with knobs(mode):
+        if bias:
+            assert_twins_equal(fast.linear, F.linear, [x, w, b], seed)
+        else:
+            assert_twins_equal(fast.linear, F.linear, [x, w], seed)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@given(shape=st.lists(sides, min_size=1, max_size=3), axis=st.sampled_from([-1, 0]), seed=seeds)
+def test_softmax_twin(mode, shape, axis, seed):
+    x = values(rng_from(seed), tuple(shape), huge_rows=True)
+    with knobs(mode), np.errstate(over="ignore"):
+        assert_twins_equal(lambda t: fast.softmax(t, axis), lambda t: F.softmax(t, axis), [x], seed)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@given(N=sides, V=sides, reduction=st.sampled_from(["mean", "sum", "none"]), ignored=st.booleans(),
+       three_d=st.booleans(), seed=seeds)
+def test_cross_entropy_twin(mode, N, V, reduction, ignored, three_d, seed):
+    rng = rng_from(seed)
+    z = values(rng, (N, V), huge_rows=True)
+    t = rng.integers(0, V, size=N)
+    if ignored:
+        t[rng.random(N) < 0.3] = -100
+        t[0] = 0  # at least one row counts
+    if three_d and N % 2 == 0:
+        z, t = z.reshape(2, N // 2, V), t.reshape(2, N // 2)
+    with knobs(mode):
+        assert_twins_equal(lambda x: fast.cross_entropy(x, t, reduction=reduction),
+                           lambda x: F.cross_entropy(x, t, reduction=reduction), [z], seed)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@given(shape=st.lists(sides, min_size=1, max_size=3), affine=st.sampled_from(["none", "weight", "both"]),
+       seed=seeds)
+def test_layer_norm_twin(mode, shape, affine, seed):
+    rng = rng_from(seed)
+    C = shape[-1]
+    ins = [values(rng, tuple(shape)) * 3 + 1, values(rng, (C,)), values(rng, (C,))]
+    ins = ins[:{"none": 1, "weight": 2, "both": 3}[affine]]
+    with knobs(mode):
+        assert_twins_equal(fast.layer_norm, F.layer_norm, ins, seed)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@given(shape=st.lists(sides, min_size=1, max_size=3), scale=st.sampled_from([0.3, 3.0]), seed=seeds)
+def test_gelu_twin(mode, shape, scale, seed):
+    x = values(rng_from(seed), tuple(shape)) * scale
+    with knobs(mode):
+        assert_twins_equal(fast.gelu, F.gelu, [x], seed)
+        assert_twins_equal(lambda t: fast.gelu_(t * 1.0), lambda t: F.gelu(t * 1.0), [x], seed)  # in place
+
+
+@pytest.mark.parametrize("mode", MODES)
+@given(B=st.integers(1, 3), nh=st.integers(1, 3), T=sides, S=sides, hs=st.integers(1, 5), causal=st.booleans(),
+       p=st.sampled_from([0.0, 0.3]), seed=seeds)
+def test_attention_twin(mode, B, nh, T, S, hs, causal, p, seed):
+    if causal:
+        S = T  # the causal mask is for self-attention
+    rng = rng_from(seed)
+    q, k, v = values(rng, (B, nh, T, hs)), values(rng, (B, nh, S, hs)), values(rng, (B, nh, S, hs))
+    with knobs(mode):
+        assert_twins_equal(lambda *a: fast.scaled_dot_product_attention(*a, is_causal=causal, dropout_p=p),
+                           lambda *a: F.scaled_dot_product_attention(*a, is_causal=causal, dropout_p=p),
+                           [q, k, v], seed, seed=seed)
+
+
+def heads_then_attention(qkv, n_head, dropout_p=0.0):
+    """The reference of the fused op, as the GPT's CausalSelfAttention writes it."""
+    B, T, C3 = qkv.shape
+    C = C3 // 3
+    q, k, v = (qkv[:, :, i * C:(i + 1) * C].reshape(B, T, n_head, C // n_head).transpose(0, 2, 1, 3)
+               for i in range(3))
+    y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
+    return y.transpose(0, 2, 1, 3).reshape(B, T, C)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@given(B=st.integers(1, 3), T=sides, nh=st.integers(1, 3), hs=st.integers(1, 4), p=st.sampled_from([0.0, 0.25]),
+       seed=seeds)
+def test_fused_attention_twin(mode, B, T, nh, hs, p, seed):
+    qkv = values(rng_from(seed), (B, T, 3 * nh * hs))
+    with knobs(mode):
+        assert_twins_equal(lambda t: fast.causal_self_attention(t, nh, p), lambda t: heads_then_attention(t, nh, p),
+                           [qkv], seed, seed=seed)
+
+
+@given(x=arrays((3, 4)), b=arrays((3, 4)), seed=seeds)
+def test_residual_add_twin_writes_over_the_branch(x, b, seed):
+    (y, grads), (y_ref, grads_ref) = run_both(lambda a, c: fast.residual_add(a, c * 1.0), lambda a, c: a + c * 1.0,
+                                              [x, b], seed)
+    np.testing.assert_array_equal(y, y_ref)  # a + b == b + a exactly
+    for g, g_ref in zip(grads, grads_ref):
+        np.testing.assert_array_equal(g, g_ref)
+    branch = Tensor(b, requires_grad=True) * 1.0  # an intermediate, as a linear layer's output is
+    assert fast.residual_add(Tensor(x), branch).data is branch.data
+
+
+@pytest.mark.parametrize("mode", MODES)
+@given(seed=seeds, partial=st.booleans())
+def test_adamw_twin_over_20_steps(mode, seed, partial):
+    rng = rng_from(seed)
+    shapes = [(3, 4), (5,), (2, 3, 2), (1,)]
+    start = [rng.standard_normal(s) for s in shapes]
+    grads = [[rng.standard_normal(s) for s in shapes] for _ in range(20)]
+    finals = []
+    with knobs(mode):
+        for make in (fast.AdamW, optim.AdamW):
+            params = [nn.Parameter(p.copy()) for p in start]
+            opt = make([{"params": params[:2], "weight_decay": 0.1}, {"params": params[2:], "weight_decay": 0.0}],
+                       lr=3e-3, betas=(0.9, 0.99))
+            for step, gs in enumerate(grads):
+                for i, (p, g) in enumerate(zip(params, gs)):
+                    p.grad = None if partial and step % 5 == 4 and i == 1 else g.copy()
+                opt.step()
+            finals.append([p.data.copy() for p in params])
+    for a, b in zip(*finals):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
+
+
+# ----------------------------------------------------------------------------- the whole GPT
+def gpt_fast_and_reference(config, training, seed=0):
+    """Loss and every parameter's gradient of the same GPT (float64), fast, then reference."""
+    minigpt.manual_seed(seed)
+    model = nn.GPT(config).to(dtype="float64").train(training)
+    rng = rng_from(seed)
+    x, y = (rng.integers(0, config.vocab_size, size=(12, config.block_size)) for _ in range(2))
+    results = []
+    for reference in (False, True):
+        minigpt.manual_seed(seed + 1)  # the same dropout masks
+        model.zero_grad()
+        with fast.disabled() if reference else contextlib.nullcontext():
+            _, loss = model(x, y)
+            loss.backward()
+        results.append((loss.item(), {n: p.grad.copy() for n, p in model.named_parameters()}))
+    return results
+
+
+@pytest.mark.parametrize("config, training", [
+    (nn.GPTConfig(block_size=64, vocab_size=65, n_layer=4, n_head=4, n_embd=128, bias=False), False),  # the CPU preset
+    (nn.GPTConfig(block_size=16, vocab_size=65, n_layer=2, n_head=2, n_embd=24, bias=True, dropout=0.2), True),
+])
+def test_gpt_fast_equals_reference(config, training):
+    (loss_fast, grads_fast), (loss_ref, grads_ref) = gpt_fast_and_reference(config, training)
+    assert loss_fast == pytest.approx(loss_ref, rel=1e-12)
+    assert grads_fast.keys() == grads_ref.keys()
+    for name in grads_ref:
+        np.testing.assert_allclose(grads_fast[name], grads_ref[name], rtol=1e-9, atol=1e-12, err_msg=name)
+
+
+def test_the_switch():
+    model = nn.GPT(nn.GPTConfig(block_size=8, vocab_size=11, n_layer=1, n_head=2, n_embd=8))
+    x = np.zeros((2, 8), np.int64)
+    assert fast.enabled(model.lm_head.weight)
+    assert type(model(x, x)[1]._ctx) is fast_functional.CrossEntropy  # the fast twin ran
+    with fast.disabled():
+        assert not fast.enabled(model.lm_head.weight)
+        assert type(model(x, x)[1]._ctx) is F.CrossEntropy  # the reference ran
+        with fast.disabled():
+            pass
+        assert not fast.enabled(model.lm_head.weight)  # nested: still off
+    assert fast.enabled(model.lm_head.weight)
+    with mock.patch.object(minigpt.backend, "get_array_module", lambda x: object()):
+        assert not fast.enabled(model.lm_head.weight)  # not NumPy (CuPy): the reference
+
+
+# ----------------------------------------------------------------------------- the tests of the tests
+def tiles_without_the_last(original):
+    def mutant(xp, n, unit=1):
+        tiles = original(xp, n, unit)
+        return tiles[:-1] if len(tiles) > 1 else tiles
+    return mutant
+
+
+def scatter_add_dropping_repeats(dweight, idx, rows):
+    dweight[idx] += rows  # fancy-index +=: a repeated index keeps only one of its rows
+    return dweight
+
+
+def max_tree_forgetting_the_odd_column(x):
+    m = x
+    while m.shape[-1] > 1:
+        half = m.shape[-1] // 2
+        m = np.maximum(m[..., :half], m[..., half:2 * half])
+    return m
+
+
+MUTANTS = {
+    "layer norm drops its last row tile": (tiling, "tiles", tiles_without_the_last(tiling.tiles),
+                                           test_layer_norm_twin, "tiny tiles, branches on"),
+    "attention drops its last batch tile": (tiling, "tiles", tiles_without_the_last(tiling.tiles),
+                                            test_attention_twin, "tiny tiles, branches on"),
+    "GELU drops its last tile": (tiling, "tiles", tiles_without_the_last(tiling.tiles),
+                                 test_gelu_twin, "tiny tiles, branches on"),
+    "AdamW drops its last tile": (tiling, "tiles", tiles_without_the_last(tiling.tiles),
+                                  test_adamw_twin_over_20_steps, "tiny tiles, branches on"),
+    "embedding's large-input branch drops repeated indices": (fast_functional, "scatter_add",
+                                                              scatter_add_dropping_repeats, test_embedding_twin,
+                                                              "tiny tiles, branches off"),
+    "softmax's max tree forgets the odd column": (fast_functional, "row_max", max_tree_forgetting_the_odd_column,
+                                                  test_softmax_twin, "tiny tiles, branches on"),
+    "cross-entropy's max tree forgets the odd column": (fast_functional, "row_max",
+                                                        max_tree_forgetting_the_odd_column, test_cross_entropy_twin,
+                                                        "tiny tiles, branches on"),
+}
+
+
+@pytest.mark.parametrize("mutant", sorted(MUTANTS))
+def test_every_broken_twin_is_caught(mutant):
+    module, name, replacement, property_test, mode = MUTANTS[mutant]
+    with mock.patch.object(module, name, replacement), np.errstate(all="ignore"):  # a broken softmax overflows
+        try:
+            property_test(mode=mode)
+        except AssertionError:
+            return
+        except BaseExceptionGroup as group:  # hypothesis reports several distinct failures together
+            if group.subgroup(AssertionError) is not None:
+                return
+            raise
+    pytest.fail(f"the mutant '{mutant}' passed the equality checks")
+
+
+# ----------------------------------------------------------------------------- edges of the twins
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fast_softmax_redoes_rows_out_of_exp_range_alone(dtype):
+    # the twin tries exp(x) unshifted; rows that overflow, underflow or hold NaN are redone with
+    # their max, quietly, and the other rows keep their unshifted result bit for bit
+    import warnings
+
+    big = float(np.log(np.finfo(dtype).max)) + 10  # exp(big) overflows
+    z = np.array([[0.5, -1.0, 2.0], [big, big - 1, 0.0], [-2 * big, -2 * big - 1, -2 * big],
+                  [np.nan, 0.0, 1.0], [3.0, 1.0, -4.0]], dtype=dtype)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        p = fast.softmax(Tensor(z)).data
+    z64 = z.astype(np.float64)
+    e = np.exp(z64 - z64.max(axis=-1, keepdims=True))
+    expected = e / e.sum(axis=-1, keepdims=True)
+    finite = [0, 1, 2, 4]
+    np.testing.assert_allclose(p[finite], expected[finite], rtol=1e-6 if dtype == np.float32 else 1e-14,
+                               atol=np.finfo(dtype).tiny)  # subnormal results keep few digits
+    assert np.isnan(p[3]).all()
+    alone = fast.softmax(Tensor(z[[0, 4]])).data  # the ordinary rows without the bad ones
+    np.testing.assert_array_equal(p[[0, 4]], alone)
+
+
+def test_fast_gelu_inplace_writes_over_its_input_and_changes_nothing_else():
+    rng = np.random.default_rng(3)
+    x, g = rng.standard_normal((5, 70_000)), rng.standard_normal((5, 70_000))  # several tiles
+
+    def run(make_input, inplace):
+        leaf_ = Tensor(x.copy(), requires_grad=True)
+        h = make_input(leaf_)  # an intermediate, as the MLP's c_fc output
+        y = fast.gelu_(h) if inplace else fast.gelu(h)
+        y.backward(g[:, : y.shape[1]])
+        return h, y, leaf_.grad
+
+    h_ref, y_ref, grad_ref = run(lambda t: t * 1.0, False)
+    h, y, grad = run(lambda t: t * 1.0, True)
+    assert y.data is h.data  # written over its input
+    np.testing.assert_array_equal(y.data, y_ref.data)
+    np.testing.assert_array_equal(grad, grad_ref)
+    np.testing.assert_array_equal(h_ref.data, x)  # not in place: the input is untouched
+    # an input that is not contiguous is copied first, and stays as it was
+    h, y, grad = run(lambda t: (t * 1.0)[:, ::2], True)
+    assert not np.shares_memory(y.data, h.data)
+    np.testing.assert_array_equal(h.data, x[:, ::2])
+    leaf_ = Tensor(x[:, :10].copy(), requires_grad=True)
+    assert fast.gelu_(leaf_).data is not leaf_.data  # a leaf is never written over
+
+
+def test_kt_copies_are_made_for_the_cpu_preset_shapes_only():
+    rng = np.random.default_rng(2)
+    q, k = (rng.standard_normal((2, 1, 40, 3)) for _ in range(2))
+    assert fast_attention.transposed_buffer(q, k, slice(0, 1)) is not None
+    assert fast_attention.transposed_buffer(q[..., :1, :], k, slice(0, 1)) is None  # one query row: a view
+
+
+@given(B=st.integers(1, 2), T=sides, nh=st.integers(1, 3), hs=st.integers(1, 3))
+def test_fused_attention_gradient(B, T, nh, hs):
+    x = np.random.default_rng(T).standard_normal((B, T, 3 * nh * hs))
+    assert gradcheck(lambda t: fast.causal_self_attention(t, nh), [Tensor(x, requires_grad=True)])
+
+
+def test_fused_attention_keeps_float32_and_checks_p():
+    x = Tensor(np.random.default_rng(0).standard_normal((2, 4, 12)).astype(np.float32), requires_grad=True)
+    y = fast.causal_self_attention(x, 2)
+    y.sum().backward()
+    assert y.dtype == x.grad.dtype == np.float32
+    with pytest.raises(ValueError):
+        fast.causal_self_attention(x, 2, dropout_p=2.0)
+
+
+def test_residual_add_broadcasting_falls_back_to_a_new_array():
+    x = Tensor(np.ones((2, 3)), requires_grad=True)
+    b_leaf = Tensor(np.arange(3.0), requires_grad=True)
+    b = b_leaf * 1.0  # an op's output, so writing over it would be allowed, but it broadcasts
+    y = fast.residual_add(x, b)
+    np.testing.assert_array_equal(y.data, np.ones((2, 3)) + np.arange(3.0))
+    np.testing.assert_array_equal(b.data, np.arange(3.0))
+    y.backward(np.arange(6.0).reshape(2, 3))
+    np.testing.assert_array_equal(x.grad, np.arange(6.0).reshape(2, 3))
+    np.testing.assert_array_equal(b_leaf.grad, [3.0, 5.0, 7.0])
+
+
+def test_residual_add_never_writes_into_a_leaf_or_a_read_only_branch():
+    leaf_ = Tensor(np.arange(6.0).reshape(2, 3), requires_grad=True)
+    y = fast.residual_add(Tensor(np.ones((2, 3))), leaf_)
+    np.testing.assert_array_equal(y.data, np.arange(6.0).reshape(2, 3) + 1)
+    np.testing.assert_array_equal(leaf_.data, np.arange(6.0).reshape(2, 3))
+    data = np.arange(6.0).reshape(2, 3)
+    data.flags.writeable = False
+    branch = Tensor(data, requires_grad=True).reshape(2, 3)  # an op's output: a read-only view of data
+    assert not branch.is_leaf and not branch.data.flags.writeable
+    y = fast.residual_add(Tensor(np.ones((2, 3))), branch)
+    np.testing.assert_array_equal(y.data, np.arange(6.0).reshape(2, 3) + 1)
+    np.testing.assert_array_equal(data, np.arange(6.0).reshape(2, 3))
