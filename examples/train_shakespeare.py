@@ -25,6 +25,8 @@ FLAG_HELP = {
             "shipped inside minigpt; a URL is downloaded once into the cache)",
     "out_dir": "where checkpoints and metrics.csv go (default out)",
     "model": "gpt or bigram",
+    "reference": "train with the plain reference ops of minigpt.functional / minigpt.optim instead of "
+                 "their fast twins (the same math; the code you read, for stepping through)",
 }
 
 
@@ -36,7 +38,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if f.name == "resume":
             p.add_argument("--resume", action="store_true", help="continue the run in --out_dir from latest.npz")
         elif f.type in (bool, "bool"):
-            p.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=None)
+            p.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction, default=None,
+                           help=FLAG_HELP.get(f.name))
         else:
             kind = {"int": int, "float": float}.get(str(f.type), str)
             p.add_argument(f"--{f.name}", type=kind, default=None,

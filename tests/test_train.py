@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minigpt import backend, checkpoint, nn
+from minigpt import backend, checkpoint, fast, nn
 from minigpt.data import CharTokenizer
 from minigpt.train import TrainConfig, read_metrics, resolve_device, resume_config, split_loss, train
 
@@ -98,6 +98,21 @@ def test_split_loss_of_a_gpt_matches_a_direct_computation():
         n += len(y)
     assert n == 49
     assert split_loss(m, ids, block_size=8) == pytest.approx(total / n, rel=1e-5)
+
+
+def test_reference_flag_trains_with_the_reference_ops_to_the_same_loss(tmp_path, monkeypatch):
+    lines = []
+    fast_run = train(tiny(tmp_path / "fast", None, max_iters=20, sample_chars=0), log=quiet)
+
+    def no_fast_forward(*args, **kwargs):
+        raise AssertionError("the fast twin ran under --reference")
+
+    monkeypatch.setattr(fast, "gpt_forward", no_fast_forward)
+    monkeypatch.setattr(fast.AdamW, "_update", no_fast_forward)
+    ref_run = train(tiny(tmp_path / "ref", None, max_iters=20, sample_chars=0, reference=True), log=lines.append)
+    assert any("reference ops" in line for line in lines)
+    assert ref_run.full_val_loss == pytest.approx(fast_run.full_val_loss, abs=1e-3)  # float32 rounding apart
+    assert fast.enabled(np.zeros(1))  # the switch is back on after the run
 
 
 def test_bigram_training(tmp_path):  # no data named: the packaged Tiny Shakespeare

