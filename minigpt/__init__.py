@@ -4,18 +4,18 @@
     from minigpt import functional as F, nn, optim
 
 The pieces, in the order to read them:
-    backend.py     NumPy or CuPy (``xp``), devices, the random generator
     tensor.py      Tensor, the op base class Function, backward, no_grad
     ops.py         the Tensor operators (+ - * / @ sum ...) with their backward
-    functional.py  the neural-net ops with hand-written backward passes
-    attention.py   causal attention (part of functional)
-    nn/            Module and the layers
+    functional.py  the neural-net ops with hand-written backward passes (the reference)
+    nn/            Module, the layers, the GPT and the bigram model
     optim.py       AdamW, gradient clipping, the learning-rate schedule
     gradcheck.py   numerical gradient checks
+    backend.py     NumPy or CuPy (``xp``), devices, the random generator
     data.py        Tiny Shakespeare (shipped inside the package), CharTokenizer, batches
+    fast/          the same math, faster on a CPU: a twin of each op, tested equal (read it last)
 """
 
-from minigpt import backend, data, functional, nn, optim
+from minigpt import backend, data, fast, functional, nn, optim
 from minigpt.backend import available_devices, get_array_module, manual_seed
 from minigpt.gradcheck import GradcheckError, gradcheck
 from minigpt.tensor import Tensor, cat, is_grad_enabled, no_grad
@@ -23,4 +23,4 @@ from minigpt.tensor import Tensor, cat, is_grad_enabled, no_grad
 __version__ = "0.1.0"
 
 __all__ = ["Tensor", "cat", "no_grad", "is_grad_enabled", "manual_seed", "gradcheck", "GradcheckError",
-           "available_devices", "get_array_module", "backend", "data", "functional", "nn", "optim"]
+           "available_devices", "get_array_module", "backend", "data", "fast", "functional", "nn", "optim"]

@@ -321,7 +321,7 @@ def _train(cfg: TrainConfig, log: Callable[[str], None], should_stop: Callable[[
     out_dir = Path(cfg.out_dir)
     device = resolve_device(cfg.device)
     dtype = numpy.dtype(cfg.dtype)
-    if device == "cpu":
+    if device == "cpu" and not cfg.reference:
         fast.keep_freed_memory()  # each step reuses the last one's freed memory: no page faults
 
     text = load_source(cfg.data)
@@ -342,7 +342,7 @@ def _train(cfg: TrainConfig, log: Callable[[str], None], should_stop: Callable[[
                                                        tokenizer, batch_rng, device, log)
     model.train()
     n_params = model.num_params()
-    ops = "fast twins" if cfg.model == "gpt" and fast.enabled(next(model.parameters())) else "reference ops"
+    ops = "fast twins" if fast.enabled(next(model.parameters())) else "reference ops"
     log(f"model: {cfg.model}, {n_params:,} parameters ({n_params / 1e6:.2f}M), device {device}, {cfg.dtype}, {ops}")
     log(f"data: {len(train_ids):,} training and {len(val_ids):,} validation tokens, vocabulary {tokenizer.vocab_size}")
 

@@ -305,7 +305,7 @@ class GELU(ref.GELU):
         xp = backend.get_array_module(x)
         K, A = ref.GELU_K, ref.GELU_A
         contiguous = xp.ascontiguousarray(x)
-        y = contiguous if inplace and contiguous is x and backend.writeable(x) else xp.empty_like(x)
+        y = contiguous if inplace and contiguous is x and backend.writeable(x) else xp.empty_like(contiguous)
         x = contiguous
         deriv = xp.empty_like(x) if self.needs_input_grad[0] else None
         xf, yf = x.reshape(-1), y.reshape(-1)
