@@ -29,10 +29,6 @@ __all__ = ["embedding", "linear", "softmax", "log_softmax", "cross_entropy", "la
            "gelu", "dropout", "scaled_dot_product_attention"]
 
 
-def _data(x: Any) -> Any:
-    return x.data if isinstance(x, Tensor) else x
-
-
 # ----------------------------------------------------------------------------- embedding
 def check_indices(idx: Any, n: int, what: str) -> None:
     """Raise IndexError unless every entry of the int array ``idx`` lies in [0, n)."""
@@ -70,7 +66,7 @@ class Embedding(Function):
 
 def embedding(idx: Any, weight: Tensor) -> Tensor:
     """Look up rows of ``weight`` (V, C) at integer ``idx`` (*): returns (*, C)."""
-    return Embedding.apply(_data(idx), weight)
+    return Embedding.apply(backend.unwrap(idx), weight)
 
 
 # ----------------------------------------------------------------------------- linear
@@ -253,7 +249,7 @@ def cross_entropy(logits: Tensor, targets: Any, ignore_index: int = -100, reduct
 
     The mean over targets != ``ignore_index`` (``reduction="sum"`` or ``"none"`` as torch).
     """
-    return CrossEntropy.apply(logits, _data(targets), ignore_index=ignore_index, reduction=reduction)
+    return CrossEntropy.apply(logits, backend.unwrap(targets), ignore_index=ignore_index, reduction=reduction)
 
 
 # ----------------------------------------------------------------------------- layer norm

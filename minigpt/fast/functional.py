@@ -51,7 +51,7 @@ class Embedding(ref.Embedding):
 
 def embedding(idx: Any, weight: Tensor) -> Tensor:
     """Twin of ``functional.embedding``."""
-    return Embedding.apply(idx.data if isinstance(idx, Tensor) else idx, weight)
+    return Embedding.apply(backend.unwrap(idx), weight)
 
 
 # ----------------------------------------------------------------------------- linear
@@ -202,8 +202,7 @@ class CrossEntropy(ref.CrossEntropy):
 
 def cross_entropy(logits: Tensor, targets: Any, ignore_index: int = -100, reduction: str = "mean") -> Tensor:
     """Twin of ``functional.cross_entropy``."""
-    targets = targets.data if isinstance(targets, Tensor) else targets
-    return CrossEntropy.apply(logits, targets, ignore_index=ignore_index, reduction=reduction)
+    return CrossEntropy.apply(logits, backend.unwrap(targets), ignore_index=ignore_index, reduction=reduction)
 
 
 # ----------------------------------------------------------------------------- layer norm
