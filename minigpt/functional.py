@@ -23,7 +23,7 @@ import math
 from typing import Any
 
 from minigpt import backend
-from minigpt.tensor import Function, Tensor
+from minigpt.tensor import Function, Tensor, unbroadcast
 
 __all__ = ["embedding", "linear", "softmax", "log_softmax", "cross_entropy", "layer_norm",
            "gelu", "dropout", "scaled_dot_product_attention"]
@@ -44,6 +44,8 @@ class Embedding(Function):
         dweight[v] = sum_{n : idx[n] = v} dout[n]          (a scatter-add)
     idx gets no gradient. Saves idx (the int array, *).
     """
+
+    fresh_output = True  # a new array, not saved
 
     def forward(self, idx: Any, weight: Any) -> Any:
         xp = backend.get_array_module(weight)
@@ -79,6 +81,8 @@ class Linear(Function):
         db = sum_n dy[n]                        -> (out,)
     Saves x and W (references, no copies).
     """
+
+    fresh_output = True  # a new array, not saved
 
     def forward(self, x: Any, weight: Any, bias: Any = None) -> Any:
         self.saved = (x, weight)
@@ -150,16 +154,19 @@ def softmax(x: Tensor, axis: int = -1) -> Tensor:
     return Softmax.apply(x, axis=axis)
 
 
-def logsumexp(x: Any, axis: int) -> Any:
-    """log(sum(exp(x))) along ``axis`` (kept as a size-1 axis), without overflow:
-    max + log(sum(exp(x - max)))."""
+def log_softmax_forward(x: Any, axis: int) -> Any:
+    """log softmax on arrays: x - logsumexp(x) along ``axis``, computed as
+        (x - max) - log(sum(exp(x - max)))
+    Every exp is in (0, 1] (no overflow) and the sum in [1, n], so its log is small; and the
+    log is subtracted from x - max, not added to max first: for logits near 1e4 in float32,
+    max + log(sum) would round to a float32 ulp of 1e4 (0.001) before the subtraction (as torch)."""
     xp = backend.get_array_module(x)
-    m = x.max(axis=axis, keepdims=True)
-    return m + xp.log(xp.exp(x - m).sum(axis=axis, keepdims=True))
+    shifted = x - x.max(axis=axis, keepdims=True)
+    return shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
 
 
 class LogSoftmax(Function):
-    """y = x - logsumexp(x) along ``axis``.
+    """y = x - logsumexp(x) along ``axis``, logsumexp(x) = log(sum(exp(x))).
 
     dy_i/dx_j = δ_ij - softmax(x)_j, so dx = dy - softmax(x) * sum(dy), with
     softmax(x) = exp(y). Saves y.
@@ -167,7 +174,7 @@ class LogSoftmax(Function):
 
     def forward(self, x: Any, axis: int = -1) -> Any:
         self.axis = axis
-        self.saved = x - logsumexp(x, axis)
+        self.saved = log_softmax_forward(x, axis)
         return self.saved
 
     def backward(self, dy: Any) -> Any:
@@ -194,12 +201,15 @@ class CrossEntropy(Function):
     No target counted gives NaN for "mean", as torch does. Saves logp (N, V) and the targets.
     """
 
+    fresh_output = True  # a new array, not saved
+
     def forward(self, logits: Any, targets: Any, ignore_index: int = -100,
                 reduction: str = "mean") -> Any:
         xp = backend.get_array_module(logits)
         t, counted = check_targets(logits, targets, ignore_index, reduction)  # (N,), (N,)
         z = logits.reshape(-1, logits.shape[-1])  # (*, V) -> (N, V)
-        logp = z - logsumexp(z, axis=-1)  # (N, V)
+        z = xp.where(counted[:, None], z, 0.0)  # an ignored row may hold inf or NaN: keep it out of the math
+        logp = log_softmax_forward(z, axis=-1)  # (N, V): z - logsumexp(z)
         nll = xp.where(counted, -logp[xp.arange(len(t)), t], 0.0)  # (N,), 0 where ignored
         self.saved = (logp, t, counted)
         self.reduction, self.targets_shape = reduction, logits.shape[:-1]
@@ -276,6 +286,7 @@ class LayerNorm(Function):
             y = y + bias
         self.saved = (xhat, rstd, weight)
         self.has_bias = bias is not None
+        self.fresh_output = y is not xhat  # without weight and bias, y is the saved xhat
         return y
 
     def backward(self, dy: Any) -> tuple[Any, Any, Any]:
@@ -310,6 +321,8 @@ class GELU(Function):
         dy/dx = 0.5 (1 + tanh u) + 0.5 x (1 - tanh² u) k (1 + 3 a x²)      (product rule)
     Saves x (the backward recomputes tanh u from it).
     """
+
+    fresh_output = True  # a new array, not saved
 
     def forward(self, x: Any) -> Any:
         xp = backend.get_array_module(x)
@@ -350,6 +363,8 @@ class Dropout(Function):
     the expected value of y is x, so nothing changes at eval time).
     dx = dy * mask. Saves mask (shape of x).
     """
+
+    fresh_output = True  # a new array, not saved
 
     def forward(self, x: Any, p: float) -> Any:
         self.saved = dropout_mask(x, p)
@@ -399,8 +414,12 @@ class ScaledDotProductAttention(Function):
         datt = datt_d * drop
         dscores = att * (datt - sum(att * datt)) * s      (softmax backward; masked entries stay 0)
         dq = dscores @ k,   dk = dscoresᵀ @ q
+    The leading (batch) axes of q, k and v broadcast against each other as in matmul (one k
+    and v shared by every head, say); each gradient is then summed back to its input's shape.
     Saves q, k, v, att (B, nh, T, S) and, with dropout, its mask (B, nh, T, S).
     """
+
+    fresh_output = True  # a new array, not saved
 
     def forward(self, q: Any, k: Any, v: Any, is_causal: bool = True, dropout_p: float = 0.0,
                 scale: float | None = None) -> Any:
@@ -425,7 +444,8 @@ class ScaledDotProductAttention(Function):
         dscores = softmax_backward(att, datt, axis=-1) * self.scale
         dq = dscores @ k  # (B, nh, T, S) @ (B, nh, S, hs) -> (B, nh, T, hs)
         dk = xp.swapaxes(dscores, -1, -2) @ q  # (B, nh, S, T) @ (B, nh, T, hs) -> (B, nh, S, hs)
-        return dq, dk, dv
+        # forward: q, k, v broadcast to the shape of att's batch  =>  sum back over what was added
+        return unbroadcast(dq, q.shape), unbroadcast(dk, k.shape), unbroadcast(dv, v.shape)
 
 
 def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, is_causal: bool = True,

@@ -20,6 +20,8 @@ def _shape(x: Any) -> tuple[int, ...]:
 class Add(Function):
     """y = a + b.   da = dy, db = dy (each summed back to its input's shape)."""
 
+    fresh_output = True  # a new array, not saved
+
     def forward(self, a: Any, b: Any) -> Any:
         self.shapes = (_shape(a), _shape(b))
         return a + b
@@ -30,6 +32,8 @@ class Add(Function):
 
 class Sub(Function):
     """y = a - b.   da = dy, db = -dy."""
+
+    fresh_output = True  # a new array, not saved
 
     def forward(self, a: Any, b: Any) -> Any:
         self.shapes = (_shape(a), _shape(b))
@@ -42,6 +46,8 @@ class Sub(Function):
 
 class Mul(Function):
     """y = a * b.   da = dy * b, db = dy * a.   Saves a and b."""
+
+    fresh_output = True  # a new array, not saved
 
     def forward(self, a: Any, b: Any) -> Any:
         self.saved = (a, b)
@@ -73,6 +79,8 @@ class Div(Function):
 class Neg(Function):
     """y = -x.   dx = -dy."""
 
+    fresh_output = True  # a new array, not saved
+
     def forward(self, x: Any) -> Any:
         return -x
 
@@ -81,7 +89,12 @@ class Neg(Function):
 
 
 class Pow(Function):
-    """y = x ** p for a Python number p.   dx = dy * p * x ** (p - 1).   Saves x."""
+    """y = x ** p for a Python number p.   dx = dy * p * x ** (p - 1).   Saves x.
+
+    For p = 0, y = 1 whatever x is, so dx = 0 (as torch), even at x = 0 where the formula
+    would give 0 * inf = NaN."""
+
+    fresh_output = True  # a new array, not saved
 
     def forward(self, x: Any, exponent: float) -> Any:
         self.saved, self.p = x, exponent
@@ -89,6 +102,8 @@ class Pow(Function):
 
     def backward(self, dy: Any) -> Any:
         x, p = self.saved, self.p
+        if p == 0:
+            return backend.get_array_module(x).zeros_like(x)
         return dy * (p * x ** (p - 1))
 
 
@@ -97,9 +112,12 @@ class MatMul(Function):
 
     For the matrix part, y[i, j] = sum_k a[i, k] b[k, j], so
         da = dy @ bᵀ   and   db = aᵀ @ dy,
-    then summed over the batch axes that broadcasting added. A 1-D operand is treated
-    as a row (a) or a column (b) vector, as matmul does. Saves a and b.
+    then summed over the batch axes that broadcasting added (on either side). A 1-D operand
+    is a row (a) or a column (b) vector whose size-1 axis matmul drops from y: backward puts
+    that axis back into dy first (vector @ vector gives a 0-d y, so dy gets both). Saves a and b.
     """
+
+    fresh_output = True  # a new array, not saved
 
     def forward(self, a: Any, b: Any) -> Any:
         self.saved = (a, b)
@@ -110,10 +128,10 @@ class MatMul(Function):
         xp = backend.get_array_module(dy)
         a2 = a[None, :] if a.ndim == 1 else a  # (k,) -> (1, k)
         b2 = b[:, None] if b.ndim == 1 else b  # (k,) -> (k, 1)
-        if a.ndim == 1:
-            dy = xp.expand_dims(dy, -2)
         if b.ndim == 1:
-            dy = xp.expand_dims(dy, -1)
+            dy = dy[..., None]  # (..., n) -> (..., n, 1); a 0-d dy -> (1,)
+        if a.ndim == 1:
+            dy = dy[..., None, :]  # (..., m) -> (..., 1, m)
         da = db = None
         if self.needs_input_grad[0]:
             da = unbroadcast(dy @ xp.swapaxes(b2, -1, -2), a2.shape).reshape(a.shape)
@@ -228,6 +246,8 @@ class Exp(Function):
 class Log(Function):
     """y = log(x).   dx = dy / x.   Saves x."""
 
+    fresh_output = True  # a new array, not saved
+
     def forward(self, x: Any) -> Any:
         self.saved = x
         return backend.get_array_module(x).log(x)
@@ -290,6 +310,8 @@ class To(Function):
 
 class Concatenate(Function):
     """y = the inputs side by side along ``axis``.   Each input's gradient is its own slice of dy."""
+
+    fresh_output = True  # a new array, not saved
 
     def forward(self, *arrays: Any, axis: int = -1) -> Any:
         xp = backend.get_array_module(arrays[0])

@@ -58,6 +58,32 @@ def _is_float(dtype: Any) -> bool:
     return getattr(dtype, "kind", None) == "f"
 
 
+class BackwardError(RuntimeError):
+    """An op's backward returned a gradient that cannot be its input's: another shape (a
+    missing unbroadcast or reshape), or a float of lower precision than the input."""
+
+
+def _checked_input_grad(ctx: Function, i: int, inp: Tensor, grad: Any) -> Any:
+    """``grad``, the gradient op ``ctx`` returned for its input ``i``, checked against ``inp``.
+
+    Shapes must match exactly: NumPy would broadcast a (1, 3, 4) gradient into a (3, 4) one
+    with ``+=``, or store it as the leaf's ``.grad``, and the bug would surface far away.
+    A float32 gradient for a float64 input silently loses precision: an error too. A more
+    precise one (float64 for float32, as float32 * float64 gives) is cast to the input's dtype.
+    Only shapes and dtypes are compared: this runs for every op of every training step.
+    """
+    shape, dtype = getattr(grad, "shape", None), getattr(grad, "dtype", None)
+    if shape != inp.shape:
+        raise BackwardError(f"{type(ctx).__name__}.backward returned a gradient of shape {shape} for its "
+                            f"input {i}, whose shape is {inp.shape}")
+    if dtype != inp.dtype:
+        if _is_float(dtype) and dtype.itemsize < inp.dtype.itemsize:
+            raise BackwardError(f"{type(ctx).__name__}.backward returned a {dtype} gradient for its input {i}, "
+                                f"which is {inp.dtype}: precision would be lost")
+        grad = grad.astype(inp.dtype)
+    return grad
+
+
 class Tensor:
     """An array (NumPy or CuPy) that remembers how it was computed, for backprop.
 
@@ -73,28 +99,32 @@ class Tensor:
     def __init__(self, data: Any, requires_grad: bool = False, device: str | None = None,
                  dtype: Any = None) -> None:
         if isinstance(data, Tensor):
+            data._unshared = False  # the new tensor may share its array
             data = data.data
         if device is None:
             device = backend.device_of(data)
         xp = backend.xp_for(device)
-        if not hasattr(data, "dtype") and dtype is None:
+        if hasattr(data, "dtype"):  # an array: onto the device first, then cast there
+            data = backend.move(data, device)
+        elif dtype is None:
             data = xp.asarray(data)
             if data.dtype.kind == "f":  # Python floats: float32, as torch.tensor does
                 data = data.astype(backend.DEFAULT_DTYPE)
-        data = backend.move(xp.asarray(data, dtype=dtype), device)
+        data = xp.asarray(data, dtype=dtype)
         if requires_grad and not _is_float(data.dtype):
             raise TypeError(f"only floating-point tensors can require grad, not {data.dtype}")
         self.data = data
         self.grad: Any = None
         self.requires_grad = bool(requires_grad)
         self._ctx: Function | None = None  # the op that made this tensor (None for leaves)
+        self._unshared = False  # see the property unshared
 
     @classmethod
     def _wrap(cls, data: Any) -> Tensor:
         """A Tensor around an op's output array, without __init__'s conversions."""
         t = cls.__new__(cls)
         t.data = backend.ensure_array(data)
-        t.grad, t.requires_grad, t._ctx = None, False, None
+        t.grad, t.requires_grad, t._ctx, t._unshared = None, False, None, False
         return t
 
     # ------------------------------------------------------------------ basic attributes
@@ -104,6 +134,16 @@ class Tensor:
     device = property(lambda self: backend.device_of(self.data))
     size = property(lambda self: self.data.size)
     is_leaf = property(lambda self: self._ctx is None)
+
+    @property
+    def unshared(self) -> bool:
+        """Whether an in-place op may write over this tensor's array: True only for the fresh
+        output of an op that keeps no reference to it (``Function.fresh_output``), as long as no
+        other op has used this tensor as an input (which may have saved it for backward, or made
+        a view of it) and no ``detach()`` shares it. Never for a leaf: a parameter or a tensor the
+        caller made. (Reading ``.data`` directly is not tracked: a caller who keeps the array of a
+        tensor it hands to an in-place op sees it change.)"""
+        return self._unshared
 
     def __repr__(self) -> str:
         grad = ", requires_grad=True" if self.requires_grad else ""
@@ -125,6 +165,7 @@ class Tensor:
 
     def detach(self) -> Tensor:
         """The same data, cut off from the graph."""
+        self._unshared = False  # the detached tensor shares the array
         return Tensor(self.data)
 
     def to(self, device: str | None = None, dtype: Any = None) -> Tensor:
@@ -182,22 +223,33 @@ class Tensor:
             ctx.release()
             if not isinstance(input_grads, tuple):
                 input_grads = (input_grads,)
-            for inp, gi in zip(ctx.inputs, input_grads):
+            for i, (inp, gi) in enumerate(zip(ctx.inputs, input_grads)):
                 if gi is None or inp is None or not inp.requires_grad:
                     continue
+                gi = _checked_input_grad(ctx, i, inp, gi)  # its input's shape and dtype, or BackwardError
                 key = id(inp)
                 # new array, never +=: the stored gradient may be an alias of another one
                 grads[key] = gi if key not in grads else grads[key] + gi
 
     # ------------------------------------------------------------------ operators
-    def __add__(self, other: Any) -> Tensor: return _ops.Add.apply(self, other)
-    def __radd__(self, other: Any) -> Tensor: return _ops.Add.apply(other, self)
-    def __sub__(self, other: Any) -> Tensor: return _ops.Sub.apply(self, other)
-    def __rsub__(self, other: Any) -> Tensor: return _ops.Sub.apply(other, self)
-    def __mul__(self, other: Any) -> Tensor: return _ops.Mul.apply(self, other)
-    def __rmul__(self, other: Any) -> Tensor: return _ops.Mul.apply(other, self)
-    def __truediv__(self, other: Any) -> Tensor: return _ops.Div.apply(self, other)
-    def __rtruediv__(self, other: Any) -> Tensor: return _ops.Div.apply(other, self)
+    def _scalar(self, other: Any) -> Any:
+        """The other operand of a binary operator. A 0-d NumPy number that is not a Tensor (a
+        numpy.float64 or numpy.int64 scalar, a 0-d array) takes this float tensor's dtype, as a
+        number does in torch: float32 * numpy.float64(2) stays float32 (NumPy alone would promote
+        it to float64). Python numbers need nothing: NumPy already lets them keep the dtype."""
+        if (isinstance(other, Tensor) or type(other) in (int, float, bool) or getattr(other, "ndim", None) != 0
+                or getattr(getattr(other, "dtype", None), "kind", None) not in ("i", "u", "f") or not _is_float(self.dtype)):
+            return other
+        return self.xp.asarray(other, dtype=self.dtype)
+
+    def __add__(self, other: Any) -> Tensor: return _ops.Add.apply(self, self._scalar(other))
+    def __radd__(self, other: Any) -> Tensor: return _ops.Add.apply(self._scalar(other), self)
+    def __sub__(self, other: Any) -> Tensor: return _ops.Sub.apply(self, self._scalar(other))
+    def __rsub__(self, other: Any) -> Tensor: return _ops.Sub.apply(self._scalar(other), self)
+    def __mul__(self, other: Any) -> Tensor: return _ops.Mul.apply(self, self._scalar(other))
+    def __rmul__(self, other: Any) -> Tensor: return _ops.Mul.apply(self._scalar(other), self)
+    def __truediv__(self, other: Any) -> Tensor: return _ops.Div.apply(self, self._scalar(other))
+    def __rtruediv__(self, other: Any) -> Tensor: return _ops.Div.apply(self._scalar(other), self)
     def __matmul__(self, other: Any) -> Tensor: return _ops.MatMul.apply(self, other)
     def __rmatmul__(self, other: Any) -> Tensor: return _ops.MatMul.apply(other, self)
     def __neg__(self) -> Tensor: return _ops.Neg.apply(self)
@@ -205,6 +257,8 @@ class Tensor:
     def __pow__(self, exponent: float) -> Tensor:
         if isinstance(exponent, Tensor):
             raise TypeError("Tensor ** Tensor is not supported: the exponent must be a Python number")
+        if getattr(exponent, "ndim", None) == 0:  # a NumPy scalar: as a Python number, so float32 stays float32
+            exponent = exponent.item()
         return _ops.Pow.apply(self, exponent=exponent)
 
     def __getitem__(self, index: Any) -> Tensor:
@@ -294,6 +348,16 @@ class Function:
     inputs: tuple[Tensor | None, ...]
     needs_input_grad: tuple[bool, ...]
     saved: Any = None
+    # True when forward returns a new array that shares memory with no input and that the op
+    # does not keep (not saved for backward): an in-place op may then write over it (see
+    # Tensor.unshared). False, the safe default, for views and for outputs saved for backward
+    # (exp, tanh, softmax). An op may set it per call in forward. tests/test_edges.py checks
+    # every op that says True.
+    fresh_output: bool = False
+    # For an op whose forward takes ``inplace=True`` (the fast GELU, the residual add): the index
+    # of the input it then writes its output over. ``apply`` grants the request only when that
+    # input is ``unshared``, and otherwise passes inplace=False: one check, here, for every op.
+    writes_over: int | None = None
 
     @classmethod
     def apply(cls, *args: Any, **options: Any) -> Tensor:
@@ -302,7 +366,14 @@ class Function:
         tensors = tuple(a if isinstance(a, Tensor) else None for a in args)
         ctx.needs_input_grad = tuple(_grad_enabled and t is not None and t.requires_grad for t in tensors)
         arrays = [t.data if t is not None else a for t, a in zip(tensors, args)]
+        if options.get("inplace"):
+            target = tensors[cls.writes_over] if cls.writes_over is not None else None
+            options["inplace"] = target is not None and target.unshared
+        for t in tensors:
+            if t is not None:
+                t._unshared = False  # this op may keep t's array (saved for backward, or a view)
         out = Tensor._wrap(ctx.forward(*arrays, **options))
+        out._unshared = ctx.fresh_output
         if _grad_enabled and any(ctx.needs_input_grad):
             out.requires_grad = True
             out._ctx = ctx

@@ -19,13 +19,26 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 HAS_CUDA = "cuda" in minigpt.available_devices()
 
-DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu,
-                                             pytest.mark.skipif(not HAS_CUDA, reason="no CUDA GPU / CuPy")])]
+
+def _cuda(reason):
+    return pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not HAS_CUDA, reason=reason)])
+
+
+DEVICES = ["cpu", _cuda("no CUDA GPU / CuPy")]
+GPU_ONLY = [_cuda("no CUDA GPU / CuPy: on the CPU a GPU-vs-CPU comparison would compare the CPU with itself")]
 
 
 @pytest.fixture(params=DEVICES)
 def device(request):
-    """Each test that takes ``device`` runs on the CPU, and on the GPU where there is one."""
+    """Each test that takes ``device`` runs on the CPU, and on the GPU where there is one: for
+    tests that check what a device does on its own (moving a module, its output's device)."""
+    return request.param
+
+
+@pytest.fixture(params=GPU_ONLY)
+def gpu_device(request):
+    """The GPU ("cuda"), skipped without one: for tests that compare a GPU run with a CPU run,
+    which on the CPU would compare the CPU with itself and prove nothing."""
     return request.param
 
 

@@ -5,13 +5,13 @@ import warnings
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 import minigpt
 from minigpt import Tensor, gradcheck
 from minigpt import functional as F
-from tests.strategies import arrays, rng_from, seeds, shapes
+from tests.strategies import array_from, arrays, attention_shapes, rng_from, seeds, shapes
 
 
 def leaf(x, device="cpu"):
@@ -22,13 +22,34 @@ axes = st.sampled_from([-1, 0])
 
 
 # ----------------------------------------------------------------------------- gradient checks
+def numpy_softmax(x, axis=-1):
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def numpy_attention(q, k, v, is_causal):
+    """softmax(q kᵀ / sqrt(hs)) v in plain NumPy; causal as torch's is_causal: query i sees keys j <= i."""
+    T, S = q.shape[-2], k.shape[-2]
+    scores = q @ np.swapaxes(k, -1, -2) / math.sqrt(q.shape[-1])  # (B, nh, T, S)
+    if is_causal:
+        scores = np.where(np.tril(np.ones((T, S), bool)), scores, -np.inf)
+    return numpy_softmax(scores) @ v
+
+
 @given(data=st.data())
 def test_embedding_gradient(data):
     V, C = data.draw(st.integers(1, 6)), data.draw(st.integers(1, 4))
-    idx = rng_from(data.draw(seeds)).integers(0, V, size=data.draw(shapes(1, 2)))
+    idx = rng_from(data.draw(seeds)).integers(0, V, size=data.draw(shapes(1, 2, max_side=5)))
+    idx.reshape(-1)[-1] = idx.reshape(-1)[0]  # a repeated row (when there are two indices or more)
     w = data.draw(arrays((V, C)))
-    assert gradcheck(lambda t: F.embedding(idx, t), [leaf(w)])
     np.testing.assert_array_equal(F.embedding(idx, Tensor(w)).data, w[idx])
+    t = leaf(w)
+    dy = data.draw(arrays(idx.shape + (C,)))
+    F.embedding(idx, t).backward(dy)
+    expected = np.zeros_like(w)
+    np.add.at(expected, idx, dy)  # each use of a row adds its upstream gradient
+    np.testing.assert_allclose(t.grad, expected, rtol=1e-12, atol=1e-15)
+    assert gradcheck(lambda t: F.embedding(idx, t), [leaf(w)])
 
 
 @given(data=st.data(), with_bias=st.booleans())
@@ -43,20 +64,25 @@ def test_linear_gradient(data, with_bias):
 
 
 @given(x=arrays(), axis=axes)
+@example(x=np.array([[0.3], [-1.2]]), axis=-1)  # C = 1: every probability is 1, every gradient 0
+@example(x=np.array([0.3, -1.2, 2.0]), axis=0)
 def test_softmax_gradient(x, axis):
+    np.testing.assert_allclose(F.softmax(Tensor(x), axis=axis).data, numpy_softmax(x, axis), rtol=1e-12)
     assert gradcheck(lambda t: F.softmax(t, axis=axis), [leaf(x)])
 
 
 @given(x=arrays(), axis=axes)
+@example(x=np.array([[0.3], [-1.2]]), axis=-1)  # C = 1: every log-probability is 0
 def test_log_softmax_gradient(x, axis):
+    m = x.max(axis=axis, keepdims=True)
+    expected = x - m - np.log(np.exp(x - m).sum(axis=axis, keepdims=True))
+    np.testing.assert_allclose(F.log_softmax(Tensor(x), axis=axis).data, expected, rtol=1e-12, atol=1e-15)
     assert gradcheck(lambda t: F.log_softmax(t, axis=axis), [leaf(x)])
-    np.testing.assert_allclose(F.log_softmax(Tensor(x), axis=axis).data,
-                               np.log(F.softmax(Tensor(x), axis=axis).data), atol=1e-12)
 
 
 @given(data=st.data(), three_d=st.booleans(), reduction=st.sampled_from(["mean", "sum", "none"]))
 def test_cross_entropy_gradient_with_ignore_index(data, three_d, reduction):
-    V = data.draw(st.integers(2, 5))
+    V = data.draw(st.integers(1, 5))  # V = 1: the loss is 0 and so is the gradient
     shape = (data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3))) if three_d else (data.draw(st.integers(1, 5)),)
     rng = rng_from(data.draw(seeds))
     targets = rng.integers(0, V, size=shape)
@@ -64,18 +90,30 @@ def test_cross_entropy_gradient_with_ignore_index(data, three_d, reduction):
     if (targets == -100).all():
         targets.reshape(-1)[0] = 0
     logits = data.draw(arrays(shape + (V,)))
+    m = logits.max(-1, keepdims=True)
+    logp = logits - m - np.log(np.exp(logits - m).sum(-1, keepdims=True))
+    counted = targets != -100
+    nll = np.where(counted, -np.take_along_axis(logp, np.where(counted, targets, 0)[..., None], -1)[..., 0], 0.0)
+    expected = {"none": nll, "sum": nll.sum(), "mean": nll.sum() / counted.sum()}[reduction]
+    got = F.cross_entropy(Tensor(logits), targets, reduction=reduction).data
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-15)
     assert gradcheck(lambda t: F.cross_entropy(t, targets, reduction=reduction), [leaf(logits)])
 
 
 @given(data=st.data(), affine=st.sampled_from(["none", "weight", "both"]))
 def test_layer_norm_gradient(data, affine):
-    shape = data.draw(shapes(1, 3, min_side=2))
+    shape = data.draw(shapes(1, 3))  # C = 1 included: x - mean is 0, so the output is the bias
     x = data.draw(arrays(shape))
     ins = [leaf(x)]
     if affine != "none":
         ins.append(leaf(data.draw(arrays(shape[-1:]))))
     if affine == "both":
         ins.append(leaf(data.draw(arrays(shape[-1:]))))
+    w = ins[1].data if len(ins) > 1 else 1.0
+    b = ins[2].data if len(ins) > 2 else 0.0
+    mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    np.testing.assert_allclose(F.layer_norm(*[Tensor(i.data) for i in ins]).data,
+                               (x - mu) / np.sqrt(var + 1e-5) * w + b, rtol=1e-10, atol=1e-12)
     assert gradcheck(lambda *t: F.layer_norm(*t), ins)
 
 
@@ -95,13 +133,18 @@ def test_dropout_gradient(x, p, seed):
 
 @st.composite
 def qkv(draw):
-    B, nh, T, hs = (draw(st.integers(1, 2)), draw(st.integers(1, 2)), draw(st.integers(1, 5)),
-                    draw(st.integers(1, 4)))
-    return [draw(arrays((B, nh, T, hs))) for _ in range(3)]
+    """q (B, nh, T, hs), k and v (*, S, hs) with T != S, hs = 1 and broadcast batch axes among them."""
+    return [draw(arrays(shape)) for shape in draw(attention_shapes())]
 
 
 @given(qkv=qkv(), causal=st.booleans())
+@example(qkv=[array_from(s, i) for i, s in enumerate([(2, 2, 3, 1), (2, 2, 5, 1), (2, 2, 5, 1)])], causal=True)
+@example(qkv=[array_from(s, i) for i, s in enumerate([(2, 2, 4, 3), (2, 2, 2, 3), (2, 2, 2, 3)])], causal=True)
+@example(qkv=[array_from(s, i) for i, s in enumerate([(2, 3, 4, 2), (1, 3, 5, 2), (3, 5, 2)])], causal=False)
 def test_attention_gradient(qkv, causal):
+    q, k, v = qkv
+    np.testing.assert_allclose(F.scaled_dot_product_attention(Tensor(q), Tensor(k), Tensor(v), is_causal=causal).data,
+                               numpy_attention(q, k, v, causal), rtol=1e-12, atol=1e-14)
     assert gradcheck(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=causal),
                      [leaf(a) for a in qkv])
 
@@ -159,19 +202,90 @@ def test_cross_entropy_all_ignored_is_nan_and_bad_targets_raise():
 
 # ----------------------------------------------------------------------------- stability
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_softmax_and_cross_entropy_finite_for_huge_logits(dtype):
+@pytest.mark.parametrize("impl", [F, minigpt.fast], ids=["reference", "fast"])
+def test_softmax_and_cross_entropy_finite_for_huge_logits(dtype, impl):
     z = np.array([[1e4, -1e4, 0.0], [-1e4, 1e4, 1e4], [1e4, 1e4, 1e4]], dtype=dtype)
     x = Tensor(z, requires_grad=True)
-    p = F.softmax(x)
+    p = impl.softmax(x)
     assert np.isfinite(p.data).all()
     np.testing.assert_allclose(p.data, [[1, 0, 0], [0, 0.5, 0.5], [1 / 3] * 3], atol=1e-6)
-    ls = F.log_softmax(Tensor(z))
+    ls = impl.log_softmax(Tensor(z))
     assert np.isfinite(ls.data).all()
-    loss = F.cross_entropy(x, np.array([1, 0, 2]))  # the very unlikely targets
-    assert np.isfinite(loss.item())
-    assert loss.item() == pytest.approx((2e4 + (2e4 + math.log(2)) + math.log(3)) / 3, rel=1e-4)
+    # the very unlikely targets; by hand, with exp(-1e4) = 0 in every float format:
+    #   row 0: logsumexp = 1e4,           minus z[1] = -1e4  ->  2e4
+    #   row 1: logsumexp = 1e4 + log 2,   minus z[0] = -1e4  ->  2e4 + log 2
+    #   row 2: logsumexp = 1e4 + log 3,   minus z[2] =  1e4  ->  log 3
+    # float32 keeps ~7 digits of 13334 (rtol 1e-6 is 0.013, well under the log 2 / 3 it must not lose);
+    # row 2 is log 3 itself: log-softmax takes (z - max) - log sum, never the rounded max + log sum
+    rel = 1e-6 if dtype == np.float32 else 1e-12
+    per_row = impl.cross_entropy(Tensor(z), np.array([1, 0, 2]), reduction="none").data
+    np.testing.assert_allclose(per_row, [2e4, 2e4 + math.log(2), math.log(3)], rtol=rel, atol=0)
+    loss = impl.cross_entropy(x, np.array([1, 0, 2]))
+    assert loss.item() == pytest.approx((4e4 + math.log(2) + math.log(3)) / 3, rel=rel)
     loss.backward()
-    assert np.isfinite(x.grad).all()
+    # dz = (softmax(z) - onehot(target)) / 3
+    expected = np.array([[1, -1, 0], [-1, 0.5, 0.5], [1 / 3, 1 / 3, -2 / 3]]) / 3
+    np.testing.assert_allclose(x.grad, expected, rtol=rel, atol=1e-15)
+
+
+# ----------------------------------------------------------------------------- non-finite values
+# the reference ops and their fast twins (minigpt.fast) must both handle these
+IMPLS = pytest.mark.parametrize("impl", [F, minigpt.fast], ids=["reference", "fast"])
+
+
+@IMPLS
+@given(x=arrays(shapes(2, 3, min_side=2)), data=st.data())
+def test_softmax_gives_a_minus_inf_entry_zero_probability_and_zero_gradient(impl, x, data):
+    """A -inf score (a masked position) gets probability exactly 0 and gradient exactly 0; the rest
+    of its row is the softmax of the row without it."""
+    rng = rng_from(data.draw(seeds))
+    masked = rng.random(x.shape) < 0.4
+    masked[..., 0] = False  # each row keeps a finite entry
+    z = np.where(masked, -np.inf, x)
+    t = leaf(z)
+    y = impl.softmax(t)
+    assert (y.data[masked] == 0).all()
+    e = np.where(masked, 0.0, np.exp(x - x.max(-1, keepdims=True)))  # softmax over the unmasked entries
+    p = e / e.sum(-1, keepdims=True)
+    np.testing.assert_allclose(y.data, p, rtol=1e-12, atol=1e-300)
+    dy = data.draw(arrays(x.shape))
+    y.backward(dy)
+    assert (t.grad[masked] == 0).all()
+    np.testing.assert_allclose(t.grad, p * (dy - (p * dy).sum(-1, keepdims=True)), rtol=1e-10, atol=1e-12)
+
+
+IGNORED_ROWS = {"-inf": [-np.inf, 0.0, 0.0], "nan": [np.nan, 0.0, 1.0], "all -inf": [-np.inf] * 3,
+                "+inf": [np.inf, 0.0, 0.0]}
+
+
+@IMPLS
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("bad", sorted(IGNORED_ROWS))
+def test_cross_entropy_ignored_row_with_non_finite_logits_changes_nothing(bad, reduction, impl):
+    kept = np.array([[0.0, 1.0, 2.0], [0.5, -1.0, 0.25]])
+    x = leaf(np.vstack([kept[:1], [IGNORED_ROWS[bad]], kept[1:]]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no RuntimeWarning from the ignored row either
+        loss = impl.cross_entropy(x, np.array([2, -100, 0]), reduction=reduction)
+        loss.backward(np.ones(loss.shape))
+    ref = leaf(kept)
+    ref_loss = impl.cross_entropy(ref, np.array([2, 0]), reduction=reduction)
+    ref_loss.backward(np.ones(ref_loss.shape))
+    if reduction == "none":
+        np.testing.assert_array_equal(loss.data[[0, 2]], ref_loss.data)
+        assert loss.data[1] == 0.0
+    else:
+        assert loss.item() == ref_loss.item()
+    np.testing.assert_array_equal(x.grad[[0, 2]], ref.grad)
+    np.testing.assert_array_equal(x.grad[1], 0.0)
+
+
+@IMPLS
+def test_cross_entropy_ignored_minus_inf_row_matches_torch(impl):
+    """torch.nn.functional.cross_entropy gives 0.4076 here: the one counted row, log(1 + e + e²) - 2."""
+    loss = impl.cross_entropy(Tensor(np.array([[0.0, 1.0, 2.0], [-np.inf, 0.0, 0.0]])), np.array([2, -100]))
+    assert loss.item() == pytest.approx(math.log(1 + math.e + math.e**2) - 2, rel=1e-12)
+    assert loss.item() == pytest.approx(0.4076, abs=5e-5)
 
 
 # ----------------------------------------------------------------------------- invariants
@@ -225,11 +339,11 @@ def test_dropout_follows_manual_seed():
 def test_causal_attention_never_looks_ahead(qkv, data):
     q, k, v = qkv
     T = q.shape[2]
-    t = data.draw(st.integers(0, T - 1))  # positions <= t must not see positions > t
+    t = data.draw(st.integers(0, T - 1))  # positions <= t must not see positions > t (queries and keys)
     out = F.scaled_dot_product_attention(Tensor(q), Tensor(k), Tensor(v)).data
     q2, k2, v2 = (a.copy() for a in qkv)
     for a in (q2, k2, v2):
-        a[:, :, t + 1:] = data.draw(arrays(a[:, :, t + 1:].shape)) * 100
+        a[..., t + 1:, :] = data.draw(arrays(a[..., t + 1:, :].shape)) * 100
     out2 = F.scaled_dot_product_attention(Tensor(q2), Tensor(k2), Tensor(v2)).data
     np.testing.assert_array_equal(out[:, :, : t + 1], out2[:, :, : t + 1])
 
@@ -240,7 +354,7 @@ def test_causal_attention_never_looks_ahead(qkv, data):
     dy[:, :, : t + 1] = data.draw(arrays(dy[:, :, : t + 1].shape))
     y.backward(dy)
     for a in ins:
-        assert (a.grad[:, :, t + 1:] == 0).all()
+        assert (a.grad[..., t + 1:, :] == 0).all()
 
 
 def test_ops_keep_float32():
@@ -271,7 +385,8 @@ OPS = {
 
 
 @pytest.mark.parametrize("name", sorted(OPS))
-def test_op_on_device_matches_cpu_in_float64(name, device):
+def test_op_on_the_gpu_matches_the_cpu_in_float64(name, gpu_device):
+    device = gpu_device
     fn, in_shapes = OPS[name]
     rng = np.random.default_rng(3)
     values = [rng.standard_normal(s) for s in in_shapes]

@@ -2,12 +2,13 @@
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 import minigpt
 from minigpt import Tensor, gradcheck, no_grad
-from tests.strategies import arrays, broadcastable_pair, shapes
+from tests.strategies import (array_from, arrays, boolean_indexes, broadcastable_pair, matmul_shapes, seeds,
+                              shapes)
 
 
 def leaf(x):
@@ -24,11 +25,16 @@ BINARY = {
 
 
 @pytest.mark.parametrize("op", sorted(BINARY))
-@given(data=st.data())
-def test_binary_operator_gradients_with_broadcasting(op, data):
-    sa, sb = data.draw(broadcastable_pair())
-    a = data.draw(arrays(sa))
-    b = data.draw(arrays(sb, away_from_zero=(op == "div")))
+@given(pair=broadcastable_pair(), seed=seeds)
+@example(pair=((3, 1), (1, 4)), seed=0)  # broadcast on both sides
+@example(pair=((2, 1, 3), (4, 1)), seed=1)  # and one side with fewer axes
+@example(pair=((5,), (6, 1)), seed=2)
+def test_binary_operator_gradients_with_broadcasting(op, pair, seed):
+    sa, sb = pair
+    a = array_from(sa, seed)
+    b = array_from(sb, seed + 1, away_from_zero=(op == "div"))
+    out = BINARY[op](Tensor(a), Tensor(b))
+    np.testing.assert_array_equal(out.data, BINARY[op](a, b))  # NumPy's broadcasting, NumPy's values
     assert gradcheck(BINARY[op], [leaf(a), leaf(b)])
 
 
@@ -57,46 +63,73 @@ def test_log_gradient(x):
     assert gradcheck(lambda t: t.log(), [leaf(x)])
 
 
-@st.composite
-def matmul_shapes(draw):
-    n, k, m = draw(st.integers(1, 4)), draw(st.integers(1, 4)), draw(st.integers(1, 4))
-    batch = draw(shapes(min_dims=0, max_dims=2, max_side=3))
-    kind = draw(st.sampled_from(["same", "broadcast_b", "broadcast_a", "vec_a", "vec_b"]))
-    if kind == "same":
-        return batch + (n, k), batch + (k, m)
-    if kind == "broadcast_b":
-        return batch + (n, k), (k, m)
-    if kind == "broadcast_a":
-        return (n, k), batch + (k, m)
-    if kind == "vec_a":
-        return (k,), batch + (k, m)
-    return batch + (n, k), (k,)
-
-
-@given(data=st.data())
-def test_matmul_gradient_batched_and_broadcasting(data):
-    sa, sb = data.draw(matmul_shapes())
-    a, b = data.draw(arrays(sa)), data.draw(arrays(sb))
+@given(pair=matmul_shapes(), seed=seeds)
+@example(pair=((3,), (3,)), seed=0)  # vector @ vector -> a 0-d result
+@example(pair=((2, 3), (3,)), seed=1)  # matrix @ vector
+@example(pair=((3,), (3, 2)), seed=2)  # vector @ matrix
+@example(pair=((3,), (2, 3, 4)), seed=3)  # vector @ batched
+@example(pair=((2, 4, 3), (3,)), seed=4)  # batched @ vector
+@example(pair=((2, 1, 3, 4), (5, 4, 2)), seed=5)  # batch axes broadcast on both sides
+def test_matmul_forward_and_gradient_follow_numpy_matmul(pair, seed):
+    sa, sb = pair
+    a, b = array_from(sa, seed), array_from(sb, seed + 1)
+    expected = np.matmul(a, b)
     out = Tensor(a) @ Tensor(b)
-    np.testing.assert_allclose(out.data, np.matmul(a, b))
+    assert out.shape == expected.shape
+    np.testing.assert_allclose(out.data, expected, rtol=1e-12, atol=1e-14)
+    ta, tb = leaf(a), leaf(b)
+    dy = array_from(expected.shape, seed + 2)
+    (ta @ tb).backward(dy)
+    # y = a @ b on the matrix axes; a 1-D a is a row (1, k), a 1-D b a column (k, 1), and the
+    # batch axes that broadcasting added are summed away, written here with plain NumPy:
+    a2, b2 = (a[None, :] if a.ndim == 1 else a), (b[:, None] if b.ndim == 1 else b)
+    dy2 = dy.reshape(dy.shape + (1,)) if b.ndim == 1 else dy
+    dy2 = dy2.reshape(dy2.shape[:-1] + (1, dy2.shape[-1])) if a.ndim == 1 else dy2
+    da, db = dy2 @ np.swapaxes(b2, -1, -2), np.swapaxes(a2, -1, -2) @ dy2
+    da = sum_to(da, a2.shape).reshape(a.shape)
+    db = sum_to(db, b2.shape).reshape(b.shape)
+    assert ta.grad.shape == a.shape and tb.grad.shape == b.shape
+    np.testing.assert_allclose(ta.grad, da, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(tb.grad, db, rtol=1e-12, atol=1e-14)
     assert gradcheck(lambda x, y: x @ y, [leaf(a), leaf(b)])
 
 
-@given(data=st.data())
-def test_reductions_gradients(data):
-    x = data.draw(arrays(data.draw(shapes(min_dims=1, max_dims=3))))
-    axis = data.draw(st.sampled_from([None, 0, -1] + ([(0, -1)] if x.ndim > 1 else [])))
-    keep = data.draw(st.booleans())
-    assert gradcheck(lambda t: t.sum(axis=axis, keepdims=keep), [leaf(x)])
-    assert gradcheck(lambda t: t.mean(axis=axis, keepdims=keep), [leaf(x)])
-    assert gradcheck(lambda t: t.max(axis=axis, keepdims=keep), [leaf(x)])
-    np.testing.assert_allclose(Tensor(x).max(axis=axis, keepdims=keep).data, x.max(axis=axis, keepdims=keep))
+def sum_to(g, shape):
+    """Sum g over the axes that broadcasting to g.shape added to ``shape`` (plain NumPy)."""
+    g = g.sum(axis=tuple(range(g.ndim - len(shape))))
+    return g.sum(axis=tuple(i for i, n in enumerate(shape) if n == 1 and g.shape[i] != 1), keepdims=True)
+
+
+@given(shape=shapes(min_dims=1, max_dims=3, max_side=5), seed=seeds, axis=st.sampled_from([None, 0, -1, (0, -1)]),
+       keep=st.booleans())
+@example(shape=(3, 1), seed=0, axis=-1, keep=False)  # reducing an axis of size 1 (C = 1)
+@example(shape=(1,), seed=1, axis=None, keep=True)
+@example(shape=(2, 1, 1), seed=2, axis=(0, -1), keep=True)
+def test_reductions_gradients(shape, seed, axis, keep):
+    x = array_from(shape, seed)
+    if axis == (0, -1) and x.ndim == 1:
+        axis = 0
+    for name in ("sum", "mean", "max"):
+        out = getattr(Tensor(x), name)(axis=axis, keepdims=keep)
+        np.testing.assert_allclose(out.data, getattr(np, name)(x, axis=axis, keepdims=keep), rtol=1e-12)
+        assert gradcheck(lambda t: getattr(t, name)(axis=axis, keepdims=keep), [leaf(x)])
 
 
 def test_max_shares_the_gradient_between_ties():
     x = leaf([[1.0, 3.0, 3.0], [2.0, 0.0, 1.0]])
     x.max(axis=1).sum().backward()
     np.testing.assert_allclose(x.grad, [[0, 0.5, 0.5], [1, 0, 0]])
+
+
+def test_max_with_infinite_entries():
+    inf = np.inf
+    x = leaf([[-inf, 1.0, 2.0], [-inf, -inf, -inf], [0.0, inf, -inf], [-inf, 3.0, -inf]])
+    y = x.max(axis=1)
+    np.testing.assert_array_equal(y.data, [2.0, -inf, inf, 3.0])
+    y.backward(np.array([1.0, 2.0, 3.0, 4.0]))
+    # the gradient goes to the largest entry (-inf loses to any number); an all -inf row is a
+    # three-way tie that shares its gradient, as for finite ties
+    np.testing.assert_array_equal(x.grad, [[0, 0, 1], [2 / 3, 2 / 3, 2 / 3], [0, 3, 0], [0, 4, 0]])
 
 
 @given(data=st.data())
@@ -112,14 +145,29 @@ def test_reshape_transpose_gradients(data):
 
 
 INDEXES = [np.s_[0], np.s_[1:], np.s_[:, 0], np.s_[..., -1], np.s_[::2], np.s_[None, 0],
-           np.s_[[0, 0, 1]], np.s_[np.array([1, 0, 1])]]
+           np.s_[[0, 0, 1]], np.s_[np.array([1, 0, 1])], np.s_[:, [-1, 0, -1]]]
 
 
 @pytest.mark.parametrize("index", INDEXES, ids=[str(i) for i in range(len(INDEXES))])
-@given(x=arrays((3, 4)))
+@given(x=arrays(shapes(min_dims=2, max_dims=3, min_side=2, max_side=5)))
 def test_indexing_gradients_including_repeated_rows(index, x):
     np.testing.assert_array_equal(Tensor(x)[index].data, x[index])
     assert gradcheck(lambda t: t[index], [leaf(x)])
+
+
+@given(data=st.data(), x=arrays(shapes(min_dims=2, max_dims=3, max_side=5)))
+def test_boolean_mask_indexing(data, x):
+    mask = data.draw(boolean_indexes(x.shape))
+    t = leaf(x)
+    y = t[mask]
+    np.testing.assert_array_equal(y.data, x[mask])
+    dy = data.draw(arrays(x[mask].shape))
+    y.backward(dy)
+    expected = np.zeros_like(x)
+    expected[mask] = dy  # a mask picks each element at most once: dy lands where y came from
+    np.testing.assert_array_equal(t.grad, expected)
+    if x[mask].size:
+        assert gradcheck(lambda u: u[mask], [leaf(x)])
 
 
 def test_repeated_advanced_index_accumulates():
@@ -257,11 +305,11 @@ def test_numpy_array_on_the_left_gives_a_tensor():
     np.testing.assert_array_equal(x.grad, [3.0, 4.0])
 
 
-def test_operators_match_numpy_on_device(device):
+def test_operators_on_the_gpu_match_the_cpu(gpu_device):
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((2, 3, 4)), rng.standard_normal((4, 5))
-    ta = Tensor(a, requires_grad=True, device=device)
-    tb = Tensor(b, requires_grad=True, device=device)
+    ta = Tensor(a, requires_grad=True, device=gpu_device)
+    tb = Tensor(b, requires_grad=True, device=gpu_device)
     out = ((ta @ tb).tanh() * 2 - 1).sum()
     out.backward()
     ref_a, ref_b = Tensor(a, requires_grad=True), Tensor(b, requires_grad=True)

@@ -34,7 +34,9 @@ class Embedding(ref.Embedding):
 
     dweight = onehot(idx)ᵀ @ dout, (V, N) @ (N, C): BLAS instead of add.at's element-by-element
     scatter, several times faster for a 65-token vocabulary. Above ONE_HOT_LIMIT elements the
-    one-hot matrix costs more than it saves, and the scatter-add runs as in the reference.
+    one-hot matrix costs more than it saves, and the scatter-add runs as in the reference. So it
+    does when dout holds an inf or NaN: in the product, 0 * inf = NaN would reach every row of
+    dweight, where the scatter-add sends it to its own row only (as torch).
     Measured (bench_fast_ops: 4.5x faster).
     """
 
@@ -43,7 +45,7 @@ class Embedding(ref.Embedding):
         xp = backend.get_array_module(dout)
         V, C = self.weight_shape
         flat, rows = idx.reshape(-1), dout.reshape(-1, C)  # (N,), (N, C)
-        if V * flat.size <= ONE_HOT_LIMIT:
+        if V * flat.size <= ONE_HOT_LIMIT and xp.isfinite(rows).all():
             one_hot_t = (xp.arange(V)[:, None] == flat[None, :]).astype(dout.dtype)  # (V, N)
             return None, one_hot_t @ rows  # (V, N) @ (N, C) -> (V, C)
         return None, scatter_add(xp.zeros((V, C), dtype=dout.dtype), flat, rows)
@@ -93,11 +95,14 @@ def softmax_forward(x: Any, axis: int, out: Any = None) -> Any:
 
     softmax(x) = softmax(x - c) for any c per row; the reference takes c = the row max. Finding
     it costs about as much as the rest of softmax on attention's short rows, so on the last axis
-    c = 0 is tried first and kept when a row's sum of exp is a finite number no smaller than
-    n·tiny (n terms): then no exp overflowed, the row's largest term is a normal float, and the
-    result is as accurate as the shifted one. Any other row is recomputed on its own with its
-    max (the max tree of reductions.row_max), so each row's result depends on that row alone.
-    ``out`` (optional) receives the result and must not be x.
+    c = 0 is tried first and kept for the rows whose sum of exp lies in [1, 1/tiny] (tiny: the
+    smallest normal float). Such a row lost nothing: no exp overflowed; an element whose result
+    y_i = exp(x_i) / sum is a normal float had exp(x_i) = y_i · sum >= tiny, a normal float too,
+    computed to full precision (a subnormal exp can only make a subnormal y_i, which the shifted
+    softmax rounds as coarsely); and 1/sum is normal. Any other row (an overflow, NaN, or every
+    term small) is recomputed on its own with its max (the max tree of reductions.row_max), so
+    each row's result depends on that row alone. ``out`` (optional) receives the result and must
+    not be x.
     """
     xp = backend.get_array_module(x)
     if axis not in (-1, x.ndim - 1):
@@ -107,8 +112,8 @@ def softmax_forward(x: Any, axis: int, out: Any = None) -> Any:
         return y
     with tiling.overflow_ok(xp):  # an overflowing row is caught below and redone
         y = xp.exp(x, out=out)
-    total = row_sum(y)  # (*, 1)
-    bad = unusable_sums(total, x.shape[-1])[..., 0]  # (*): rows to redo, each on its own
+        total = row_sum(y)  # (*, 1)
+    bad = unusable_sums(total)[..., 0]  # (*): rows to redo, each on its own
     if bad.any():
         xb = x[bad]  # (rows, n)
         yb = xp.exp(xb - row_max(xb))  # every row's max becomes 0, so 1 <= sum <= n
@@ -118,12 +123,12 @@ def softmax_forward(x: Any, axis: int, out: Any = None) -> Any:
     return y
 
 
-def unusable_sums(total: Any, n: int) -> Any:
-    """Rows whose sum of unshifted exp is not a finite number of at least n·tiny (NaN, an
-    overflow to inf, or so small that the row's largest term may have lost precision)."""
+def unusable_sums(total: Any) -> Any:
+    """Rows whose sum of unshifted exp is not in [1, 1/tiny] (see softmax_forward): NaN, an
+    overflow, a sum whose reciprocal is subnormal, or terms so small that some lost precision."""
     xp = backend.get_array_module(total)
-    lo = float(xp.finfo(total.dtype).tiny) * n
-    return ~((total >= lo) & (total < math.inf))
+    hi = 1.0 / float(xp.finfo(total.dtype).tiny)
+    return ~((total >= 1.0) & (total <= hi))
 
 
 def softmax_backward(y: Any, dy: Any, axis: int, inplace: bool = False, scratch: Any = None) -> Any:
@@ -169,6 +174,8 @@ class CrossEntropy(ref.CrossEntropy):
         xp = backend.get_array_module(logits)
         t, counted = ref.check_targets(logits, targets, ignore_index, reduction)
         z = logits.reshape(-1, logits.shape[-1])  # (N, V)
+        if not counted.all():
+            z = xp.where(counted[:, None], z, 0.0)  # an ignored row may hold inf or NaN: keep it out of the math
         shifted = z - row_max(z)  # (N, V), every row's max is 0
         p = xp.exp(shifted)
         total = row_sum(p)  # (N, 1), in [1, V]
@@ -214,6 +221,8 @@ class LayerNorm(ref.LayerNorm):
     products with a vector of 1/C (reductions.row_mean). The reference makes a new array per
     step, each pass over the whole (N, C) array. Measured (bench_fast_ops: 1.25x faster).
     """
+
+    fresh_output = True  # y has its own buffer, even without weight and bias
 
     def forward(self, x: Any, weight: Any = None, bias: Any = None, eps: float = 1e-5) -> Any:
         xp = backend.get_array_module(x)
@@ -296,9 +305,12 @@ class GELU(ref.GELU):
         dy/dx = (1 + tanh u) (0.5 + 0.5 x k (1 + 3 a x²) (1 - tanh u))     (1 - t² = (1 + t)(1 - t))
     which shares (1 + tanh u) with y. Saves dy/dx (shape of x), nothing in no_grad.
     ``inplace=True`` writes y over x's array (each tile's x is read before its y is written),
-    for a caller whose x nothing else reads (the MLP's c_fc output): one array fewer.
+    when nothing else needs x (the MLP's c_fc output; Function.apply grants the request only
+    for an unshared x): one array fewer.
     Measured on (B, T, 4C) (bench_fast_ops: 6.6x faster).
     """
+
+    writes_over = 0  # inplace=True is granted only when x is unshared (Function.apply checks)
 
     def forward(self, x: Any, inplace: bool = False) -> Any:
         xp = backend.get_array_module(x)
@@ -335,6 +347,7 @@ class GELU(ref.GELU):
             if df is not None:
                 xp.multiply(s, t, out=dc)
         self.saved = deriv
+        self.fresh_output = y is not x  # written over x: not a new array
         return y
 
     def backward(self, dy: Any) -> Any:
@@ -350,9 +363,11 @@ def gelu(x: Tensor) -> Tensor:
 
 
 def gelu_(h: Tensor) -> Tensor:
-    """GELU written over h's array when h is an op's output (not a leaf: never a parameter or
-    a caller's tensor). For the MLP, whose c_fc output nothing else reads."""
-    return GELU.apply(h, inplace=isinstance(h, Tensor) and not h.is_leaf)
+    """GELU written over h's array when nothing else needs that array (``h.unshared``: h is the
+    fresh output of an op that keeps no reference to it, and no other op has used h); else into
+    a new array, as ``gelu``. For the MLP, whose c_fc output nothing else reads. h is consumed:
+    do not read it afterwards."""
+    return GELU.apply(h, inplace=True)
 
 
 # ----------------------------------------------------------------------------- residual add
@@ -363,10 +378,13 @@ class ResidualAdd(Function):
     of a CPU-preset step saved, by the profile of benchmarks/profile_step.py).
     Backward: dx = dy, dbranch = dy. Saves nothing."""
 
-    def forward(self, x: Any, branch: Any, inplace: bool = True) -> Any:
+    writes_over = 1  # inplace=True is granted only when branch is unshared (Function.apply checks)
+
+    def forward(self, x: Any, branch: Any, inplace: bool = False) -> Any:
         xp = backend.get_array_module(x)
         self.shapes = (x.shape, branch.shape)
         if not inplace or branch.shape != x.shape or branch.dtype != x.dtype or not backend.writeable(branch):
+            self.fresh_output = True
             return x + branch  # broadcasting, or a branch not ours to write: a new array, as ops.Add
         return xp.add(branch, x, out=branch)  # a + b = b + a exactly, in floating point too
 
@@ -376,6 +394,8 @@ class ResidualAdd(Function):
 
 
 def residual_add(x: Tensor, branch: Tensor) -> Tensor:
-    """x + branch for the residual stream, reusing branch's array when it is an op's output
-    (see ResidualAdd); a leaf (a parameter, a tensor the caller made) is never written over."""
-    return ResidualAdd.apply(x, branch, inplace=isinstance(branch, Tensor) and not branch.is_leaf)
+    """x + branch for the residual stream, written over branch's array when nothing else needs
+    it (``branch.unshared``: the fresh output of an op that keeps no reference to it, used by no
+    other op; never a leaf, a view of one, or an output saved for backward such as exp's or
+    softmax's); else a new array, as ``x + branch``. branch is consumed: do not read it afterwards."""
+    return ResidualAdd.apply(x, branch, inplace=True)

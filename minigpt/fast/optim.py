@@ -22,9 +22,10 @@ class AdamW(optim.AdamW):
     parameters (bench_fast_ops: 1.03x faster; earlier sessions' Intel Xeon gained more from the
     fewer NumPy calls).
 
-    A group where only some parameters have a gradient, or whose step counts differ (after
-    loading a partial state), is updated by the reference, parameter by parameter. So is
-    everything inside ``minigpt.fast.disabled()`` and on CuPy.
+    A group where only some parameters have a gradient, whose step counts differ (after loading
+    a partial state), or whose parameters differ in dtype (one flat buffer would cast them all to
+    the widest), is updated by the reference, parameter by parameter. So is everything inside
+    ``minigpt.fast.disabled()`` and on CuPy.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -43,7 +44,7 @@ class AdamW(optim.AdamW):
             for p in params:
                 self.init_state(p)
             steps = {self.state[id(p)]["step"] for p in params}
-            if len(params) != len(group["params"]) or len(steps) != 1:
+            if len(params) != len(group["params"]) or len(steps) != 1 or len({p.dtype for p in params}) != 1:
                 self.update_group(group)  # the reference, parameter by parameter
                 continue
             flat = self._flat(gi, group)

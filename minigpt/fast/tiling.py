@@ -31,6 +31,6 @@ def tile_rows(xp: ModuleType, n: int, unit: int = 1) -> int:
 
 
 def overflow_ok(xp: ModuleType) -> Any:
-    """A context in which a float overflow to inf is expected and handled: NumPy stays quiet
-    (CuPy never warns)."""
-    return backend.numpy.errstate(over="ignore") if xp is backend.numpy else contextlib.nullcontext()
+    """A context in which a float overflow to inf (and what follows from it: inf - inf = NaN in
+    a sum) is expected and handled: NumPy stays quiet (CuPy never warns)."""
+    return backend.numpy.errstate(over="ignore", invalid="ignore") if xp is backend.numpy else contextlib.nullcontext()
