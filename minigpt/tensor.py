@@ -200,7 +200,7 @@ class Tensor:
                 raise RuntimeError(f"backward() without a gradient needs a single value, not shape {self.shape}")
             grad = xp.ones(self.shape, dtype=self.dtype)
         else:
-            grad = xp.asarray(backend.unwrap(grad), dtype=self.dtype)
+            grad = xp.array(backend.unwrap(grad), dtype=self.dtype, copy=True)  # ops may not see the caller's array
             if grad.shape != self.shape:
                 raise ValueError(f"gradient shape {grad.shape} does not match tensor shape {self.shape}")
 
@@ -236,11 +236,12 @@ class Tensor:
         """The other operand of a binary operator. A 0-d NumPy number that is not a Tensor (a
         numpy.float64 or numpy.int64 scalar, a 0-d array) takes this float tensor's dtype, as a
         number does in torch: float32 * numpy.float64(2) stays float32 (NumPy alone would promote
-        it to float64). Python numbers need nothing: NumPy already lets them keep the dtype."""
-        if (isinstance(other, Tensor) or type(other) in (int, float, bool) or getattr(other, "ndim", None) != 0
-                or getattr(getattr(other, "dtype", None), "kind", None) not in ("i", "u", "f") or not _is_float(self.dtype)):
+        it to float64). Python numbers need nothing: NumPy already lets them keep the dtype.
+        (A 0-d Tensor is an operand like any other: float32 + a 0-d float64 Tensor is float64.)"""
+        if isinstance(other, Tensor) or type(other) in (int, float, bool) or not _is_float(self.dtype):
             return other
-        return self.xp.asarray(other, dtype=self.dtype)
+        is_number = getattr(other, "ndim", None) == 0 and getattr(other.dtype, "kind", None) in ("i", "u", "f")
+        return self.xp.asarray(other, dtype=self.dtype) if is_number else other
 
     def __add__(self, other: Any) -> Tensor: return _ops.Add.apply(self, self._scalar(other))
     def __radd__(self, other: Any) -> Tensor: return _ops.Add.apply(self._scalar(other), self)

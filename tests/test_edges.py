@@ -189,6 +189,10 @@ FRESH_CASES = {
     "fast attention": (fast_attention.ScaledDotProductAttention, [(1, 2, 3, 4)] * 3, {}),
     "fused attention": (fast_attention.CausalSelfAttentionQKV, [(1, 3, 12)], {"n_head": 1}),
     "cross_entropy": (F.CrossEntropy, [(2, 3)], {"targets": np.array([0, 2])}),
+    "fast cross_entropy": (fast_functional.CrossEntropy, [(2, 3)], {"targets": np.array([0, 2])}),
+    "fast LayerNorm w": (fast_functional.LayerNorm, [(2, 3), (3,)], {}),
+    "Embedding": (F.Embedding, [(5, 3)], {"first": np.array([[0, 4], [4, 1]])}),
+    "fast Embedding": (fast_functional.Embedding, [(5, 3)], {"first": np.array([[0, 4], [4, 1]])}),
 }
 
 
@@ -207,6 +211,8 @@ def test_every_op_that_says_its_output_is_fresh_shares_it_with_nothing(name):
     tensors = [Tensor(np.abs(leaf(s, i).data) + 0.5, requires_grad=True) for i, s in enumerate(shapes)]  # log needs > 0
     if "targets" in options:
         tensors.append(options.pop("targets"))
+    if "first" in options:  # the embedding's indices come before the weight
+        tensors.insert(0, options.pop("first"))
     ctx_seen = []
     original = cls.forward
 
@@ -218,7 +224,7 @@ def test_every_op_that_says_its_output_is_fresh_shares_it_with_nothing(name):
         y = cls.apply(*tensors, **options)
     assert y.unshared, f"{name} no longer says its output is fresh: update this table"
     ctx = ctx_seen[0]
-    kept = [a for t in tensors for a in _arrays_in(getattr(t, "data", t))]
+    kept = [a for t in tensors for a in _arrays_in(t.data if isinstance(t, Tensor) else t)]
     kept += [a for value in vars(ctx).values() for a in _arrays_in(value)]
     for a in kept:
         assert not np.shares_memory(y.data, a)
@@ -234,6 +240,9 @@ def test_ops_that_keep_or_view_their_output_do_not_say_fresh():
     assert h.unshared
     h.reshape(6)
     assert not h.unshared  # a view of h exists now
+    h2 = x * 1.0
+    Tensor(h2)
+    assert not h2.unshared  # a new leaf shares its array
 
 
 # ----------------------------------------------------------------------------- softmax accuracy

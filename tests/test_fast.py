@@ -43,6 +43,7 @@ def knobs(mode):
     big = 10**12
     patches = [(tiling, "TILE", 61 if mode.startswith("odd") else 7),
                (fast_functional, "ONE_HOT_LIMIT", big if on else 0),
+               (fast_functional, "REDO_ALL_ABOVE", big if on else -1),  # redo each bad row (on) or all (off)
                (reductions, "MAX_TREE_MIN_WIDTH", 2 if on else big),
                (fast_attention, "KT_COPY_MIN_T", 1 if on else big),  # each of the three blocks the copy
                (fast_attention, "KT_COPY_MAX_S", big if on else 0),  # when off, and allows it when on
@@ -337,6 +338,11 @@ def max_tree_forgetting_the_odd_column(x):
     return m
 
 
+def max_forgotten(x):
+    """A row max of 0 whatever the row holds: a redo that shifts by it is the unshifted exp again."""
+    return np.zeros(x.shape[:-1] + (1,), dtype=x.dtype)
+
+
 MUTANTS = {
     "layer norm drops its last row tile": (tiling, "tiles", tiles_without_the_last(tiling.tiles),
                                            test_layer_norm_twin, "tiny tiles, branches on"),
@@ -351,6 +357,8 @@ MUTANTS = {
                                                               "tiny tiles, branches off"),
     "softmax's max tree forgets the odd column": (fast_functional, "row_max", max_tree_forgetting_the_odd_column,
                                                   test_softmax_twin, "tiny tiles, branches on"),
+    "softmax redoes every row without its max": (fast_functional, "row_max", max_forgotten,
+                                                 test_softmax_twin, "tiny tiles, branches off"),
     "cross-entropy's max tree forgets the odd column": (fast_functional, "row_max",
                                                         max_tree_forgetting_the_odd_column, test_cross_entropy_twin,
                                                         "tiny tiles, branches on"),
@@ -382,7 +390,7 @@ def test_fast_softmax_redoes_rows_out_of_exp_range_alone(dtype):
     big = float(np.log(np.finfo(dtype).max)) + 10  # exp(big) overflows
     z = np.array([[0.5, -1.0, 2.0], [big, big - 1, 0.0], [-2 * big, -2 * big - 1, -2 * big],
                   [np.nan, 0.0, 1.0], [3.0, 1.0, -4.0]], dtype=dtype)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), mock.patch.object(fast_functional, "REDO_ALL_ABOVE", 1.0):  # each row alone
         warnings.simplefilter("error")
         p = fast.softmax(Tensor(z)).data
     z64 = z.astype(np.float64)

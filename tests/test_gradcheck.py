@@ -167,29 +167,36 @@ def leaves(*arrays):
 
 LN_INPUTS = (rand(3, 5), 1 + rand(5, seed=1), rand(5, seed=2))
 # name -> (right fn, wrong fn, input arrays, what the message must say)
-KNOWN_WRONG = {
-    "missing transpose, square": (lambda a, b: MatMul.apply(a, b), lambda a, b: MatMulMissingTranspose.apply(a, b),
-                                  (rand(2, 3), rand(3, 3, seed=1)), "gradcheck failed for input 0"),
-    "missing transpose, non-square": (lambda x, w, b: Linear.apply(x, w, b),
-                                      lambda x, w, b: LinearMissingTranspose.apply(x, w, b),
-                                      (rand(4, 3), rand(2, 3, seed=1), rand(2, seed=2)),
-                                      r"LinearMissingTranspose.backward returned a gradient of shape \(3, 2\) for its input 1"),
-    "ignores the upstream gradient": (lambda x: Tanh.apply(x), lambda x: TanhIgnoringDy.apply(x), (rand(3, 4),),
-                                      "gradcheck failed for input 0"),
-    "layer norm: mean and rstd as constants": (lambda *t: LayerNorm.apply(*t), lambda *t: LayerNormConstantStats.apply(*t),
-                                               LN_INPUTS, "gradcheck failed for input 0"),
-    "softmax: missing sum term": (lambda x: Softmax.apply(x, axis=-1), lambda x: SoftmaxMissingSum.apply(x, axis=-1),
-                                  (rand(3, 4),), "gradcheck failed for input 0"),
-    "wrong scale 1+1e-4, linear dW": (lambda x, w, b: Linear.apply(x, w, b), lambda x, w, b: LinearWrongScale.apply(x, w, b),
-                                      (rand(4, 3), rand(2, 3, seed=1), rand(2, seed=2)), "gradcheck failed for input 1"),
-    "wrong scale 1+1e-4, layer norm dx": (lambda *t: LayerNorm.apply(*t), lambda *t: LayerNormWrongScale.apply(*t),
-                                          LN_INPUTS, "gradcheck failed for input 0"),
-    "missing unbroadcast": (lambda a, b: Add.apply(a, b), lambda a, b: AddMissingUnbroadcast.apply(a, b),
-                            (rand(3, 4), rand(1, 3, 4, seed=1)),
-                            r"AddMissingUnbroadcast.backward returned a gradient of shape \(1, 3, 4\) for its input 0, "
-                            r"whose shape is \(3, 4\)"),
-    "float32 gradient for a float64 input": (lambda x: Exp.apply(x), lambda x: ExpFloat32Gradient.apply(x), (rand(3, 4),),
-                                             "float32 gradient for its input 0"),
+KNOWN_WRONG = {  # name: (right op, wrong op, inputs, what the error must say)
+    "missing transpose, square": (
+        lambda a, b: MatMul.apply(a, b), lambda a, b: MatMulMissingTranspose.apply(a, b),
+        (rand(2, 3), rand(3, 3, seed=1)), "gradcheck failed for input 0"),
+    "missing transpose, non-square": (
+        lambda x, w, b: Linear.apply(x, w, b), lambda x, w, b: LinearMissingTranspose.apply(x, w, b),
+        (rand(4, 3), rand(2, 3, seed=1), rand(2, seed=2)),
+        r"LinearMissingTranspose.backward returned a gradient of shape \(3, 2\) for its input 1"),
+    "ignores the upstream gradient": (
+        lambda x: Tanh.apply(x), lambda x: TanhIgnoringDy.apply(x), (rand(3, 4),), "gradcheck failed for input 0"),
+    "layer norm: mean and rstd as constants": (
+        lambda *t: LayerNorm.apply(*t), lambda *t: LayerNormConstantStats.apply(*t),
+        LN_INPUTS, "gradcheck failed for input 0"),
+    "softmax: missing sum term": (
+        lambda x: Softmax.apply(x, axis=-1), lambda x: SoftmaxMissingSum.apply(x, axis=-1),
+        (rand(3, 4),), "gradcheck failed for input 0"),
+    "wrong scale 1+1e-4, linear dW": (
+        lambda x, w, b: Linear.apply(x, w, b), lambda x, w, b: LinearWrongScale.apply(x, w, b),
+        (rand(4, 3), rand(2, 3, seed=1), rand(2, seed=2)), "gradcheck failed for input 1"),
+    "wrong scale 1+1e-4, layer norm dx": (
+        lambda *t: LayerNorm.apply(*t), lambda *t: LayerNormWrongScale.apply(*t),
+        LN_INPUTS, "gradcheck failed for input 0"),
+    "missing unbroadcast": (
+        lambda a, b: Add.apply(a, b), lambda a, b: AddMissingUnbroadcast.apply(a, b),
+        (rand(3, 4), rand(1, 3, 4, seed=1)),
+        r"AddMissingUnbroadcast.backward returned a gradient of shape \(1, 3, 4\) for its input 0, "
+        r"whose shape is \(3, 4\)"),
+    "float32 gradient for a float64 input": (
+        lambda x: Exp.apply(x), lambda x: ExpFloat32Gradient.apply(x), (rand(3, 4),),
+        "float32 gradient for its input 0"),
 }
 
 
@@ -350,3 +357,21 @@ def test_backward_refuses_a_lower_precision_gradient_and_casts_a_higher_one():
     a = Tensor(rand(3).astype(np.float32), requires_grad=True)
     (a * Tensor(rand(3, seed=1))).sum().backward()  # float32 * float64: a's gradient arrives as float64
     assert a.grad.dtype == np.float32
+
+
+class TanhDoublingDyInPlace(Tanh):
+    """Doubles its upstream gradient in place: if that array were gradcheck's own weight, the
+    numeric side would use the doubled weight too, and the two sides would agree."""
+
+    def backward(self, dy):
+        dy *= 2.0
+        return super().backward(dy)
+
+
+def test_a_backward_that_writes_into_its_upstream_gradient_is_caught():
+    x = x64((2, 3), 8)
+    with pytest.raises(GradcheckError):
+        gradcheck(lambda t: TanhDoublingDyInPlace.apply(t), [x])
+    dy = np.ones((2, 3))
+    TanhDoublingDyInPlace.apply(x).backward(dy)
+    np.testing.assert_array_equal(dy, np.ones((2, 3)))  # the caller's array is not the op's to change

@@ -90,6 +90,12 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 
 
 # ----------------------------------------------------------------------------- softmax
+# Above this share of rows to redo, softmax_forward redoes every row (no gather and scatter: on
+# (4096, 64) float32 rows that all need it, 0.70 ms instead of 2.64, the reference's 0.65).
+# Tests patch it both ways.
+REDO_ALL_ABOVE = 1 / 8
+
+
 def softmax_forward(x: Any, axis: int, out: Any = None) -> Any:
     """Twin of ``functional.softmax_forward``: skips the row max where it is not needed.
 
@@ -115,10 +121,15 @@ def softmax_forward(x: Any, axis: int, out: Any = None) -> Any:
         total = row_sum(y)  # (*, 1)
     bad = unusable_sums(total)[..., 0]  # (*): rows to redo, each on its own
     if bad.any():
-        xb = x[bad]  # (rows, n)
-        yb = xp.exp(xb - row_max(xb))  # every row's max becomes 0, so 1 <= sum <= n
-        y[bad] = yb
-        total[bad] = row_sum(yb)
+        if int(bad.sum()) > REDO_ALL_ABOVE * bad.size:  # many: shift every row, as the reference does
+            xp.subtract(x, row_max(x), out=y)
+            xp.exp(y, out=y)
+            total = row_sum(y)
+        else:  # a few (attention: ~1% of rows, a first row whose one score is below 0)
+            xb = x[bad]  # (rows, n)
+            yb = xp.exp(xb - row_max(xb))  # every row's max becomes 0, so 1 <= sum <= n
+            y[bad] = yb
+            total[bad] = row_sum(yb)
     y *= xp.reciprocal(total, out=total)
     return y
 
