@@ -48,13 +48,16 @@ class GradcheckError(AssertionError):
     wrong shape or dtype)."""
 
 
-def _float64_copy(x: Any) -> Any:
-    """A float64 copy of a float Tensor (keeping requires_grad); anything else unchanged.
+def _float64_array(t: Tensor) -> Any:
+    """A contiguous float64 copy of t's array. Always a copy: gradcheck perturbs it in place,
+    and the caller's array (maybe a read-only one, maybe shared) must not change even for a moment."""
+    return t.xp.array(t.data, dtype="float64", order="C", copy=True)
 
-    Always a copy: gradcheck perturbs it in place, and the caller's array (maybe a read-only
-    one, maybe shared) must not change even for a moment."""
+
+def _float64_copy(x: Any) -> Any:
+    """A float64 copy of a float Tensor (keeping requires_grad); anything else unchanged."""
     if isinstance(x, Tensor) and x.dtype.kind == "f":
-        return Tensor(x.xp.array(x.data, dtype="float64", order="C", copy=True), requires_grad=x.requires_grad)
+        return Tensor(_float64_array(x), requires_grad=x.requires_grad)
     return x
 
 
@@ -151,7 +154,7 @@ def gradcheck(fn: Callable[..., Tensor], inputs: Sequence[Any], eps: float = 1e-
     kept = [(p.data, p.grad) for p in params]
     try:
         for p in params:
-            p.data, p.grad = p.xp.array(p.data, dtype="float64", order="C", copy=True), None
+            p.data, p.grad = _float64_array(p), None
         _check(fn, inputs, checked, eps, atol, rtol, seed, nonfinite_ok)
     finally:
         for p, (data, grad) in zip(params, kept):

@@ -120,8 +120,9 @@ def softmax_forward(x: Any, axis: int, out: Any = None) -> Any:
         y = xp.exp(x, out=out)
         total = row_sum(y)  # (*, 1)
     bad = unusable_sums(total)[..., 0]  # (*): rows to redo, each on its own
-    if bad.any():
-        if int(bad.sum()) > REDO_ALL_ABOVE * bad.size:  # many: shift every row, as the reference does
+    n_bad = int(xp.count_nonzero(bad))
+    if n_bad:
+        if n_bad > REDO_ALL_ABOVE * bad.size:  # many: shift every row, as the reference does
             xp.subtract(x, row_max(x), out=y)
             xp.exp(y, out=y)
             total = row_sum(y)
