@@ -30,10 +30,25 @@ __all__ = ["embedding", "linear", "softmax", "log_softmax", "cross_entropy", "la
 
 
 # ----------------------------------------------------------------------------- embedding
-def check_indices(idx: Any, n: int, what: str) -> None:
-    """Raise IndexError unless every entry of the int array ``idx`` lies in [0, n)."""
-    if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= n):
+def checked_indices(idx: Any, n: int, what: str, ignore: int | None = None) -> Any:
+    """``idx`` as an int array of its own array module, after raising IndexError unless every
+    entry lies in [0, n) (or equals ``ignore``).
+
+    Called BEFORE the indices move to the weights' device: host indices (a list, a NumPy
+    array, as the training loop's batches are) are checked on the host for free. Indices
+    already on a GPU are checked there, and raising needs the answer on the host: that one
+    check reads a single bool back (a synchronisation), which is why the training loop keeps
+    its batches on the host until the ops move them."""
+    ixp = backend.get_array_module(idx)
+    idx = ixp.asarray(idx)
+    if idx.dtype.kind not in "iu":
+        raise TypeError(f"{what} must be integers, not {idx.dtype}")
+    bad = (idx < 0) | (idx >= n)
+    if ignore is not None:
+        bad &= idx != ignore
+    if bad.any():
         raise IndexError(f"{what} out of range: indices must lie in [0, {n})")
+    return idx
 
 
 class Embedding(Function):
@@ -48,11 +63,8 @@ class Embedding(Function):
     fresh_output = True  # a new array, not saved
 
     def forward(self, idx: Any, weight: Any) -> Any:
-        xp = backend.get_array_module(weight)
-        idx = xp.asarray(idx)
-        if idx.dtype.kind not in "iu":
-            raise TypeError(f"embedding indices must be integers, not {idx.dtype}")
-        check_indices(idx, weight.shape[0], "embedding index")
+        idx = checked_indices(idx, weight.shape[0], "embedding indices")
+        idx = backend.move(idx, backend.device_of(weight))  # checked where they were, now beside weight
         self.saved, self.weight_shape = idx, weight.shape
         return weight[idx]  # (*) -> (*, C)
 
@@ -217,8 +229,8 @@ class CrossEntropy(Function):
             return nll.reshape(self.targets_shape)
         if reduction == "sum":
             return nll.sum()
-        self.count = int(counted.sum())
-        return nll.sum() / self.count if self.count else xp.asarray(math.nan, dtype=logits.dtype)
+        loss, self.count = mean_over_counted(nll, counted)
+        return loss
 
     def backward(self, dloss: Any) -> tuple[Any, None]:
         logp, t, counted = self.saved
@@ -230,7 +242,7 @@ class CrossEntropy(Function):
         if self.reduction == "none":
             dz *= dloss.reshape(-1, 1)
         elif self.reduction == "mean":
-            dz *= dloss / max(self.count, 1)
+            dz *= dloss / self.count
         else:
             dz *= dloss
         dz = xp.where(counted[:, None], dz, 0.0)
@@ -238,20 +250,27 @@ class CrossEntropy(Function):
 
 
 def check_targets(logits: Any, targets: Any, ignore_index: int, reduction: str) -> tuple[Any, Any]:
-    """The targets of cross_entropy, checked and flattened: (t (N,) int64 with ignored rows
-    pointing at class 0, counted (N,) bool)."""
+    """The targets of cross_entropy, checked where they are, then moved to the logits' device
+    and flattened: (t (N,) int64 with ignored rows pointing at class 0, counted (N,) bool)."""
     xp = backend.get_array_module(logits)
-    targets = xp.asarray(targets)
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"cross_entropy: unknown reduction {reduction!r}")
+    targets = checked_indices(targets, logits.shape[-1], "cross_entropy: targets", ignore=ignore_index)
     if targets.shape != logits.shape[:-1]:
         raise ValueError(f"cross_entropy: targets of shape {targets.shape} do not match "
                          f"logits of shape {logits.shape} (expected {logits.shape[:-1]})")
-    if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"cross_entropy: unknown reduction {reduction!r}")
-    t = targets.reshape(-1).astype(xp.int64)  # (N,)
+    t = backend.move(targets.reshape(-1).astype("int64", copy=False), backend.device_of(logits))  # (N,)
     counted = t != ignore_index
-    t = xp.where(counted, t, 0)
-    check_indices(t, logits.shape[-1], "cross_entropy: target (or ignore_index)")
-    return t, counted
+    return xp.where(counted, t, 0), counted
+
+
+def mean_over_counted(nll: Any, counted: Any) -> tuple[Any, Any]:
+    """(the mean of ``nll`` (N,) over its M counted rows, M) as 0-d arrays; NaN when M = 0, as
+    torch. M stays an array (at least 1, in nll's dtype) so that a GPU never waits for it to be
+    read back: the division and the NaN choice happen on the device."""
+    xp = backend.get_array_module(nll)
+    count = xp.maximum(counted.sum().astype(nll.dtype), 1)  # M, exact up to 2^24 rows in float32
+    return xp.where(counted.any(), nll.sum() / count, math.nan), count
 
 
 def cross_entropy(logits: Tensor, targets: Any, ignore_index: int = -100, reduction: str = "mean") -> Tensor:

@@ -131,22 +131,41 @@ def clip_grad_norm_(params: Iterable[Tensor] | Tensor, max_norm: float, norm_typ
 
     total = (sum over every gradient element of |g|^norm_type)^(1/norm_type)
     (the max of |g| for norm_type inf); gradients are multiplied by
-    min(1, max_norm / (total + 1e-6)), as torch. Returns ``total`` before clipping.
+    min(1, max_norm / (total + 1e-6)), as torch. Returns ``total`` before clipping, as a float
+    (reading it back stops a GPU until it is known: the training loop uses :func:`clip_grads_`).
     """
+    total = clip_grads_(params, max_norm, norm_type)
+    return 0.0 if total is None else float(total)
+
+
+def clip_grads_(params: Iterable[Tensor] | Tensor, max_norm: float, norm_type: float = 2.0) -> Any:
+    """:func:`clip_grad_norm_` without reading anything back: returns the total norm as a 0-d
+    array on the gradients' device (None when no parameter has a gradient).
+
+    The clip factor is computed on the device too, and every gradient multiplied by it, 1.0
+    included (x * 1.0 == x exactly), so a GPU never waits for the host to decide whether to clip.
+    The squared norms add up in float64, one parameter after another, so a float32 run clips by
+    the same factor whatever the number of parameters."""
     grads = [p.grad for p in iter_tensors(params) if p.grad is not None]
     if not grads:
-        return 0.0
+        return None
     xp = backend.get_array_module(grads[0])
     if norm_type == math.inf:
-        total = max(float(xp.abs(g).max()) for g in grads)
-    elif norm_type == 2.0:
-        total = math.sqrt(sum(float(xp.vdot(g.ravel(), g.ravel())) for g in grads))
+        per_param = [xp.abs(g).max() for g in grads]
+        total = xp.stack(per_param).astype(xp.float64).max()
     else:
-        total = sum(float((xp.abs(g) ** norm_type).sum()) for g in grads) ** (1.0 / norm_type)
-    coef = min(1.0, max_norm / (total + 1e-6))
-    if coef < 1.0:
-        for g in grads:
-            g *= coef
+        if norm_type == 2.0:
+            per_param = [xp.vdot(g.ravel(), g.ravel()) for g in grads]  # sum of g², one BLAS call each
+        else:
+            per_param = [(xp.abs(g) ** norm_type).sum() for g in grads]
+        total = xp.cumsum(xp.stack(per_param).astype(xp.float64))[-1]  # added in order, in float64
+        total = xp.sqrt(total) if norm_type == 2.0 else total ** (1.0 / norm_type)
+    coef = xp.minimum(max_norm / (total + 1e-6), 1.0)  # a 0-d float64 array
+    factor: dict[Any, Any] = {}  # the factor rounded to each gradient dtype, as torch: g *= coef
+    for g in grads:
+        if g.dtype not in factor:
+            factor[g.dtype] = coef.astype(g.dtype)
+        g *= factor[g.dtype]
     return total
 
 

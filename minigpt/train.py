@@ -167,6 +167,21 @@ def build_optimizer(model: Module, cfg: TrainConfig) -> optim.AdamW:
     return fast.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2))  # optim.AdamW's twin
 
 
+def train_step(model: Module, optimizer: optim.AdamW, x: Any, y: Any, grad_clip: float) -> float:
+    """One optimisation step on the batch (x, y): forward, backward, clip, AdamW. Returns the loss.
+
+    On a GPU everything stays on the device until the last line: clipping computes its scale there
+    (no norm read back), and ``loss.item()``, which the progress line and the NaN check need, is the
+    step's one device-to-host synchronisation."""
+    _, loss = model(x, y)
+    optimizer.zero_grad()
+    loss.backward()
+    if grad_clip > 0:
+        optim.clip_grads_(model.parameters(), grad_clip)  # clip_grad_norm_, without reading the norm back
+    optimizer.step()
+    return loss.item()
+
+
 @contextlib.contextmanager
 def evaluating(model: Module) -> Iterator[Module]:
     """The model in eval mode (no dropout) inside the block, back in its previous mode after it."""
@@ -382,13 +397,7 @@ def _train(cfg: TrainConfig, log: Callable[[str], None], should_stop: Callable[[
             for group in optimizer.param_groups:
                 group["lr"] = lr
             x, y = get_batch(train_ids, cfg.batch_size, cfg.block_size, batch_rng)
-            _, loss = model(x, y)
-            optimizer.zero_grad()
-            loss.backward()
-            if cfg.grad_clip > 0:
-                optim.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            lossf = loss.item()
+            lossf = train_step(model, optimizer, x, y, cfg.grad_clip)
             if not math.isfinite(lossf):
                 progress.end_line()
                 raise TrainingError(f"the loss became {lossf} at iteration {it}; stopping. The last good "

@@ -271,9 +271,10 @@ OPS = {
 
 
 def forward_backward(op, put):
-    """Run ``op`` forward and backward (random upstream gradient) on arrays ``put`` made."""
-    inputs = {name: Tensor(put(a), requires_grad=True) if a.dtype.kind == "f" else put(a)
-              for name, a in HOST.items()}
+    """Run ``op`` forward and backward (random upstream gradient) on arrays ``put`` made. Integer
+    inputs (indices, targets) stay on the host, as the training loop's batches do: the ops check
+    them there and copy them over."""
+    inputs = {name: Tensor(put(a), requires_grad=True) if a.dtype.kind == "f" else a for name, a in HOST.items()}
     out = OPS[op](inputs)
     upstream = put(numpy.random.default_rng(1).standard_normal(out.shape))
     recorder.reset()
@@ -304,22 +305,26 @@ def test_cross_entropy_copies_host_targets_to_the_device_once():
     numpy.testing.assert_array_equal(loss.data.get(), expected.data)
 
 
-SYNCS_IN_MINIGPT = {  # minigpt bugs the fake found: remove each entry once it is fixed
-    "embedding": "check_indices reads int(idx.min()), int(idx.max()) back (minigpt/functional.py:35)",
-    "cross_entropy": "CrossEntropy.forward reads int(counted.sum()) back (minigpt/functional.py:220), "
-                     "and check_indices (functional.py:35)",
-}
-
-
-def expected_to_sync(op):
-    """``op``, marked as failing (strictly: it must fail) while minigpt syncs in it."""
-    if op not in SYNCS_IN_MINIGPT:
-        return op
-    return pytest.param(op, marks=pytest.mark.xfail(strict=True, reason=SYNCS_IN_MINIGPT[op]))
-
-
-@pytest.mark.parametrize("op", [expected_to_sync(op) for op in OPS])
-def test_functional_op_runs_without_syncs_or_host_copies(op):
+@pytest.mark.parametrize("op", OPS)
+def test_functional_op_runs_without_syncs_and_copies_only_its_host_indices(op):
     with fakecupy.installed():
         forward_backward(op, fakecupy.asarray)
-    assert recorder.where("sync") == {} and recorder.where("h2d") == {}
+    assert recorder.where("sync") == {}
+    assert recorder.count("h2d") == (1 if op in ("embedding", "cross_entropy") else 0)  # idx or targets
+
+
+@pytest.mark.parametrize("where", ["host", "device"])
+@pytest.mark.parametrize("op", ["embedding", "cross_entropy"])
+def test_out_of_range_indices_raise_before_they_move_or_with_one_read_back_on_the_device(op, where):
+    bad = HOST["idx"].copy() if op == "embedding" else HOST["targets"].copy()
+    bad[1, 2] = 5  # one past the last row (embedding) or class (cross-entropy)
+    with fakecupy.installed():
+        w, x = Tensor(fakecupy.asarray(HOST["w"])), Tensor(fakecupy.asarray(HOST["x"]))
+        recorder.reset()
+        with pytest.raises(IndexError, match="out of range"):
+            if op == "embedding":
+                F.embedding(bad if where == "host" else fakecupy.asarray(bad), w)
+            else:
+                F.cross_entropy(F.linear(x, w), bad if where == "host" else fakecupy.asarray(bad))
+    assert recorder.count("h2d") == (0 if where == "host" else 1)  # host: caught before the copy
+    assert recorder.count("sync") == (0 if where == "host" else 1)  # device: one bool read back

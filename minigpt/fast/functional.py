@@ -200,8 +200,8 @@ class CrossEntropy(ref.CrossEntropy):
             return nll.reshape(self.targets_shape)
         if reduction == "sum":
             return nll.sum()
-        self.count = int(counted.sum())
-        return nll.sum() / self.count if self.count else xp.asarray(math.nan, dtype=logits.dtype)
+        loss, self.count = ref.mean_over_counted(nll, counted)
+        return loss
 
     def backward(self, dloss: Any) -> tuple[Any, None]:
         p, t, counted = self.saved
@@ -211,7 +211,7 @@ class CrossEntropy(ref.CrossEntropy):
         if self.reduction == "none":
             dz *= dloss.reshape(-1, 1)
         elif self.reduction == "mean":
-            dz *= dloss / max(self.count, 1)
+            dz *= dloss / self.count
         else:
             dz *= dloss
         if not counted.all():

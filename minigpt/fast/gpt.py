@@ -44,12 +44,12 @@ def _mlp(mlp: Any, x: Tensor) -> Tensor:
 
 
 def gpt_forward(model: Any, idx: Any, targets: Any = None) -> tuple[Tensor, Tensor | None]:
-    """GPT.forward with the fast ops: idx (B, T) int array on the model's device (checked by the
-    model), targets (B, T) or None -> (logits (B, T, V), mean cross-entropy or None)."""
+    """GPT.forward with the fast ops: idx (B, T) int array (the embedding checks it), targets
+    (B, T) or None -> (logits (B, T, V), mean cross-entropy or None)."""
     tr = model.transformer
     w = model.lm_head.weight
     tok_emb = embedding(idx, tr.wte.weight)  # (B, T, C)
-    pos_emb = embedding(w.xp.arange(idx.shape[1]), tr.wpe.weight)  # (T, C), broadcast over B
+    pos_emb = tr.wpe.weight[:idx.shape[1]]  # (T, C), broadcast over B: rows 0..T-1, as GPT._embed
     x = dropout(tok_emb + pos_emb, tr.drop.p, tr.drop.training)
     for block in tr.h:
         x = residual_add(x, _attention(block.attn, _layer_norm(block.ln_1, x)))  # x + attn(ln_1(x))

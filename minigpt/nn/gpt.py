@@ -161,9 +161,10 @@ class GPT(Module):
 
     def _embed(self, idx: Any, start: int = 0) -> Tensor:
         """Token plus position embeddings of idx (B, T), for positions start..start+T-1: (B, T, C)."""
-        w = self.lm_head.weight
-        tok_emb = self.transformer.wte(backend.move(idx, w.device))  # (B, T, C)
-        pos_emb = self.transformer.wpe(w.xp.arange(start, start + idx.shape[1]))  # (T, C), broadcast over B
+        tok_emb = self.transformer.wte(idx)  # (B, T, C); the op checks idx where it is, then moves it
+        # wpe(arange(start, start + T)) is rows start..start+T-1 of the position table: taken as a
+        # slice, with no index array to build, check or move to the device
+        pos_emb = self.transformer.wpe.weight[start:start + idx.shape[1]]  # (T, C), broadcast over B
         return self.transformer.drop(tok_emb + pos_emb)
 
     def num_params(self, non_embedding: bool = False) -> int:
@@ -174,14 +175,13 @@ class GPT(Module):
 
     def forward(self, idx: Any, targets: Any = None) -> tuple[Tensor, Tensor | None]:
         """idx (B, T) int, T <= block_size -> (logits (B, T, V), mean cross-entropy or None)."""
-        device = self.lm_head.weight.device
-        idx = backend.move(backend.unwrap(idx), device)
+        # idx and targets stay where they are (a GPU run's batches on the host): embedding and
+        # cross-entropy check them there, for free, and only then copy them to the device
+        idx = backend.unwrap(idx)
         B, T = idx.shape
         if T > self.config.block_size:
             raise ValueError(f"cannot forward a sequence of length {T}: block_size is {self.config.block_size}")
-        if targets is not None:
-            targets = backend.move(backend.unwrap(targets), device)
-        if fast.enabled(idx):  # the same math, faster on a CPU: minigpt/fast/gpt.py
+        if fast.enabled(self.lm_head.weight):  # the same math, faster on a CPU: minigpt/fast/gpt.py
             return fast.gpt_forward(self, idx, targets)
         x = self._embed(idx)  # (B, T, C)
         for block in self.transformer.h:
@@ -197,7 +197,7 @@ class GPT(Module):
         (n_layer, B, nh, T, T) whose row t says how much position t reads from each position <= t.
         Meant for a model in eval mode (in training mode dropout would perturb the stream)."""
         w = self.lm_head.weight
-        idx = backend.move(backend.unwrap(idx), w.device)
+        idx = backend.unwrap(idx)  # the embedding checks it where it is, then moves it
         nh = self.config.n_head
         hs = self.config.n_embd // nh
         x = self._embed(idx)
