@@ -129,11 +129,14 @@ def move(array: Any, device: str) -> Any:
 
 
 # ----------------------------------------------------------------------------- randomness
-# One NumPy Generator drives every random choice minigpt makes: init, batches, sampling,
-# and dropout masks. On the GPU a dropout mask is drawn by a CuPy generator seeded from
-# this one, so a single JSON-able state (saved in checkpoints) fixes the whole run.
+# One NumPy Generator drives every random choice minigpt makes on the host: init, batches,
+# sampling, and the CPU's dropout masks. On a GPU, dropout masks come from one CuPy generator
+# that lives on the device, so that drawing a mask never involves the host. Its stream is
+# numbered: stream n is seeded from (manual_seed's seed, n).
 _SEED = 1337
 _generator: numpy.random.Generator | None = None
+_device_generator: Any = None  # the CuPy generator of stream _device_stream, built on its first draw
+_device_stream = 0
 
 
 def manual_seed(seed: int) -> None:
@@ -141,6 +144,7 @@ def manual_seed(seed: int) -> None:
     global _SEED, _generator
     _SEED = int(seed)
     _generator = numpy.random.Generator(numpy.random.PCG64(_SEED))
+    start_device_stream(0)
 
 
 def generator() -> numpy.random.Generator:
@@ -150,21 +154,37 @@ def generator() -> numpy.random.Generator:
     return _generator
 
 
+def start_device_stream(n: int) -> None:
+    """Draw the GPU's dropout masks from stream number ``n`` from now on (cheap: the generator
+    is built on the next draw, and only on a GPU).
+
+    A CuPy generator's state cannot be read or saved (CuPy's documentation says so), so a
+    checkpoint cannot hold it. The training loop starts stream ``it`` before step ``it``
+    instead: a resumed run then draws exactly the masks of an uninterrupted one."""
+    global _device_generator, _device_stream
+    _device_generator, _device_stream = None, int(n)
+
+
 def uniform(shape: tuple[int, ...], dtype: Any, device: str) -> Any:
-    """Uniform [0, 1) samples of ``shape`` on ``device``, drawn from minigpt's generator."""
+    """Uniform [0, 1) samples of ``shape`` on ``device``: from minigpt's NumPy generator on the
+    CPU, from its one CuPy generator on a GPU (one kernel, nothing copied from the host)."""
+    global _device_generator
     if check_device(device) == "cpu":
         return generator().random(shape, dtype=numpy.dtype(dtype))
-    cupy = _import_cupy()
-    seed = int(generator().integers(2**63))
-    return cupy.random.RandomState(seed).random_sample(shape, dtype=dtype)
+    if _device_generator is None:
+        seed = numpy.random.SeedSequence((_SEED, _device_stream)).generate_state(1, dtype=numpy.uint64)[0]
+        _device_generator = _import_cupy().random.default_rng(int(seed))
+    return _device_generator.random(shape, dtype=dtype)
 
 
 def get_rng_state() -> dict:
-    """The generator's state as plain JSON-able data (for checkpoints)."""
-    return {"seed": _SEED, "bit_generator": generator().bit_generator.state}
+    """The generators' state as plain JSON-able data (for checkpoints): the NumPy generator's,
+    and the number of the device's stream (see :func:`start_device_stream`)."""
+    return {"seed": _SEED, "bit_generator": generator().bit_generator.state, "device_stream": _device_stream}
 
 
 def set_rng_state(state: dict) -> None:
     """Restore the state saved by :func:`get_rng_state`."""
     manual_seed(state["seed"])
     generator().bit_generator.state = state["bit_generator"]
+    start_device_stream(state.get("device_stream", 0))  # a checkpoint from before device streams: 0

@@ -223,12 +223,13 @@ def get_batch(ids: Any, batch_size: int, block_size: int,
               rng: numpy.random.Generator) -> tuple[numpy.ndarray, numpy.ndarray]:
     """``batch_size`` random chunks of ``block_size`` tokens: x[b] = ids[i:i+block], y[b] = ids[i+1:i+block+1].
 
-    Returns two int64 arrays (batch_size, block_size). ``rng`` is a numpy Generator.
+    Returns two int64 arrays (batch_size, block_size) on the device of ``ids`` (ids on a GPU:
+    the offsets, drawn on the host, are copied over once). ``rng`` is a numpy Generator.
     """
-    ids = numpy.asarray(ids)
+    ids = backend.get_array_module(ids).asarray(ids)
     if len(ids) <= block_size:
         raise ValueError(f"the text has {len(ids)} tokens, too few for block_size {block_size} "
                          f"(it needs at least {block_size + 1})")
     starts = rng.integers(0, len(ids) - block_size, size=batch_size)  # (B,)
-    offsets = starts[:, None] + numpy.arange(block_size)  # (B, T)
-    return ids[offsets].astype(numpy.int64), ids[offsets + 1].astype(numpy.int64)
+    offsets = backend.move(starts[:, None] + numpy.arange(block_size), backend.device_of(ids))  # (B, T)
+    return ids[offsets].astype("int64"), ids[offsets + 1].astype("int64")

@@ -209,7 +209,7 @@ def split_loss(model: Module, ids: Any, block_size: int, batch_rows: int = 64) -
     """The mean loss over EVERY token of ``ids``: the text is cut into consecutive chunks of
     block_size (the last may be shorter) and each token is predicted from the tokens before
     it in its chunk, so every one of the len(ids) - 1 targets is scored exactly once."""
-    ids = numpy.asarray(ids)
+    ids = backend.to_numpy(ids)  # ids on a GPU: copied to the host once; the model moves each chunk
     n = len(ids) - 1  # number of (input, target) pairs
     full = n // block_size
     total = 0.0
@@ -397,6 +397,7 @@ def _train(cfg: TrainConfig, log: Callable[[str], None], should_stop: Callable[[
             for group in optimizer.param_groups:
                 group["lr"] = lr
             x, y = get_batch(train_ids, cfg.batch_size, cfg.block_size, batch_rng)
+            backend.start_device_stream(it)  # a GPU's dropout masks of step it, resumed or not
             lossf = train_step(model, optimizer, x, y, cfg.grad_clip)
             if not math.isfinite(lossf):
                 progress.end_line()

@@ -4,7 +4,9 @@
     with fast.disabled(): ...   everything inside runs the plain reference ops
 
 On CuPy the reference ops run: the twins' tricks (tiles that fit a CPU cache, BLAS row sums,
-copies that suit OpenBLAS) are CPU tricks, and a GPU runs the plain ops well.
+copies that suit OpenBLAS) are CPU tricks, and a GPU runs the plain ops well. One twin serves
+both: AdamW over flat buffers (``on_every_device()``), since on a GPU too one update over one
+buffer is a dozen kernel launches where the reference's is a dozen per parameter.
 """
 
 from __future__ import annotations
@@ -39,3 +41,8 @@ class disabled:
 def enabled(array: Any) -> bool:
     """Whether the fast twins should run for ``array``: NumPy, and not inside ``disabled()``."""
     return _disabled_depth == 0 and backend.get_array_module(backend.unwrap(array)) is backend.numpy
+
+
+def on_every_device() -> bool:
+    """Whether a twin that serves every device (AdamW's flat buffers) should run: not inside ``disabled()``."""
+    return _disabled_depth == 0
