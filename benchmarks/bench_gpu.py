@@ -9,7 +9,7 @@ minigpt's weights (loaded into ``torch_gpt.TorchGPT``), with dropout 0.2 and the
 float32. After ``--warmup`` steps each, they alternate round by round; a round is S steps timed as
 a whole, the GPU synchronised at each clock read. Prints the GPU, CuPy and PyTorch versions (and
 whether TF32 is on), then medians over the R rounds: ms/iter, tokens/s, and the ratio minigpt /
-PyTorch. Without PyTorch's CUDA build, minigpt is timed alone and the reason is printed; without a
+PyTorch. Without PyTorch (or its CUDA), minigpt is timed alone and the reason is printed; without a
 CUDA GPU (no CuPy, or no GPU it can use) it prints one line saying so and exits 0.
 """
 
@@ -45,9 +45,7 @@ def no_gpu_reason() -> str | None:
         import cupy  # noqa: F401
     except ImportError:
         return "CuPy not installed"
-    if "cuda" not in backend.available_devices():
-        return "CuPy is installed but finds no usable CUDA GPU"
-    return None
+    return None if "cuda" in backend.available_devices() else "CuPy is installed but finds no usable CUDA GPU"
 
 
 def torch_skip_reason() -> str | None:
@@ -56,9 +54,7 @@ def torch_skip_reason() -> str | None:
         return 'PyTorch is not installed (pip install -e ".[bench]")'
     import torch
 
-    if not torch.cuda.is_available():
-        return f"PyTorch {torch.__version__} cannot use CUDA here (a CPU-only build?)"
-    return None
+    return None if torch.cuda.is_available() else f"PyTorch {torch.__version__} cannot use CUDA (CPU-only build?)"
 
 
 class MinigptStep:
@@ -158,8 +154,7 @@ def measure(steps: list[MinigptStep | TorchStep], batches: list[Batch], args: ar
 
 def main() -> None:
     args = parse_args()
-    reason = no_gpu_reason()
-    if reason:
+    if reason := no_gpu_reason():
         print(f"bench_gpu: no CUDA GPU here ({reason}) - nothing measured")
         return
     cfg = TrainConfig.preset(device="cuda", batch_size=args.batch_size, block_size=args.block_size)
@@ -175,18 +170,19 @@ def main() -> None:
     rounds = measure(steps, make_batches(cfg, 64), args)
     med = {k: statistics.median(v) for k, v in rounds.items()}
     for name, t in med.items():
-        print(f"{name:8s}: {t * 1e3:8.2f} ms/iter (rounds {min(rounds[name]) * 1e3:.2f}-{max(rounds[name]) * 1e3:.2f}),"
-              f" {tokens / t:10,.0f} tokens/s  [{args.rounds} rounds of {args.steps} steps]")
+        lo, hi = min(rounds[name]) * 1e3, max(rounds[name]) * 1e3
+        print(f"{name:8s}: {t * 1e3:8.2f} ms/iter (rounds {lo:.2f}-{hi:.2f}), {tokens / t:10,.0f} tokens/s  "
+              f"[{args.rounds} rounds of {args.steps} steps]")
     ratio = med["minigpt"] / med["pytorch"] if "pytorch" in med else None
     print(f"comparison with PyTorch skipped: {skipped}" if ratio is None
           else f"ratio minigpt / pytorch: {ratio:.3f} (median step time)")
     if args.json:
-        args.json.write_text(json.dumps({
-            "gpu": gpu, "batch_size": cfg.batch_size, "block_size": cfg.block_size, "rounds": args.rounds,
-            "steps": args.steps, "warmup": args.warmup, "ms_per_iter": {k: v * 1e3 for k, v in med.items()},
-            "tokens_per_s": {k: tokens / v for k, v in med.items()},
-            "round_ms_per_iter": {k: [t * 1e3 for t in v] for k, v in rounds.items()},
-            "ratio_minigpt_over_pytorch": ratio, "pytorch_skipped": skipped}, indent=2) + "\n")
+        args.json.write_text(json.dumps(dict(
+            gpu=gpu, batch_size=cfg.batch_size, block_size=cfg.block_size, rounds=args.rounds, steps=args.steps,
+            warmup=args.warmup, ms_per_iter={k: v * 1e3 for k, v in med.items()},
+            tokens_per_s={k: tokens / v for k, v in med.items()}, ratio_minigpt_over_pytorch=ratio,
+            round_ms_per_iter={k: [t * 1e3 for t in v] for k, v in rounds.items()}, pytorch_skipped=skipped),
+            indent=2) + "\n")
 
 
 if __name__ == "__main__":

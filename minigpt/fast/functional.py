@@ -9,7 +9,6 @@ Legend: B batch, T time, C channels, V vocab, N rows (leading axes flattened), "
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from minigpt import backend
