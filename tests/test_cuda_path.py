@@ -103,7 +103,7 @@ def test_training_with_dropout_equals_the_cpu_run_that_draws_the_same_masks(tmp_
         again = train(tiny(tmp_path / "again", device="cuda", **kw), log=quiet)
     same(gpu, dev.full_val_loss, cpu.full_val_loss)
     same(gpu, dev.best_val_loss, cpu.best_val_loss)
-    assert again.full_val_loss == dev.full_val_loss  # one seed, one run
+    same(gpu, again.full_val_loss, dev.full_val_loss)  # one seed, one run (a GPU's add.at adds in any order)
 
 
 def test_dropout_masks_come_from_one_device_generator_built_once():  # counts: the fake only
@@ -119,7 +119,8 @@ def test_dropout_masks_come_from_one_device_generator_built_once():  # counts: t
         numpy.testing.assert_array_equal(F.dropout(x, 0.5).data.get(), masks[0].get())
 
 
-def test_interrupted_then_resumed_run_with_dropout_on_the_device_is_bit_identical(tmp_path, gpu):
+def test_interrupted_then_resumed_run_with_dropout_on_the_device_repeats_the_straight_run(tmp_path, gpu):
+    """Bit for bit on the fake device; on a GPU to float tolerance (its add.at adds in any order)."""
     kw = dict(dropout=0.2, max_iters=10, lr_decay_iters=10, eval_interval=4)
     calls = iter(range(1000))
     with gpu.on():
@@ -130,9 +131,10 @@ def test_interrupted_then_resumed_run_with_dropout_on_the_device_is_bit_identica
         a, b = checkpoint.load(tmp_path / "a" / "latest.npz"), checkpoint.load(tmp_path / "b" / "latest.npz")
     assert resumed.iterations == 10
     for (ka, va), (kb, vb) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
-        numpy.testing.assert_array_equal(va, vb, err_msg=ka)
+        numpy.testing.assert_allclose(va, vb, rtol=0 if gpu.exact else 1e-4, atol=0 if gpu.exact else 1e-6, err_msg=ka)
     assert a.state["rng"] == b.state["rng"] and a.state["rng"]["device_stream"] == 9  # the last step's
-    assert resumed.full_val_loss == straight.full_val_loss and resumed.sample == straight.sample
+    same(gpu, resumed.full_val_loss, straight.full_val_loss)
+    assert resumed.sample == straight.sample or not gpu.exact
 
 
 def test_checkpoints_load_onto_the_device(tmp_path, gpu):
