@@ -155,31 +155,36 @@ def generator() -> numpy.random.Generator:
 
 
 def start_device_stream(n: int) -> None:
-    """Draw the GPU's dropout masks from stream number ``n`` from now on (cheap: the generator
-    is built on the next draw, and only on a GPU).
+    """Draw the GPU's dropout masks from the start of stream number ``n`` from now on (cheap:
+    the generator is built on the next draw, and only on a GPU).
 
-    A CuPy generator's state cannot be read or saved (CuPy's documentation says so), so a
-    checkpoint cannot hold it. The training loop starts stream ``it`` before step ``it``
-    instead: a resumed run then draws exactly the masks of an uninterrupted one."""
+    A CuPy generator's position in its stream cannot be read or saved (CuPy's documentation:
+    "Random states cannot be serialized"), so a checkpoint cannot hold it. The training loop
+    starts stream ``it`` before step ``it`` instead: a resumed run then draws exactly the masks
+    of an uninterrupted one, and a step's masks depend on nothing but the seed and ``it``."""
     global _device_generator, _device_stream
     _device_generator, _device_stream = None, int(n)
 
 
 def uniform(shape: tuple[int, ...], dtype: Any, device: str) -> Any:
     """Uniform [0, 1) samples of ``shape`` on ``device``: from minigpt's NumPy generator on the
-    CPU, from its one CuPy generator on a GPU (one kernel, nothing copied from the host)."""
+    CPU; on a GPU from the generator of the current device stream (one kernel per draw, nothing
+    copied from the host). That generator is a counter-based Philox one, whose set-up on the
+    device is cheap, as a new one per training step needs; CuPy reduces its seed to 32 bits."""
     global _device_generator
     if check_device(device) == "cpu":
         return generator().random(shape, dtype=numpy.dtype(dtype))
     if _device_generator is None:
-        seed = numpy.random.SeedSequence((_SEED, _device_stream)).generate_state(1, dtype=numpy.uint64)[0]
-        _device_generator = _import_cupy().random.default_rng(int(seed))
+        cupy_random = _import_cupy().random
+        seed = numpy.random.SeedSequence((_SEED, _device_stream))  # stream n of this seed
+        _device_generator = cupy_random.Generator(cupy_random.Philox4x3210(seed))
     return _device_generator.random(shape, dtype=dtype)
 
 
 def get_rng_state() -> dict:
     """The generators' state as plain JSON-able data (for checkpoints): the NumPy generator's,
-    and the number of the device's stream (see :func:`start_device_stream`)."""
+    and the number of the device's stream (restoring it restarts that stream from its start:
+    see :func:`start_device_stream`)."""
     return {"seed": _SEED, "bit_generator": generator().bit_generator.state, "device_stream": _device_stream}
 
 

@@ -220,7 +220,7 @@ def train_val_split(ids: Any, train_frac: float = 0.9) -> tuple[Any, Any]:
 
 
 def get_batch(ids: Any, batch_size: int, block_size: int,
-              rng: numpy.random.Generator) -> tuple[numpy.ndarray, numpy.ndarray]:
+              rng: numpy.random.Generator) -> tuple[Any, Any]:
     """``batch_size`` random chunks of ``block_size`` tokens: x[b] = ids[i:i+block], y[b] = ids[i+1:i+block+1].
 
     Returns two int64 arrays (batch_size, block_size) on the device of ``ids`` (ids on a GPU:

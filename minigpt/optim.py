@@ -131,8 +131,9 @@ def clip_grad_norm_(params: Iterable[Tensor] | Tensor, max_norm: float, norm_typ
 
     total = (sum over every gradient element of |g|^norm_type)^(1/norm_type)
     (the max of |g| for norm_type inf); gradients are multiplied by
-    min(1, max_norm / (total + 1e-6)), as torch. Returns ``total`` before clipping, as a float
-    (reading it back stops a GPU until it is known: the training loop uses :func:`clip_grads_`).
+    min(1, max_norm / (total + 1e-6)), as torch (a NaN or inf gradient makes every gradient NaN,
+    as torch's). Returns ``total`` before clipping, as a float (reading it back stops a GPU until
+    it is known: the training loop uses :func:`clip_grads_`).
     """
     total = clip_grads_(params, max_norm, norm_type)
     return 0.0 if total is None else float(total)
@@ -144,8 +145,8 @@ def clip_grads_(params: Iterable[Tensor] | Tensor, max_norm: float, norm_type: f
 
     The clip factor is computed on the device too, and every gradient multiplied by it, 1.0
     included (x * 1.0 == x exactly), so a GPU never waits for the host to decide whether to clip.
-    The squared norms add up in float64, one parameter after another, so a float32 run clips by
-    the same factor whatever the number of parameters."""
+    The squared norms add up in float64, one parameter after another: exactly as a Python sum
+    of floats, so the numbers of a CPU run are the ones the float version gave."""
     grads = [p.grad for p in iter_tensors(params) if p.grad is not None]
     if not grads:
         return None

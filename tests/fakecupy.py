@@ -427,9 +427,12 @@ class Generator:
     one, with a NumPy generator underneath (MT19937: it takes 64-bit seeds, as CuPy's do).
     Building one is a call (it seeds a state on the device), and so is each draw."""
 
-    def __init__(self, seed: int | None = None) -> None:
+    def __init__(self, seed: Any = None) -> None:
         recorder.record("call")
-        self.seed(seed)
+        if isinstance(seed, Philox4x3210):  # Generator(bit_generator), the new API
+            self._gen = numpy.random.Generator(seed.bit_generator)
+        else:
+            self.seed(seed)
 
     def seed(self, seed: int | None = None) -> None:
         self._gen = numpy.random.Generator(numpy.random.MT19937(seed))
@@ -457,8 +460,17 @@ class Generator:
         return self.standard_normal(size or None, dtype)
 
 
+class Philox4x3210:
+    """``cupy.random.Philox4x3210(seed)``, a counter-based bit generator for ``Generator``
+    (NumPy's Philox underneath; the seed may be an int or a numpy SeedSequence, as CuPy's)."""
+
+    def __init__(self, seed: Any = None) -> None:
+        self.bit_generator = numpy.random.Philox(seed)
+
+
 RandomState = Generator
-random = SimpleNamespace(default_rng=Generator, Generator=Generator, RandomState=RandomState)
+random = SimpleNamespace(default_rng=Generator, Generator=Generator, RandomState=RandomState,
+                         Philox4x3210=Philox4x3210)
 
 
 # ----------------------------------------------------------------------------- cuda stubs

@@ -119,6 +119,23 @@ def test_dropout_masks_come_from_one_device_generator_built_once():  # counts: t
         numpy.testing.assert_array_equal(F.dropout(x, 0.5).data.get(), masks[0].get())
 
 
+def test_device_draws_keep_their_dtype_and_restart_with_their_stream():
+    with fakecupy.installed():
+        minigpt.manual_seed(3)
+        first = backend.uniform((4,), numpy.float32, "cuda")
+        assert first.dtype == numpy.float32 and backend.uniform((4,), numpy.float64, "cuda").dtype == numpy.float64
+        state = backend.get_rng_state()
+        assert state["device_stream"] == 0
+        backend.set_rng_state(state)  # the stream's position cannot be saved: it restarts
+        numpy.testing.assert_array_equal(backend.uniform((4,), numpy.float32, "cuda").get(), first.get())
+        backend.start_device_stream(1)
+        assert not numpy.array_equal(backend.uniform((4,), numpy.float32, "cuda").get(), first.get())
+        old = {k: v for k, v in state.items() if k != "device_stream"}  # a checkpoint from before streams
+        backend.start_device_stream(5)
+        backend.set_rng_state(old)
+        numpy.testing.assert_array_equal(backend.uniform((4,), numpy.float32, "cuda").get(), first.get())
+
+
 def test_interrupted_then_resumed_run_with_dropout_on_the_device_repeats_the_straight_run(tmp_path, gpu):
     """Bit for bit on the fake device; on a GPU to float tolerance (its add.at adds in any order)."""
     kw = dict(dropout=0.2, max_iters=10, lr_decay_iters=10, eval_interval=4)
@@ -169,7 +186,7 @@ def steady_step(cfg):
 
 
 # Device calls of one step of the GPU preset's shape (6 layers, 6 heads, dropout 0.2, no biases). Before
-# issue 15: 1553 (and 47 read-backs): AdamW and clipping ran ~16 calls per parameter (39 of them), and
+# issue 15: 1550 (and 47 read-backs): AdamW and clipping ran ~16 calls per parameter (39 of them), and
 # every dropout built a generator. Now AdamW runs over flat buffers and one generator serves a step.
 STEP_CALLS = 1021
 

@@ -313,11 +313,12 @@ def test_functional_op_runs_without_syncs_and_copies_only_its_host_indices(op):
     assert recorder.count("h2d") == (1 if op in ("embedding", "cross_entropy") else 0)  # idx or targets
 
 
+@pytest.mark.parametrize("bad_value", ["too large", "negative"])
 @pytest.mark.parametrize("where", ["host", "device"])
 @pytest.mark.parametrize("op", ["embedding", "cross_entropy"])
-def test_out_of_range_indices_raise_before_they_move_or_with_one_read_back_on_the_device(op, where):
+def test_out_of_range_indices_raise_before_they_move_or_with_one_read_back_on_the_device(op, where, bad_value):
     bad = HOST["idx"].copy() if op == "embedding" else HOST["targets"].copy()
-    bad[1, 2] = 5  # one past the last row (embedding) or class (cross-entropy)
+    bad[1, 2] = 5 if bad_value == "too large" else -2  # one past the last row or class; or below 0
     with fakecupy.installed():
         w, x = Tensor(fakecupy.asarray(HOST["w"])), Tensor(fakecupy.asarray(HOST["x"]))
         recorder.reset()

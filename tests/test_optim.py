@@ -111,6 +111,32 @@ def test_clip_grad_norm_scales_to_max_norm_and_returns_the_norm():
     assert optim.clip_grad_norm_([nn.Parameter(np.zeros(1))], 1.0) == 0.0
 
 
+@pytest.mark.parametrize("max_norm", [0.05, 1e3])  # clipping, and not
+def test_clip_grad_norm_on_float32_equals_the_formula_in_float64_bit_for_bit(max_norm):
+    """The norm of float32 gradients: each parameter's squared norm (a float32 dot product), added
+    in Python floats (float64) in parameter order; the factor min(1, max_norm / (total + 1e-6))
+    rounded to float32, as torch multiplies by it."""
+    rng = np.random.default_rng(0)
+    grads = [rng.standard_normal(s).astype(np.float32) for s in [(7, 5), (5,), (3, 2, 4), (1,)]]
+    params = [nn.Parameter(np.zeros(g.shape, dtype=np.float32)) for g in grads]
+    for p, g in zip(params, grads):
+        p.grad = g.copy()
+    total = optim.clip_grad_norm_(params, max_norm)
+    expected = math.sqrt(sum(float(np.vdot(g.ravel(), g.ravel())) for g in grads))
+    assert type(total) is float and total == expected
+    factor = np.float32(min(1.0, max_norm / (expected + 1e-6)))
+    for p, g in zip(params, grads):
+        np.testing.assert_array_equal(p.grad, g * factor)
+        assert p.grad.dtype == np.float32
+
+
+def test_clip_grad_norm_with_a_nan_gradient_makes_every_gradient_nan_as_torch():
+    a, b = nn.Parameter(np.zeros(2)), nn.Parameter(np.zeros(1))
+    a.grad, b.grad = np.array([np.nan, 1.0]), np.array([4.0])
+    assert math.isnan(optim.clip_grad_norm_([a, b], 1.0))
+    assert np.isnan(a.grad).all() and np.isnan(b.grad).all()  # torch: the factor is NaN, and so is g * NaN
+
+
 def test_cosine_lr_schedule():
     kw = dict(lr=1e-3, min_lr=1e-4, warmup_iters=100, lr_decay_iters=2000)
     assert optim.cosine_lr(0, **kw) == pytest.approx(1e-3 * 1 / 101)
