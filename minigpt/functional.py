@@ -269,8 +269,9 @@ def mean_over_counted(nll: Any, counted: Any) -> tuple[Any, Any]:
     torch. M stays an array (at least 1, in nll's dtype) so that a GPU never waits for it to be
     read back: the division and the NaN choice happen on the device."""
     xp = backend.get_array_module(nll)
-    count = xp.maximum(counted.sum().astype(nll.dtype), 1)  # M, exact up to 2^24 rows in float32
-    return xp.where(counted.any(), nll.sum() / count, math.nan), count
+    m = counted.sum().astype(nll.dtype)  # M, exact up to 2^24 rows in float32
+    count = xp.maximum(m, 1)
+    return xp.where(m > 0, nll.sum() / count, math.nan), count
 
 
 def cross_entropy(logits: Tensor, targets: Any, ignore_index: int = -100, reduction: str = "mean") -> Tensor:

@@ -40,7 +40,7 @@ class disabled:
 
 def enabled(array: Any) -> bool:
     """Whether the fast twins should run for ``array``: NumPy, and not inside ``disabled()``."""
-    return _disabled_depth == 0 and backend.get_array_module(backend.unwrap(array)) is backend.numpy
+    return on_every_device() and backend.get_array_module(backend.unwrap(array)) is backend.numpy
 
 
 def on_every_device() -> bool:
