@@ -4,6 +4,7 @@
     python examples/train_shakespeare.py --device cuda    # GPU preset: 6 layers, 384 wide, 5000 iters
     python examples/train_shakespeare.py --model bigram   # the notebook's first model
     python examples/train_shakespeare.py --resume         # continue the run in --out_dir
+    mpiexec -n 2 python examples/train_shakespeare.py     # data parallel: 2 processes share each batch
 
 Every setting is a flag with nanoGPT's name (see minigpt/train.py: TrainConfig). Bad input
 ends with one line on stderr and exit status 2.
@@ -16,7 +17,7 @@ import dataclasses
 import signal
 import sys
 
-from minigpt import cli
+from minigpt import cli, distributed
 from minigpt.train import TrainConfig, resume_config, train
 
 FLAG_HELP = {
@@ -59,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         if stop["signal"] is not None:
             raise KeyboardInterrupt  # a second one: stop at once (checkpoints are written atomically)
         stop["signal"] = signal.Signals(signum).name
-        print(f"\n{stop['signal']}: saving a checkpoint after this step (again to stop at once)", file=sys.stderr)
+        if distributed.launched_rank() == 0:  # under mpiexec every rank gets the signal; one says so
+            print(f"\n{stop['signal']}: saving a checkpoint after this step (again to stop at once)", file=sys.stderr)
 
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)

@@ -166,6 +166,16 @@ def start_device_stream(n: int) -> None:
     _device_generator, _device_stream = None, int(n)
 
 
+def start_host_stream(*key: int) -> None:
+    """Draw the host's random numbers from the start of the stream seeded by (seed, *key) from now
+    on. A data-parallel run starts stream (it, rank) before step ``it`` on each rank: every rank
+    then drops its own dropout mask, and a resumed run draws the masks of an uninterrupted one.
+    (A one-process run never calls this: its generator runs on from ``manual_seed``.)"""
+    global _generator
+    generator()  # the seed is set
+    _generator = numpy.random.Generator(numpy.random.PCG64(numpy.random.SeedSequence((_SEED, *key))))
+
+
 def uniform(shape: tuple[int, ...], dtype: Any, device: str) -> Any:
     """Uniform [0, 1) samples of ``shape`` on ``device``: from minigpt's NumPy generator on the
     CPU; on a GPU from the generator of the current device stream (one kernel per draw, nothing

@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator
 import numpy
 
 import minigpt
-from minigpt import backend, checkpoint, fast, optim
+from minigpt import backend, checkpoint, distributed, fast, optim
 from minigpt import functional as F
 from minigpt.data import CharTokenizer, atomic_write_bytes, get_batch, load_source, train_val_split
 from minigpt.nn import GPT, BigramLanguageModel, GPTConfig, Module
@@ -136,7 +136,10 @@ class TrainResult:
 
 
 class TrainingError(RuntimeError):
-    """Training cannot go on (the loss became NaN or infinite...)."""
+    """Training cannot go on (the loss became NaN or infinite...). In a data-parallel run every
+    rank sees the same all-reduced loss and raises it at the same step."""
+
+    every_rank = True
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -182,6 +185,24 @@ def train_step(model: Module, optimizer: optim.AdamW, x: Any, y: Any, grad_clip:
     return loss.item()
 
 
+def parallel_train_step(model: Module, optimizer: optim.AdamW, x: Any, y: Any, grad_clip: float,
+                        world: distributed.World, should_stop: Callable[[], bool]) -> tuple[float, bool]:
+    """:func:`train_step` of a data-parallel run: this rank's forward and backward on its slice of
+    the global batch (x, y), then one all-reduce that leaves every rank with the mean gradient
+    over the global batch (see minigpt/distributed.py), then the same clipping and AdamW step on
+    every rank. Returns the global batch's loss and whether any rank's ``should_stop()`` said True
+    (asked just before the all-reduce, so that every rank stops after the same step)."""
+    mine = world.shard(len(x))  # (B, T) -> (B/N, T): this rank's contiguous rows
+    _, loss = model(x[mine], y[mine])
+    optimizer.zero_grad()
+    loss.backward()
+    lossf, stop = world.average_gradients(model.parameters(), loss, should_stop())
+    if grad_clip > 0:
+        optim.clip_grads_(model.parameters(), grad_clip)
+    optimizer.step()
+    return lossf, stop
+
+
 @contextlib.contextmanager
 def evaluating(model: Module) -> Iterator[Module]:
     """The model in eval mode (no dropout) inside the block, back in its previous mode after it."""
@@ -194,35 +215,42 @@ def evaluating(model: Module) -> Iterator[Module]:
 
 
 @no_grad()
-def estimate_loss(model: Module, ids: numpy.ndarray, cfg: TrainConfig, rng: numpy.random.Generator) -> float:
-    """Mean loss over ``eval_iters`` random batches (in eval mode: no dropout)."""
+def estimate_loss(model: Module, ids: numpy.ndarray, cfg: TrainConfig, rng: numpy.random.Generator,
+                  world: distributed.World = distributed.World()) -> float:
+    """Mean loss over ``eval_iters`` random batches (in eval mode: no dropout). In a data-parallel
+    run every rank draws the same global batches and scores its slice of each; the N means of a
+    batch average to the batch's mean (one all-reduce for all of them)."""
     losses = []
     with evaluating(model):
         for _ in range(cfg.eval_iters):
             x, y = get_batch(ids, cfg.batch_size, cfg.block_size, rng)
-            losses.append(model(x, y)[1].item())
+            mine = world.shard(len(x))
+            losses.append(model(x[mine], y[mine])[1].item())
+    if world.size > 1:
+        losses = world.sum(numpy.array(losses)) / world.size
     return float(numpy.mean(losses))
 
 
 @no_grad()
-def split_loss(model: Module, ids: Any, block_size: int, batch_rows: int = 64) -> float:
+def split_loss(model: Module, ids: Any, block_size: int, batch_rows: int = 64,
+               world: distributed.World = distributed.World()) -> float:
     """The mean loss over EVERY token of ``ids``: the text is cut into consecutive chunks of
     block_size (the last may be shorter) and each token is predicted from the tokens before
-    it in its chunk, so every one of the len(ids) - 1 targets is scored exactly once."""
+    it in its chunk, so every one of the len(ids) - 1 targets is scored exactly once.
+    In a data-parallel run rank r scores pieces r, r + N, r + 2N... and one all-reduce adds them."""
     ids = backend.to_numpy(ids)  # ids on a GPU: copied to the host once; the model moves each chunk
     n = len(ids) - 1  # number of (input, target) pairs
     full = n // block_size
-    total = 0.0
     starts = numpy.arange(full) * block_size
+    pieces = [starts[i:i + batch_rows, None] + numpy.arange(block_size) for i in range(0, full, batch_rows)]  # (rows, T)
+    rest = n - full * block_size
+    if rest:
+        pieces.append(full * block_size + numpy.arange(rest)[None])  # (1, rest)
+    total = 0.0
     with evaluating(model):
-        for i in range(0, full, batch_rows):
-            offs = starts[i:i + batch_rows, None] + numpy.arange(block_size)  # (rows, T)
+        for offs in pieces[world.rank::world.size]:
             total += _sum_loss(model, ids[offs], ids[offs + 1])
-        rest = n - full * block_size
-        if rest:
-            s = full * block_size
-            total += _sum_loss(model, ids[None, s:s + rest], ids[None, s + 1:s + 1 + rest])
-    return total / n
+    return world.sum(total) / n
 
 
 def _sum_loss(model: Module, x: numpy.ndarray, y: numpy.ndarray) -> float:
@@ -326,12 +354,19 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print,
     every step runs the plain reference ops (``minigpt.fast.disabled()``).
     """
     cfg.validate()
+    ranks = distributed.launched_ranks()
+    if cfg.batch_size % ranks:
+        raise ValueError(f"--batch_size {cfg.batch_size} is the global batch and must split evenly over the "
+                         f"{ranks} ranks (each trains on batch_size / {ranks} rows)")
     with fast.disabled() if cfg.reference else contextlib.nullcontext():
         return _train(cfg, log, should_stop)
 
 
 def _train(cfg: TrainConfig, log: Callable[[str], None], should_stop: Callable[[], bool]) -> TrainResult:
     start = time.time()
+    world = distributed.world()  # one process, or N ranks under mpiexec -n N
+    if world.rank != 0:  # rank 0 alone prints and writes files
+        log = _silent
     out_dir = Path(cfg.out_dir)
     device = resolve_device(cfg.device)
     dtype = numpy.dtype(cfg.dtype)
@@ -353,20 +388,27 @@ def _train(cfg: TrainConfig, log: Callable[[str], None], should_stop: Callable[[
 
     if cfg.resume:
         it, best_val, evaluated_at, metrics = _restore(out_dir / checkpoint.LATEST, model, optimizer,
-                                                       tokenizer, batch_rng, device, log)
+                                                       tokenizer, batch_rng, device, log, world.size)
+    world.check_same_parameters(model.parameters())
     model.train()
     n_params = model.num_params()
     ops = "fast twins" if fast.enabled(next(model.parameters())) else "reference ops"
     log(f"model: {cfg.model}, {n_params:,} parameters ({n_params / 1e6:.2f}M), device {device}, {cfg.dtype}, {ops}")
     log(f"data: {len(train_ids):,} training and {len(val_ids):,} validation tokens, vocabulary {tokenizer.vocab_size}")
+    if world.size > 1:
+        log(f"data parallel: {world.size} ranks, {cfg.batch_size // world.size} of the {cfg.batch_size} rows of each "
+            f"batch per rank, {distributed.blas_threads} BLAS thread(s) each")
 
     def save(name: str, evaluated: bool) -> None:
+        if world.rank != 0:
+            return
         checkpoint.save(out_dir / name, model, optimizer=optimizer, tokenizer=tokenizer,
                         iter_num=it, best_val_loss=best_val, evaluated=evaluated,
                         rng=backend.get_rng_state(), batch_rng=batch_rng.bit_generator.state,
-                        train_config=dataclasses.asdict(cfg))
+                        train_config=dataclasses.asdict(cfg), ranks=world.size)
 
-    progress = Progress(cfg.max_iters, cfg.batch_size * cfg.block_size, cfg.log_interval)
+    progress = Progress(cfg.max_iters, cfg.batch_size * cfg.block_size, cfg.log_interval,
+                        stream=None if world.rank == 0 else io.StringIO())
     interrupted = False
     # a diverging run is caught by its loss, below, with a clear message: no NumPy overflow warnings
     with numpy.errstate(all="ignore"):
@@ -374,7 +416,7 @@ def _train(cfg: TrainConfig, log: Callable[[str], None], should_stop: Callable[[
             lr = optim.cosine_lr(it, lr=cfg.learning_rate, min_lr=cfg.min_lr, warmup_iters=cfg.warmup_iters,
                                  lr_decay_iters=cfg.lr_decay_iters)
             if (it % cfg.eval_interval == 0 or it == cfg.max_iters) and evaluated_at != it:
-                losses = {s: estimate_loss(model, ids, cfg, batch_rng) for s, ids in (("train", train_ids), ("val", val_ids))}
+                losses = {s: estimate_loss(model, ids, cfg, batch_rng, world) for s, ids in (("train", train_ids), ("val", val_ids))}
                 progress.end_line()
                 elapsed = time.time() - start
                 log(f"step {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
@@ -387,8 +429,9 @@ def _train(cfg: TrainConfig, log: Callable[[str], None], should_stop: Callable[[
                     best_val = losses["val"]
                     save(checkpoint.BEST, evaluated=True)
                 save(checkpoint.LATEST, evaluated=True)
-                write_metrics(out_dir / "metrics.csv", metrics)
-                plot_metrics(metrics, out_dir / "loss.png")
+                if world.rank == 0:
+                    write_metrics(out_dir / "metrics.csv", metrics)
+                    plot_metrics(metrics, out_dir / "loss.png")
             if it >= cfg.max_iters:
                 break
 
@@ -396,15 +439,20 @@ def _train(cfg: TrainConfig, log: Callable[[str], None], should_stop: Callable[[
             for group in optimizer.param_groups:
                 group["lr"] = lr
             x, y = get_batch(train_ids, cfg.batch_size, cfg.block_size, batch_rng)
-            backend.start_device_stream(it)  # a GPU's dropout masks of step it, resumed or not
-            lossf = train_step(model, optimizer, x, y, cfg.grad_clip)
+            backend.start_device_stream(it * world.size + world.rank)  # a GPU's dropout masks of step it, resumed or not
+            if world.size == 1:
+                lossf = train_step(model, optimizer, x, y, cfg.grad_clip)
+                stop = should_stop()
+            else:
+                backend.start_host_stream(it, world.rank)  # this rank's own dropout masks of step it
+                lossf, stop = parallel_train_step(model, optimizer, x, y, cfg.grad_clip, world, should_stop)
             if not math.isfinite(lossf):
                 progress.end_line()
                 raise TrainingError(f"the loss became {lossf} at iteration {it}; stopping. The last good "
                                     f"checkpoints are kept in {out_dir}")
             progress.update(it, lossf, time.time() - t0)
             it += 1
-            if should_stop() and it < cfg.max_iters:
+            if stop and it < cfg.max_iters:
                 progress.end_line()
                 save(checkpoint.LATEST, evaluated=False)
                 log(f"stopped at iteration {it}: saved {out_dir / checkpoint.LATEST}; continue with --resume")
@@ -413,9 +461,9 @@ def _train(cfg: TrainConfig, log: Callable[[str], None], should_stop: Callable[[
 
     full_val = sample = None
     if not interrupted:
-        full_val = split_loss(model, val_ids, cfg.block_size)
+        full_val = split_loss(model, val_ids, cfg.block_size, world=world)
         log(f"val loss over the whole validation split ({len(val_ids) - 1:,} tokens): {full_val:.4f}")
-        sample = generate_text(model, tokenizer, "\n", cfg.sample_chars)
+        sample = generate_text(model, tokenizer, "\n", cfg.sample_chars if world.rank == 0 else 0)
         if cfg.sample_chars:
             log("sample:\n" + sample)
     wall = time.time() - start
@@ -444,7 +492,7 @@ def resume_config(out_dir: str | os.PathLike, **overrides: Any) -> TrainConfig:
 
 
 def _restore(path: Path, model: Module, optimizer: optim.AdamW, tokenizer: CharTokenizer,
-             batch_rng: numpy.random.Generator, device: str, log: Callable[[str], None]) -> tuple:
+             batch_rng: numpy.random.Generator, device: str, log: Callable[[str], None], ranks: int) -> tuple:
     """Put a run back exactly as ``latest.npz`` left it."""
     ckpt = checkpoint.load(path, device=device)
     if ckpt.tokenizer is not None and ckpt.tokenizer != tokenizer:
@@ -460,8 +508,15 @@ def _restore(path: Path, model: Module, optimizer: optim.AdamW, tokenizer: CharT
     batch_rng.bit_generator.state = st["batch_rng"]
     it = int(st["iter_num"])
     log(f"resuming from {path} at iteration {it}")
+    if int(st.get("ranks", 1)) != ranks:
+        log(f"note: {path} was written by a run of {st.get('ranks', 1)} rank(s), this one has {ranks}: the same "
+            f"global batches follow, but sums split another way round differently, so the run is not bit-identical")
     metrics = [r for r in read_metrics(path.parent / "metrics.csv") if int(r["iter"]) <= it]
     return it, float(st["best_val_loss"]), it if st.get("evaluated") else -1, metrics
+
+
+def _silent(message: str) -> None:
+    """The log of ranks other than 0."""
 
 
 def generate_text(model: Module, tokenizer: CharTokenizer, prompt: str, n_chars: int,

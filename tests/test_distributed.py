@@ -1,0 +1,204 @@
+"""Data parallelism over MPI (minigpt/distributed.py), tested under a real ``mpiexec -n 2``.
+
+Two ranks on the same global batch take the same step as one process; a 2-rank training run
+checkpoints, stops on a signal to one rank and resumes bit-identically; a bad batch size, a dead
+rank, a failing rank and ranks with different parameters each end in a clear error, never a hang
+(every wait here is bounded). Needs the mpi extra, which the test extra installs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy
+import pytest
+
+import mpi_worker
+from minigpt import checkpoint, distributed
+from minigpt.tensor import Tensor
+
+pytest.importorskip("mpi4py", reason="the mpi extra is not installed (pip install -e \".[mpi]\")")
+
+REPO = Path(__file__).resolve().parents[1]
+WORKER = Path(__file__).resolve().parent / "mpi_worker.py"
+TRAIN = REPO / "examples" / "train_shakespeare.py"
+TIMEOUT = 120  # seconds: no test waits longer for a run of a few seconds
+TINY = ["--n_layer", "1", "--n_head", "2", "--n_embd", "16", "--block_size", "16", "--batch_size", "8",
+        "--eval_iters", "2", "--sample_chars", "10", "--warmup_iters", "5", "--learning_rate", "3e-3",
+        "--dropout", "0.1"]
+
+
+def mpiexec() -> str:
+    """The mpiexec that came with the MPI library mpi4py uses (the mpich wheel puts it beside python)."""
+    beside = Path(sys.executable).parent / "mpiexec"
+    found = str(beside) if beside.exists() else shutil.which("mpiexec")
+    assert found, "mpiexec not found: pip install -e \".[mpi]\""
+    return found
+
+
+def clean_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "OMPI_", "MPI_", "HYDRA_"))}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    return env
+
+
+def launch(n: int, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([mpiexec(), "-n", str(n), sys.executable, *map(str, args)], capture_output=True,
+                          text=True, timeout=TIMEOUT, env=clean_env(), cwd=cwd)
+
+
+def weights(path: Path) -> dict[str, numpy.ndarray]:
+    return checkpoint.load(path).model.state_dict()
+
+
+# ----------------------------------------------------------------------------- one process
+def test_without_a_launcher_the_world_is_one_process_and_needs_no_mpi4py():
+    code = ("import sys; from minigpt import distributed as d; w = d.world(); "
+            "print(w.rank, w.size, d.launched_ranks(), 'mpi4py' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT,
+                         env=clean_env(), check=True).stdout.split()
+    assert out == ["0", "1", "1", "False"]
+
+
+def test_the_one_process_world_leaves_gradients_alone():
+    p = Tensor(numpy.ones(3), requires_grad=True)
+    (p * p).sum().backward()
+    grad = p.grad
+    loss, stop = distributed.World().average_gradients([p], Tensor(numpy.float64(2.5)), stop=True)
+    assert (loss, stop) == (2.5, True) and p.grad is grad
+    assert distributed.World().shard(12) == slice(0, 12)
+
+
+# ----------------------------------------------------------------------------- the step
+@pytest.fixture(scope="module")
+def one_process():
+    """The losses and weights of five steps in one process (the training loop's train_step)."""
+    return mpi_worker.five_steps(None)
+
+
+def two_rank_steps(tmp_path: Path, broken: str | None = None):
+    out = tmp_path / "steps.npz"
+    r = launch(2, WORKER, "step", out, *(["--break", broken] if broken else []))
+    assert r.returncode == 0, r.stderr
+    saved = numpy.load(out)
+    return list(saved["losses"]), {k: saved[k] for k in saved.files if k != "losses"}
+
+
+def max_relative_difference(a: dict, b: dict) -> float:
+    return max(float(numpy.max(numpy.abs(a[k] - b[k])) / numpy.max(numpy.abs(b[k]))) for k in b)
+
+
+def test_two_ranks_take_the_step_of_one_process_on_the_same_global_batch(tmp_path, one_process):
+    losses, params = two_rank_steps(tmp_path)
+    ref_losses, ref_params = one_process
+    assert params.keys() == ref_params.keys()
+    numpy.testing.assert_allclose(losses, ref_losses, rtol=1e-12, atol=0)
+    assert max_relative_difference(params, ref_params) < 1e-12
+
+
+@pytest.mark.parametrize("broken", ["skip-allreduce", "no-divide"])
+def test_the_step_comparison_catches_a_broken_all_reduce(tmp_path, one_process, broken):
+    losses, params = two_rank_steps(tmp_path, broken)
+    assert max_relative_difference(params, one_process[1]) > 1e-6
+
+
+# ----------------------------------------------------------------------------- training runs
+def rank_pids(marker: str) -> dict[int, int]:
+    """{rank: pid} of the processes whose command line holds ``marker``, read from /proc."""
+    pids = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            env = dict(kv.split("=", 1) for kv in (entry / "environ").read_bytes().decode().split("\0") if "=" in kv)
+        except OSError:
+            continue
+        if marker in cmd and "PMI_RANK" in env and "mpiexec" not in cmd:
+            pids[int(env["PMI_RANK"])] = int(entry.name)
+    return pids
+
+
+def test_sigterm_to_one_rank_checkpoints_stops_every_rank_and_resumes_bit_identically(tmp_path):
+    common = [*TINY, "--max_iters", "1500", "--lr_decay_iters", "1500", "--eval_interval", "500"]
+    straight = launch(2, TRAIN, *common, "--out_dir", tmp_path / "straight")
+    assert straight.returncode == 0, straight.stderr
+    assert "data parallel: 2 ranks, 4 of the 8 rows" in straight.stdout
+
+    out = tmp_path / "stopped"
+    proc = subprocess.Popen([mpiexec(), "-n", "2", sys.executable, str(TRAIN), *common, "--out_dir", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=clean_env())
+    try:
+        deadline = time.time() + TIMEOUT
+        while not (out / "latest.npz").exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+        pids = rank_pids(str(out))
+        assert set(pids) == {0, 1}, pids
+        os.kill(pids[1], signal.SIGTERM)  # rank 1 alone gets the signal
+        stdout, stderr = proc.communicate(timeout=TIMEOUT)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    stopped_at = checkpoint.read_state(out / "latest.npz")["iter_num"]
+    assert 0 < stopped_at < 1500 and f"stopped at iteration {stopped_at}" in stdout
+    assert stdout.count("stopped at iteration") == 1  # rank 0 alone prints
+
+    resumed = launch(2, TRAIN, "--resume", "--out_dir", out)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming from {out / 'latest.npz'} at iteration {stopped_at}" in resumed.stdout
+    assert "note:" not in resumed.stdout
+    a, b = weights(tmp_path / "straight" / "latest.npz"), weights(out / "latest.npz")
+    assert all(numpy.array_equal(a[k], b[k]) for k in a)  # bit for bit
+    assert resumed.stdout.split("val loss over the whole validation split")[1].split("\n")[0] == \
+        straight.stdout.split("val loss over the whole validation split")[1].split("\n")[0]
+    assert checkpoint.read_state(out / "latest.npz")["ranks"] == 2
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows] == ["iter", "0", "500", "1000", "1500"]
+
+
+def test_a_checkpoint_of_two_ranks_resumes_in_one_process_with_a_note(tmp_path):
+    out = tmp_path / "run"
+    first = launch(2, TRAIN, *TINY, "--max_iters", "10", "--lr_decay_iters", "20", "--eval_interval", "10",
+                   "--out_dir", out)
+    assert first.returncode == 0, first.stderr
+    env = clean_env()
+    r = subprocess.run([sys.executable, str(TRAIN), "--resume", "--out_dir", str(out), "--max_iters", "20"],
+                       capture_output=True, text=True, timeout=TIMEOUT, env=env)
+    assert r.returncode == 0, r.stderr
+    notes = [line for line in r.stdout.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and "2 rank(s), this one has 1" in notes[0]
+    assert checkpoint.read_state(out / "latest.npz")["iter_num"] == 20
+
+
+# ----------------------------------------------------------------------------- clear errors, no hangs
+def test_a_batch_that_does_not_split_over_the_ranks_is_one_error_line():
+    r = launch(2, TRAIN, "--batch_size", "5")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        "error: --batch_size 5 is the global batch and must split evenly over the 2 ranks "
+        "(each trains on batch_size / 2 rows)"]
+
+
+def test_ranks_with_different_parameters_are_one_error_line(tmp_path):
+    r = launch(2, WORKER, "mismatch", tmp_path / "run")
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: the ranks start from different parameters (rank 0:")
+
+
+def test_a_rank_that_dies_ends_the_run_with_an_error(tmp_path):
+    started = time.time()
+    r = launch(2, WORKER, "train-die", tmp_path / "run")
+    assert r.returncode != 0 and time.time() - started < TIMEOUT
+    assert "BAD TERMINATION" in r.stdout + r.stderr and "signal 9" in r.stdout + r.stderr
+
+
+def test_a_rank_that_fails_stops_every_rank_with_its_error(tmp_path):
+    r = launch(2, WORKER, "train-raise", tmp_path / "run")
+    assert r.returncode == 2
+    assert "error: rank 1 failed on purpose (on rank 1 of 2: stopping every rank)" in r.stderr
