@@ -3,6 +3,7 @@
     python benchmarks/bench_train.py                 # CPU preset: 4 layers, 4 heads, 128 wide, block 64, batch 12
     python benchmarks/bench_train.py --rounds 9 --steps 20
     python benchmarks/bench_train.py --reference     # also the plain reference ops (fast.disabled())
+    python benchmarks/bench_train.py --ranks 2       # also data parallel: mpiexec -n 2, one BLAS thread per rank
 
 Reports, as medians over many steps after warm-up: ms/iter, tokens/s, and the share of the
 machine's float32 matrix-multiply speed the step reaches (6·params·tokens FLOPs against a GEMM
@@ -13,6 +14,9 @@ in a subprocess of its own (peak RSS, and its growth over the set-up).
 minigpt's step asks malloc to keep freed memory for reuse, as ``minigpt.train`` does
 (``fast.keep_freed_memory``); that setting is process-wide, so in the timing process PyTorch
 gets the same benefit, which makes the ratio a conservative one.
+With ``--ranks N`` each round also runs the same global batches data-parallel under
+``mpiexec -n N`` (minigpt.distributed: each rank takes B/N rows, one all-reduce per step), timed
+on rank 0 after warm-up, between the in-process rounds (pip install -e ".[mpi]").
 """
 
 from __future__ import annotations
@@ -36,9 +40,9 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 import minigpt  # noqa: E402
-from minigpt import fast, optim  # noqa: E402
+from minigpt import distributed, fast, optim  # noqa: E402
 from minigpt.nn import GPT, GPTConfig  # noqa: E402
-from minigpt.train import TrainConfig, build_optimizer  # noqa: E402
+from minigpt.train import TrainConfig, build_optimizer, parallel_train_step  # noqa: E402
 
 
 def have_torch() -> bool:
@@ -82,6 +86,39 @@ class MinigptStep:
             optim.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
             self.opt.step()
         return loss.item()
+
+
+class ParallelStep(MinigptStep):
+    """MinigptStep on this rank's share of each global batch (run under mpiexec, one per rank)."""
+
+    def __init__(self, cfg: TrainConfig, model_cfg: GPTConfig, world: distributed.World):
+        super().__init__(cfg, model_cfg)
+        self.world = world
+        self.name = f"{world.size} ranks"
+
+    def __call__(self, x, y) -> float:
+        return parallel_train_step(self.model, self.opt, x, y, self.cfg.grad_clip, self.world, lambda: False)[0]
+
+
+def ranks_child(steps: int, warmup: int, start: int) -> None:
+    """Run on every rank under mpiexec: time ``steps`` data-parallel steps; rank 0 prints them."""
+    world = distributed.world()
+    cfg, mcfg = configs()
+    batches = make_batches(cfg, 64)
+    step = ParallelStep(cfg, mcfg, world)
+    time_steps(step, batches, warmup, 0)
+    world.sum(0.0)  # every rank starts timing together
+    times = time_steps(step, batches, steps, start)
+    if world.rank == 0:
+        print(json.dumps({"times": times, "blas_threads": distributed.blas_threads}))
+
+
+def time_ranks(ranks: int, steps: int, warmup: int, start: int) -> list[float]:
+    mpiexec = Path(sys.executable).parent / "mpiexec"
+    cmd = [str(mpiexec if mpiexec.exists() else "mpiexec"), "-n", str(ranks), sys.executable, __file__,
+           "--ranks-child", "--steps", str(steps), "--warmup", str(warmup), "--start", str(start)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["times"]
 
 
 class TorchStep:
@@ -190,10 +227,16 @@ def main() -> None:
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--reference", action="store_true", help="also time the reference ops (fast.disabled())")
+    p.add_argument("--ranks", type=int, default=1, help="also time data parallelism over this many MPI ranks")
     p.add_argument("--memory-child", choices=["minigpt", "pytorch"], help=argparse.SUPPRESS)
+    p.add_argument("--ranks-child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--start", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.memory_child:
         memory_child(args.memory_child, args.steps, args.threads)
+        return
+    if args.ranks_child:
+        ranks_child(args.steps, args.warmup, args.start)
         return
 
     cfg, mcfg = configs()
@@ -211,9 +254,14 @@ def main() -> None:
     for s in steps:
         time_steps(s, batches, args.warmup, 0)
     times: dict[str, list[float]] = {s.name: [] for s in steps}
+    parallel = f"{args.ranks} ranks"
+    if args.ranks > 1:
+        times[parallel] = []
     for r in range(args.rounds):
         for s in steps:  # alternate, so both see the same machine load
             times[s.name] += time_steps(s, batches, args.steps, r * args.steps)
+        if args.ranks > 1:
+            times[parallel] += time_ranks(args.ranks, args.steps, args.warmup, r * args.steps)
     gflops = gemm_gflops()
     flops = 6 * n_params * tokens
     print(f"float32 GEMM (1024³, NumPy BLAS): {gflops:.1f} GFLOP/s; a step is 6·params·tokens = "
@@ -225,6 +273,10 @@ def main() -> None:
               f"{flops / t / 1e9 / gflops:5.1%} of GEMM speed  [{len(times[name])} steps]")
     if "pytorch" in med:
         print(f"ratio minigpt / pytorch: {med['minigpt'] / med['pytorch']:.3f} (median step time)")
+    if parallel in med:
+        print(f"ratio {parallel} / minigpt (one process): {med[parallel] / med['minigpt']:.3f} (median step time)")
+        if "pytorch" in med:
+            print(f"ratio {parallel} / pytorch: {med[parallel] / med['pytorch']:.3f} (median step time)")
     if "reference" in med:
         print(f"ratio reference / minigpt (fast): {med['reference'] / med['minigpt']:.3f} (median step time)")
     if not args.no_memory:

@@ -5,7 +5,7 @@
 
 The pieces, in the order to read them:
     tensor.py      Tensor, the op base class Function, backward, no_grad
-    ops.py         the Tensor operators (+ - * / @ sum ...) with their backward
+    ops.py         the Tensor operators (+ - * / @ sum ...) with their backward, given to Tensor
     functional.py  the neural-net ops with hand-written backward passes (the reference)
     nn/            Module, the layers, the GPT and the bigram model
     optim.py       AdamW, gradient clipping, the learning-rate schedule
@@ -15,10 +15,12 @@ The pieces, in the order to read them:
     fast/          the same math, faster on a CPU: a twin of each op, tested equal (read it last)
 """
 
+from minigpt import ops  # noqa: I001 - first: it gives Tensor its operators
 from minigpt import backend, data, fast, functional, nn, optim
 from minigpt.backend import available_devices, get_array_module, manual_seed
 from minigpt.gradcheck import GradcheckError, gradcheck
-from minigpt.tensor import Tensor, cat, is_grad_enabled, no_grad
+from minigpt.ops import cat
+from minigpt.tensor import Tensor, is_grad_enabled, no_grad
 
 __version__ = "0.1.0"
 

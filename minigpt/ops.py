@@ -7,10 +7,10 @@ input's shape (``unbroadcast``). Everything uses ``xp``, the inputs' array modul
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 from minigpt import backend
-from minigpt.tensor import Function, unbroadcast
+from minigpt.tensor import Function, Tensor, unbroadcast
 
 
 def _shape(x: Any) -> tuple[int, ...]:
@@ -327,3 +327,98 @@ class Concatenate(Function):
             grads.append(dy[tuple(index)])
             start += n
         return tuple(grads)
+
+
+# ----------------------------------------------------------------------------- Tensor's operators
+# Each operator of a Tensor is one of the ops above. They are given to Tensor here, not written in
+# tensor.py, so that imports run one way: this module needs Tensor and Function, tensor.py needs
+# nothing from here.
+def _operand(t: Tensor, other: Any) -> Any:
+    """The other operand of a binary operator on ``t``. A 0-d NumPy number that is not a Tensor (a
+    numpy.float64 or numpy.int64 scalar, a 0-d array) takes this float tensor's dtype, as a number
+    does in torch: float32 * numpy.float64(2) stays float32 (NumPy alone would promote it to
+    float64). Python numbers need nothing: NumPy already lets them keep the dtype.
+    (A 0-d Tensor is an operand like any other: float32 + a 0-d float64 Tensor is float64.)"""
+    if isinstance(other, Tensor) or type(other) in (int, float, bool) or t.dtype.kind != "f":
+        return other
+    is_number = getattr(other, "ndim", None) == 0 and getattr(other.dtype, "kind", None) in ("i", "u", "f")
+    return t.xp.asarray(other, dtype=t.dtype) if is_number else other
+
+
+def to(self: Tensor, device: str | None = None, dtype: Any = None) -> Tensor:
+    """A copy on ``device`` and/or cast to ``dtype`` (self when nothing changes)."""
+    device = backend.check_device(device or self.device)
+    if device == self.device and (dtype is None or self.xp.dtype(dtype) == self.dtype):
+        return self
+    return To.apply(self, device=device, dtype=dtype)
+
+
+def power(self: Tensor, exponent: float) -> Tensor:
+    """``self ** exponent`` for a number ``exponent``."""
+    if isinstance(exponent, Tensor):
+        raise TypeError("Tensor ** Tensor is not supported: the exponent must be a Python number")
+    if getattr(exponent, "ndim", None) == 0:  # a NumPy scalar: as a Python number, so float32 stays float32
+        exponent = exponent.item()
+    return Pow.apply(self, exponent=exponent)
+
+
+def getitem(self: Tensor, index: Any) -> Tensor:
+    """``self[index]``: basic and advanced indexing, as NumPy (Tensor indices are taken as arrays)."""
+    if isinstance(index, tuple):
+        index = tuple(i.data if isinstance(i, Tensor) else i for i in index)
+    elif isinstance(index, Tensor):
+        index = index.data
+    return GetItem.apply(self, index=index)
+
+
+def reduce_sum(self: Tensor, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Tensor:
+    return Sum.apply(self, axis=axis, keepdims=keepdims)
+
+
+def reduce_mean(self: Tensor, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Tensor:
+    return Mean.apply(self, axis=axis, keepdims=keepdims)
+
+
+def reduce_max(self: Tensor, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Tensor:
+    return Max.apply(self, axis=axis, keepdims=keepdims)
+
+
+def reshape(self: Tensor, *shape: Any) -> Tensor:
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = tuple(shape[0])
+    return Reshape.apply(self, shape=shape)
+
+
+def transpose(self: Tensor, *axes: Any) -> Tensor:
+    """Permute axes like ``numpy.transpose`` (no axes: reverse them all)."""
+    if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
+        axes = tuple(axes[0])
+    return Transpose.apply(self, axes=axes or None)
+
+
+def cat(tensors: Sequence[Tensor], axis: int = -1) -> Tensor:
+    """Join tensors along ``axis`` (torch.cat): the backward hands each its slice of the gradient."""
+    return Concatenate.apply(*tensors, axis=axis)
+
+
+Tensor.__add__ = lambda a, b: Add.apply(a, _operand(a, b))
+Tensor.__radd__ = lambda a, b: Add.apply(_operand(a, b), a)
+Tensor.__sub__ = lambda a, b: Sub.apply(a, _operand(a, b))
+Tensor.__rsub__ = lambda a, b: Sub.apply(_operand(a, b), a)
+Tensor.__mul__ = lambda a, b: Mul.apply(a, _operand(a, b))
+Tensor.__rmul__ = lambda a, b: Mul.apply(_operand(a, b), a)
+Tensor.__truediv__ = lambda a, b: Div.apply(a, _operand(a, b))
+Tensor.__rtruediv__ = lambda a, b: Div.apply(_operand(a, b), a)
+Tensor.__matmul__ = lambda a, b: MatMul.apply(a, b)
+Tensor.__rmatmul__ = lambda a, b: MatMul.apply(b, a)
+Tensor.__neg__ = lambda a: Neg.apply(a)
+Tensor.__pow__ = power
+Tensor.__getitem__ = getitem
+Tensor.sum, Tensor.mean, Tensor.max = reduce_sum, reduce_mean, reduce_max
+Tensor.reshape = Tensor.view = reshape
+Tensor.transpose = transpose
+Tensor.T = property(lambda a: transpose(a))
+Tensor.exp = lambda a: Exp.apply(a)
+Tensor.log = lambda a: Log.apply(a)
+Tensor.tanh = lambda a: Tanh.apply(a)
+Tensor.to = to

@@ -12,13 +12,17 @@ How reverse-mode autodiff works here, in four sentences:
 4. Leaves (tensors made by the user, such as parameters) add what reaches them into
    ``.grad``: gradients ACCUMULATE across calls until ``zero_grad``.
 
+A Tensor's operators (``a + b``, ``a @ b``, ``.sum()``, ``.reshape()``, ``.to()``...) are ops too:
+minigpt/ops.py defines each one with its backward and gives it to Tensor, so that imports run
+one way (ops.py imports this module, never the reverse).
+
 Shape letters used across minigpt: B batch, T time, C channels, V vocab, nh heads, hs head size.
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator
 
 from minigpt import backend
 
@@ -168,13 +172,6 @@ class Tensor:
         self._unshared = False  # the detached tensor shares the array
         return Tensor(self.data)
 
-    def to(self, device: str | None = None, dtype: Any = None) -> Tensor:
-        """A copy on ``device`` and/or cast to ``dtype`` (self when nothing changes)."""
-        device = backend.check_device(device or self.device)
-        if device == self.device and (dtype is None or self.xp.dtype(dtype) == self.dtype):
-            return self
-        return _ops.To.apply(self, device=device, dtype=dtype)
-
     @property
     def xp(self) -> Any:
         return backend.get_array_module(self.data)
@@ -230,79 +227,6 @@ class Tensor:
                 key = id(inp)
                 # new array, never +=: the stored gradient may be an alias of another one
                 grads[key] = gi if key not in grads else grads[key] + gi
-
-    # ------------------------------------------------------------------ operators
-    def _scalar(self, other: Any) -> Any:
-        """The other operand of a binary operator. A 0-d NumPy number that is not a Tensor (a
-        numpy.float64 or numpy.int64 scalar, a 0-d array) takes this float tensor's dtype, as a
-        number does in torch: float32 * numpy.float64(2) stays float32 (NumPy alone would promote
-        it to float64). Python numbers need nothing: NumPy already lets them keep the dtype.
-        (A 0-d Tensor is an operand like any other: float32 + a 0-d float64 Tensor is float64.)"""
-        if isinstance(other, Tensor) or type(other) in (int, float, bool) or not _is_float(self.dtype):
-            return other
-        is_number = getattr(other, "ndim", None) == 0 and getattr(other.dtype, "kind", None) in ("i", "u", "f")
-        return self.xp.asarray(other, dtype=self.dtype) if is_number else other
-
-    def __add__(self, other: Any) -> Tensor: return _ops.Add.apply(self, self._scalar(other))
-    def __radd__(self, other: Any) -> Tensor: return _ops.Add.apply(self._scalar(other), self)
-    def __sub__(self, other: Any) -> Tensor: return _ops.Sub.apply(self, self._scalar(other))
-    def __rsub__(self, other: Any) -> Tensor: return _ops.Sub.apply(self._scalar(other), self)
-    def __mul__(self, other: Any) -> Tensor: return _ops.Mul.apply(self, self._scalar(other))
-    def __rmul__(self, other: Any) -> Tensor: return _ops.Mul.apply(self._scalar(other), self)
-    def __truediv__(self, other: Any) -> Tensor: return _ops.Div.apply(self, self._scalar(other))
-    def __rtruediv__(self, other: Any) -> Tensor: return _ops.Div.apply(self._scalar(other), self)
-    def __matmul__(self, other: Any) -> Tensor: return _ops.MatMul.apply(self, other)
-    def __rmatmul__(self, other: Any) -> Tensor: return _ops.MatMul.apply(other, self)
-    def __neg__(self) -> Tensor: return _ops.Neg.apply(self)
-
-    def __pow__(self, exponent: float) -> Tensor:
-        if isinstance(exponent, Tensor):
-            raise TypeError("Tensor ** Tensor is not supported: the exponent must be a Python number")
-        if getattr(exponent, "ndim", None) == 0:  # a NumPy scalar: as a Python number, so float32 stays float32
-            exponent = exponent.item()
-        return _ops.Pow.apply(self, exponent=exponent)
-
-    def __getitem__(self, index: Any) -> Tensor:
-        if isinstance(index, tuple):
-            index = tuple(i.data if isinstance(i, Tensor) else i for i in index)
-        elif isinstance(index, Tensor):
-            index = index.data
-        return _ops.GetItem.apply(self, index=index)
-
-    def sum(self, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Tensor:
-        return _ops.Sum.apply(self, axis=axis, keepdims=keepdims)
-
-    def mean(self, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Tensor:
-        return _ops.Mean.apply(self, axis=axis, keepdims=keepdims)
-
-    def max(self, axis: int | Sequence[int] | None = None, keepdims: bool = False) -> Tensor:
-        return _ops.Max.apply(self, axis=axis, keepdims=keepdims)
-
-    def reshape(self, *shape: Any) -> Tensor:
-        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
-            shape = tuple(shape[0])
-        return _ops.Reshape.apply(self, shape=shape)
-
-    view = reshape
-
-    def transpose(self, *axes: Any) -> Tensor:
-        """Permute axes like ``numpy.transpose`` (no axes: reverse them all)."""
-        if len(axes) == 1 and isinstance(axes[0], (tuple, list)):
-            axes = tuple(axes[0])
-        return _ops.Transpose.apply(self, axes=axes or None)
-
-    @property
-    def T(self) -> Tensor:
-        return self.transpose()
-
-    def exp(self) -> Tensor: return _ops.Exp.apply(self)
-    def log(self) -> Tensor: return _ops.Log.apply(self)
-    def tanh(self) -> Tensor: return _ops.Tanh.apply(self)
-
-
-def cat(tensors: Sequence[Tensor], axis: int = -1) -> Tensor:
-    """Join tensors along ``axis`` (torch.cat): the backward hands each its slice of the gradient."""
-    return _ops.Concatenate.apply(*tensors, axis=axis)
 
 
 def _topological_order(root: Tensor) -> list[Tensor]:
@@ -416,5 +340,3 @@ def iter_tensors(values: Any) -> Iterator[Tensor]:
     else:
         yield from values
 
-
-from minigpt import ops as _ops  # noqa: E402  (the operators need Tensor defined first)
