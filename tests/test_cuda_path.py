@@ -31,11 +31,11 @@ from minigpt.tensor import Tensor
 from minigpt.train import (TrainConfig, build_model, build_optimizer, resume_config, split_loss, train,
                            train_step)
 
+from tests.conftest import HAS_CUDA
+
 # the line of Tensor.item that reads a value back (the one synchronisation a training step may have)
 ITEM_LINE = next(i for i, line in enumerate(inspect.getsource(tensor_module).splitlines(), 1)
                  if line.strip() == "return self.data.item()")
-
-from tests.conftest import HAS_CUDA
 
 recorder = fakecupy.recorder
 
