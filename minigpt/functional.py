@@ -335,10 +335,12 @@ GELU_A = 0.044715
 
 
 class GELU(Function):
-    """GELU, tanh form (GPT-2; torch ``approximate="tanh"``):
+    """GELU, tanh form (GPT-2; torch ``approximate="tanh"``). GELU is x·Φ(x), Φ the standard normal
+    CDF; GPT-2 approximates Φ(x) by 0.5 (1 + tanh u) (within 0.0005 of the exact GELU everywhere):
         u = k (x + a x³),  k = sqrt(2/π), a = 0.044715
-        y = 0.5 x (1 + tanh u)
-        dy/dx = 0.5 (1 + tanh u) + 0.5 x (1 - tanh² u) k (1 + 3 a x²)      (product rule)
+        y = gelu(x) = 0.5 x (1 + tanh u)
+        gelu′(x) = 0.5 (1 + tanh u) + 0.5 x (1 - tanh² u) k (1 + 3 a x²)      (product rule)
+        dx = dy * gelu′(x)
     Saves x (the backward recomputes tanh u from it).
     """
 
@@ -353,9 +355,9 @@ class GELU(Function):
         xp = backend.get_array_module(dy)
         x = self.saved
         t = xp.tanh(GELU_K * (x + GELU_A * x * x * x))
-        # forward: y = 0.5 x (1 + tanh u)  =>  dy/dx = 0.5 (1 + t) + 0.5 x (1 - t²) du/dx
-        dydx = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_K * (1.0 + 3.0 * GELU_A * x * x)
-        return dy * dydx
+        # forward: y = 0.5 x (1 + tanh u)  =>  gelu′(x) = 0.5 (1 + t) + 0.5 x (1 - t²) u′(x)
+        gelu_prime = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_K * (1.0 + 3.0 * GELU_A * x * x)
+        return dy * gelu_prime
 
 
 def gelu(x: Tensor) -> Tensor:
@@ -422,17 +424,18 @@ def attention_weights(q: Any, k: Any, is_causal: bool, scale: float) -> Any:
 
 
 class ScaledDotProductAttention(Function):
-    """y = softmax(q kᵀ * s + mask) v, s = 1/sqrt(hs) by default; -inf above the diagonal if causal.
+    """y = softmax(q kᵀ * scale + mask) v, scale = 1/sqrt(hs) by default; -inf above the diagonal if causal.
 
-    q (B, nh, T, hs), k and v (B, nh, S, hs) -> y (B, nh, T, hs). Forward:
-        scores = q @ kᵀ * s                  (B, nh, T, S)
+    q (B, nh, T, hs), k and v (B, nh, S, hs) -> y (B, nh, T, hs), for T queries and S keys (S = T in
+    self-attention). Forward:
+        scores = q @ kᵀ * scale              (B, nh, T, S)
         att = softmax(masked scores)         the future (j > i) set to -inf, so its weight is exactly 0
         att_d = att * drop                   (drop: inverted-dropout mask, when dropout_p > 0)
         y = att_d @ v
     Backward, in reverse:
         dv = att_dᵀ @ dy,   datt_d = dy @ vᵀ
         datt = datt_d * drop
-        dscores = att * (datt - sum(att * datt)) * s      (softmax backward; masked entries stay 0)
+        dscores = att * (datt - sum(att * datt)) * scale      (softmax backward; masked entries stay 0)
         dq = dscores @ k,   dk = dscoresᵀ @ q
     The leading (batch) axes of q, k and v broadcast against each other as in matmul (one k
     and v shared by every head, say); each gradient is then summed back to its input's shape.
@@ -460,7 +463,7 @@ class ScaledDotProductAttention(Function):
         # forward: att_d = att * drop
         if drop is not None:
             datt = datt * drop
-        # forward: att = softmax(scores), scores = q @ kᵀ * s
+        # forward: att = softmax(scores), scores = q @ kᵀ * scale
         dscores = softmax_backward(att, datt, axis=-1) * self.scale
         dq = dscores @ k  # (B, nh, T, S) @ (B, nh, S, hs) -> (B, nh, T, hs)
         dk = xp.swapaxes(dscores, -1, -2) @ q  # (B, nh, S, T) @ (B, nh, T, hs) -> (B, nh, S, hs)

@@ -3,6 +3,7 @@ and every pointer to the code names something that exists."""
 
 import importlib
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,9 @@ import pytest
 from minigpt import Tensor, nn, optim
 from minigpt import functional as F
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "derivations.md"
+REPO = Path(__file__).resolve().parents[1]
+DOC = REPO / "docs" / "derivations.md"
+sys.path.insert(0, str(REPO / "examples"))
 BLOCKS = re.findall(r"```python\n# formula: (\w+)\n(.*?)```", DOC.read_text(), flags=re.S)
 
 
@@ -26,7 +29,8 @@ def formula(name):
 
 def test_every_op_has_its_formula_block():
     assert sorted(n for n, _ in BLOCKS) == sorted(
-        ["linear", "embedding", "softmax", "log_softmax", "cross_entropy", "layer_norm", "gelu", "attention", "adamw"])
+        ["linear", "embedding", "softmax", "log_softmax", "cross_entropy", "layer_norm", "gelu", "split_heads",
+         "attention", "adamw"])
 
 
 def test_every_code_pointer_exists():
@@ -84,6 +88,35 @@ def test_cross_entropy():
 
 def test_layer_norm():
     check("layer_norm", F.layer_norm, [leaf((4, 6)), leaf((6,)), leaf((6,))])
+
+
+def test_split_heads_as_the_gpt_does_it():
+    """The doc's split into heads and its backward against CausalSelfAttention's reshape and transpose ops."""
+    doc = formula("split_heads")
+    x = leaf((2, 5, 12))
+    heads = x.reshape(2, 5, 3, 4).transpose(0, 2, 1, 3)  # as nn/gpt.py's CausalSelfAttention.forward
+    np.testing.assert_array_equal(heads.data, doc["forward"](x.data, 3))
+    dy = rng.standard_normal(heads.shape)
+    heads.backward(dy)
+    np.testing.assert_array_equal(x.grad, doc["backward"](x.data, 3, dy))
+    merged = Tensor(heads.data).transpose(0, 2, 1, 3).reshape(2, 5, 12)  # and the merge undoes the split
+    np.testing.assert_array_equal(merged.data, x.data)
+
+
+def test_the_measured_init_scales_the_doc_quotes():
+    """derivations.md's numbers from examples/init_scales.py at GPT-2's init (the trained ones need a run)."""
+    import init_scales  # examples/init_scales.py
+
+    text = DOC.read_text()
+    model = init_scales.preset_gpt()
+    idx = init_scales.measurement_batch()
+    s = init_scales.attention_stats(model, idx)
+    assert s["q"] == pytest.approx(128 * 0.02**2, rel=0.1) and s["k"] == pytest.approx(128 * 0.02**2, rel=0.1)
+    assert f"var(q) = var(k) = {s['q']:.3f}" in text
+    scaled = init_scales.stream_stds(init_scales.preset_gpt(), idx)
+    plain = init_scales.stream_stds(init_scales.unscaled(init_scales.preset_gpt()), idx)
+    assert scaled[-1] < 0.6 * plain[-1]  # the scaling keeps the stream from growing with depth
+    assert " → ".join(f"{v:.3f}" for v in scaled[1:]) in text and " → ".join(f"{v:.3f}" for v in plain[1:]) in text
 
 
 def test_attention():

@@ -308,13 +308,13 @@ def layer_norm(x: Tensor, weight: Tensor | None = None, bias: Tensor | None = No
 
 # ----------------------------------------------------------------------------- GELU
 class GELU(ref.GELU):
-    """Twin of ``functional.GELU``: dy/dx computed in the forward pass, tile by tile, in 15
+    """Twin of ``functional.GELU``: gelu′(x) computed in the forward pass, tile by tile, in 15
     array passes, so that backward is one multiply.
 
     The reference saves x and recomputes tanh u in backward (about 30 passes in all). Here,
-    while x and tanh u are in cache, forward also writes dy/dx in the factored form
-        dy/dx = (1 + tanh u) (0.5 + 0.5 x k (1 + 3 a x²) (1 - tanh u))     (1 - t² = (1 + t)(1 - t))
-    which shares (1 + tanh u) with y. Saves dy/dx (shape of x), nothing in no_grad.
+    while x and tanh u are in cache, forward also writes gelu′(x) in the factored form
+        gelu′(x) = (1 + tanh u) (0.5 + 0.5 x k (1 + 3 a x²) (1 - tanh u))     (1 - t² = (1 + t)(1 - t))
+    which shares (1 + tanh u) with y. Saves gelu′(x) (shape of x), nothing in no_grad.
     ``inplace=True`` writes y over x's array (each tile's x is read before its y is written),
     when nothing else needs x (the MLP's c_fc output; Function.apply grants the request only
     for an unshared x): one array fewer.
@@ -345,7 +345,7 @@ class GELU(ref.GELU):
             xp.tanh(t, out=t)
             xp.multiply(xc, 0.5, out=yc)  # yc holds x/2 until the end
             if df is not None:
-                # dy/dx = (1 + t) (0.5 + (x/2) k (1 + 3 a x²) (1 - t))
+                # gelu′(x) = (1 + t) (0.5 + (x/2) k (1 + 3 a x²) (1 - t))
                 dc = df[sl]
                 s *= 3.0 * A * K
                 s += K
@@ -362,7 +362,7 @@ class GELU(ref.GELU):
         return y
 
     def backward(self, dy: Any) -> Any:
-        # dx = dy * dy/dx, written over dy/dx (a graph runs backward once)
+        # dx = dy * gelu′(x), written over gelu′(x) (a graph runs backward once)
         deriv = self.saved
         deriv *= dy
         return deriv
