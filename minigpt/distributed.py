@@ -104,29 +104,47 @@ class World:
     def average_gradients(self, params: Iterable[Tensor], loss: Tensor, stop: bool = False) -> tuple[float, bool]:
         """Replace every gradient by its mean over the ranks, in ONE all-reduce of one flat buffer.
 
-        The buffer holds, in order: every parameter's gradient (flattened), this rank's loss, and
-        its stop flag (1.0 or 0.0). After the sum and the division by N it holds the mean gradient,
-        the mean loss (= the loss on the global batch) and a flag > 0 when any rank asked to stop.
-        Each ``p.grad`` becomes a view of the buffer (no copy back). Returns (loss, stop)."""
+        The buffer holds, in order: every parameter's gradient (flattened; zeros where this rank
+        has none), one flag per parameter (1.0 where this rank has its gradient), this rank's loss
+        and its stop flag (1.0 or 0.0). After the sum and the division by N it holds the mean
+        gradient, the mean loss (= the loss on the global batch) and flags > 0 where any rank had a
+        gradient or asked to stop. Each ``p.grad`` becomes a view of the buffer (no copy back); a
+        parameter that no rank used keeps no gradient, as in one process. Returns (loss, stop)."""
         params = [p for p in params if p.requires_grad]
         if self.size == 1:
             return loss.item(), stop
-        n = sum(p.size for p in params)
+        n, k = sum(p.size for p in params), len(params)
         dtype = params[0].dtype
-        if self._buffer is None or self._buffer.size != n + 2 or self._buffer.dtype != dtype:
-            self._buffer = numpy.empty(n + 2, dtype=dtype)
+        if self._buffer is None or self._buffer.size != n + k + 2 or self._buffer.dtype != dtype:
+            self._buffer = numpy.empty(n + k + 2, dtype=dtype)
         buf, offset = self._buffer, 0
-        for p in params:  # a parameter without a gradient (unused this step) contributes zeros
+        for i, p in enumerate(params):
             buf[offset:offset + p.size] = 0 if p.grad is None else backend.to_numpy(p.grad).reshape(-1)
+            buf[n + i] = p.grad is not None
             offset += p.size
-        buf[n], buf[n + 1] = backend.to_numpy(loss.data), float(stop)
+        buf[n + k], buf[n + k + 1] = backend.to_numpy(loss.data), float(stop)
         self.comm.Allreduce(self._mpi().IN_PLACE, buf, op=self._mpi().SUM)  # every rank: Σ_r
         buf /= self.size  # the mean over ranks = the gradient of the global batch's mean loss
         offset = 0
-        for p in params:
-            p.grad = backend.move(buf[offset:offset + p.size].reshape(p.shape), p.device)
+        for i, p in enumerate(params):
+            used = buf[n + i] > 0
+            p.grad = backend.move(buf[offset:offset + p.size].reshape(p.shape), p.device) if used else None
             offset += p.size
-        return float(buf[n]), bool(buf[n + 1] > 0)
+        return float(buf[n + k]), bool(buf[n + k + 1] > 0)
+
+    def raise_if_any_failed(self, error: BaseException | None) -> None:
+        """Collective: every rank tells whether its ``error`` is set; if any is, every rank raises
+        the same :class:`EveryRankError` (the first failing rank's message), so rank 0 reports it
+        once and no rank is left waiting for the others. One process: re-raises ``error``."""
+        if self.size == 1:
+            if error is not None:
+                raise error
+            return
+        messages = self.allgather(None if error is None else " ".join(str(error).split()) or type(error).__name__)
+        failed = [r for r, m in enumerate(messages) if m is not None]
+        if failed:
+            where = "" if len(failed) == self.size else f" (on rank {', '.join(map(str, failed))} of {self.size})"
+            raise EveryRankError(messages[failed[0]] + where) from error
 
     def check_same_parameters(self, params: Iterable[Tensor]) -> None:
         """Raise :class:`EveryRankError` unless every rank holds bit-identical parameters (a sha256

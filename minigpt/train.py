@@ -367,28 +367,33 @@ def _train(cfg: TrainConfig, log: Callable[[str], None], should_stop: Callable[[
     world = distributed.world()  # one process, or N ranks under mpiexec -n N
     if world.rank != 0:  # rank 0 alone prints and writes files
         log = _silent
-    out_dir = Path(cfg.out_dir)
-    device = resolve_device(cfg.device)
-    dtype = numpy.dtype(cfg.dtype)
-    if device == "cpu" and not cfg.reference:
-        fast.keep_freed_memory()  # each step reuses the last one's freed memory: no page faults
+    failure: BaseException | None = None
+    try:  # the set-up: an error here is usually every rank's alike; the ranks agree on it below
+        out_dir = Path(cfg.out_dir)
+        device = resolve_device(cfg.device)
+        dtype = numpy.dtype(cfg.dtype)
+        if device == "cpu" and not cfg.reference:
+            fast.keep_freed_memory()  # each step reuses the last one's freed memory: no page faults
 
-    text = load_source(cfg.data)
-    tokenizer = CharTokenizer.from_text(text)
-    train_ids, val_ids = train_val_split(tokenizer.encode(text))
-    if len(val_ids) <= cfg.block_size:
-        raise ValueError(f"the text is too short for block_size {cfg.block_size}: its validation split "
-                         f"has {len(val_ids)} characters, it needs more than {cfg.block_size}")
+        text = load_source(cfg.data)
+        tokenizer = CharTokenizer.from_text(text)
+        train_ids, val_ids = train_val_split(tokenizer.encode(text))
+        if len(val_ids) <= cfg.block_size:
+            raise ValueError(f"the text is too short for block_size {cfg.block_size}: its validation split "
+                             f"has {len(val_ids)} characters, it needs more than {cfg.block_size}")
 
-    minigpt.manual_seed(cfg.seed)
-    batch_rng = numpy.random.default_rng(cfg.seed)
-    model = build_model(cfg, tokenizer.vocab_size).to(device, dtype)
-    optimizer = build_optimizer(model, cfg)
-    it, best_val, evaluated_at, metrics = 0, math.inf, -1, []
+        minigpt.manual_seed(cfg.seed)
+        batch_rng = numpy.random.default_rng(cfg.seed)
+        model = build_model(cfg, tokenizer.vocab_size).to(device, dtype)
+        optimizer = build_optimizer(model, cfg)
+        it, best_val, evaluated_at, metrics = 0, math.inf, -1, []
 
-    if cfg.resume:
-        it, best_val, evaluated_at, metrics = _restore(out_dir / checkpoint.LATEST, model, optimizer,
-                                                       tokenizer, batch_rng, device, log, world.size)
+        if cfg.resume:
+            it, best_val, evaluated_at, metrics = _restore(out_dir / checkpoint.LATEST, model, optimizer,
+                                                           tokenizer, batch_rng, device, log, world.size)
+    except (ValueError, RuntimeError, OSError) as e:
+        failure = e
+    world.raise_if_any_failed(failure)  # one process: re-raises it; N ranks: every rank raises one error
     world.check_same_parameters(model.parameters())
     model.train()
     n_params = model.num_params()

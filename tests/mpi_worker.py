@@ -3,24 +3,36 @@
     python tests/mpi_worker.py step OUT [--break skip-allreduce|no-divide]
         five data-parallel AdamW steps of a tiny float64 GPT; rank 0 writes the losses and weights
         to OUT (an .npz) for the test to compare with one process on the same global batches
-    python tests/mpi_worker.py train-die|train-raise|mismatch OUT_DIR
-        a short training run in which rank 1 is killed, or raises, at its third step, or in which
-        the ranks are seeded apart (their parameters differ): each must end in a clear error
+    python tests/mpi_worker.py grads OUT
+        one all-reduce of a parameter every rank used, one only rank 0 used and one nobody used
+    python tests/mpi_worker.py train-die|train-raise|train-bug|train-nan|mismatch OUT_DIR
+        a short training run in which rank 1 is killed, raises an error, or hits a bug (TypeError)
+        at its third step, or the loss becomes NaN, or the ranks are seeded apart (their
+        parameters differ): each must end in a clear error, never a hang
+    python tests/mpi_worker.py train-float64 OUT_DIR
+        a short float64 training run (dropout 0) whose numbers a test compares with one process
+    python tests/mpi_worker.py train-who OUT_DIR
+        a short run with dropout that records, per rank, who saved, wrote metrics, sampled, and
+        the first dropout draw of every step
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy
 
 import minigpt
-from minigpt import backend, cli, distributed
+from minigpt import backend, checkpoint, cli, distributed, nn
+from minigpt import train as train_module
 from minigpt.data import get_batch
+from minigpt.tensor import Tensor
 from minigpt.train import TrainConfig, build_model, build_optimizer, parallel_train_step, train, train_step
 
 STEPS, BATCH, BLOCK = 5, 6, 8
@@ -71,24 +83,97 @@ def run_steps(out: Path, broken: str | None) -> None:
         numpy.savez(out, losses=numpy.array(losses), **params)
 
 
+def run_grads(out: Path) -> None:
+    """used: every rank's gradient is its rank + 1; rank0_only: rank 0's is 4, rank 1 has none;
+    unused: no rank has one. Rank 0 writes what the all-reduce left."""
+    world = distributed.world()
+    used, rank0_only, unused = (nn.Parameter(numpy.zeros(3)) for _ in range(3))
+    used.grad = numpy.full(3, world.rank + 1.0)
+    rank0_only.grad = numpy.full(3, 4.0) if world.rank == 0 else None
+    loss, stop = world.average_gradients([used, rank0_only, unused], Tensor(numpy.float64(world.rank)), world.rank == 1)
+    if world.rank == 0:
+        out.write_text(json.dumps({"used": used.grad.tolist(), "rank0_only": rank0_only.grad.tolist(),
+                                   "unused": unused.grad, "loss": loss, "stop": stop}))
+
+
+def record_who(out_dir: Path, rank: int) -> None:
+    """Count, on this rank, the calls that should happen on rank 0 alone, and keep the first
+    dropout draw of each step (minigpt.backend.uniform) to compare across ranks."""
+    calls: dict[str, Any] = {"save": 0, "write_metrics": 0, "plot_metrics": 0, "sample_chars": 0, "draws": []}
+
+    def counted(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+    checkpoint.save = counted("save", checkpoint.save)  # this worker's process only
+    train_module.write_metrics = counted("write_metrics", train_module.write_metrics)
+    train_module.plot_metrics = counted("plot_metrics", train_module.plot_metrics)
+    generate_text = train_module.generate_text
+
+    def sampled(model, tokenizer, prompt, n_chars, **kw):
+        calls["sample_chars"] += n_chars
+        return generate_text(model, tokenizer, prompt, n_chars, **kw)
+
+    train_module.generate_text = sampled
+    uniform, start = backend.uniform, backend.start_host_stream
+
+    def first_draw(*args, **kwargs):
+        u = uniform(*args, **kwargs)
+        if calls.pop("fresh", False):
+            calls["draws"].append(float(u.reshape(-1)[0]))
+        return u
+
+    def started(*key):
+        calls["fresh"] = True
+        return start(*key)
+
+    backend.uniform, backend.start_host_stream = first_draw, started
+    import atexit  # noqa: PLC0415
+
+    atexit.register(lambda: (out_dir / f"calls-{rank}.json").write_text(json.dumps(calls)))
+
+
 def run_training(mode: str, out_dir: Path) -> int:
     rank = distributed.launched_rank()
-    cfg = TrainConfig.preset(out_dir=str(out_dir), n_layer=1, n_head=2, n_embd=16, block_size=16, batch_size=8,
-                             max_iters=20, lr_decay_iters=20, eval_interval=10, eval_iters=2, sample_chars=10,
-                             seed=1337 + (rank if mode == "mismatch" else 0))
+    settings = dict(out_dir=str(out_dir), n_layer=1, n_head=2, n_embd=16, block_size=16, batch_size=8,
+                    max_iters=20, lr_decay_iters=20, eval_interval=10, eval_iters=2, sample_chars=10,
+                    seed=1337 + (rank if mode == "mismatch" else 0))
+    if mode == "train-float64":
+        settings.update(dtype="float64")
+    if mode == "train-who":
+        settings.update(dropout=0.2)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        record_who(out_dir, rank)
+    cfg = TrainConfig.preset(**settings)
     calls = {"n": 0}
+    if mode == "train-nan":  # the all-reduced loss of the third step is NaN, on every rank alike
+        average = distributed.World.average_gradients
+
+        def nan_on_third(self, params, loss, stop=False):
+            lossf, stop = average(self, params, loss, stop)
+            calls["n"] += 1
+            return (float("nan") if calls["n"] == 3 else lossf), stop
+
+        distributed.World.average_gradients = nan_on_third
 
     def should_stop() -> bool:
-        calls["n"] += 1
+        calls["n"] += mode != "train-nan"
         if rank == 1 and calls["n"] == 3:
             if mode == "train-die":
                 os.kill(os.getpid(), signal.SIGKILL)
             if mode == "train-raise":
                 raise ValueError("rank 1 failed on purpose")
+            if mode == "train-bug":
+                raise TypeError("a bug on rank 1")
         return False
 
     def go() -> int:
-        train(cfg, should_stop=should_stop)
+        result = train(cfg, should_stop=should_stop)
+        if rank == 0:
+            (out_dir / "result.json").write_text(json.dumps({"full_val": result.full_val_loss,
+                                                             "best_val": result.best_val_loss}))
         return 0
 
     return cli.run(go)
@@ -96,12 +181,16 @@ def run_training(mode: str, out_dir: Path) -> int:
 
 def main() -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["step", "train-die", "train-raise", "mismatch"])
+    p.add_argument("mode", choices=["step", "grads", "train-die", "train-raise", "train-bug", "train-nan", "mismatch",
+                                    "train-float64", "train-who"])
     p.add_argument("out", type=Path)
     p.add_argument("--break", dest="broken", choices=["skip-allreduce", "no-divide"])
     args = p.parse_args()
     if args.mode == "step":
         run_steps(args.out, args.broken)
+        return 0
+    if args.mode == "grads":
+        run_grads(args.out)
         return 0
     return run_training(args.mode, args.out)
 

@@ -7,6 +7,7 @@ rank, a failing rank and ranks with different parameters each end in a clear err
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -19,8 +20,9 @@ import numpy
 import pytest
 
 import mpi_worker
-from minigpt import checkpoint, distributed
+from minigpt import backend, checkpoint, distributed
 from minigpt.tensor import Tensor
+from minigpt.train import TrainConfig, read_metrics, train
 
 pytest.importorskip("mpi4py", reason="the mpi extra is not installed (pip install -e \".[mpi]\")")
 
@@ -107,7 +109,53 @@ def test_the_step_comparison_catches_a_broken_all_reduce(tmp_path, one_process, 
     assert max_relative_difference(params, one_process[1]) > 1e-6
 
 
+def test_the_all_reduce_averages_every_gradient_and_leaves_unused_parameters_without_one(tmp_path):
+    r = launch(2, WORKER, "grads", tmp_path / "grads.json")
+    assert r.returncode == 0, r.stderr
+    got = json.loads((tmp_path / "grads.json").read_text())
+    assert got["used"] == [1.5] * 3  # (1 + 2) / 2
+    assert got["rank0_only"] == [2.0] * 3  # (4 + 0) / 2: rank 1's rows did not use it
+    assert got["unused"] is None  # as in one process: no gradient, so AdamW leaves it alone
+    assert got["loss"] == 0.5 and got["stop"] is True  # mean of the losses 0 and 1; rank 1 asked to stop
+
+
 # ----------------------------------------------------------------------------- training runs
+def test_a_two_rank_training_run_is_the_one_process_run(tmp_path):
+    """float64, no dropout: the same batches, evaluations, whole-val loss and weights as one process."""
+    r = launch(2, WORKER, "train-float64", tmp_path / "two")
+    assert r.returncode == 0, r.stderr
+    cfg = TrainConfig.preset(out_dir=str(tmp_path / "one"), n_layer=1, n_head=2, n_embd=16, block_size=16,
+                             batch_size=8, max_iters=20, lr_decay_iters=20, eval_interval=10, eval_iters=2,
+                             sample_chars=10, dtype="float64")
+    one = train(cfg, log=lambda m: None)
+    two = json.loads((tmp_path / "two" / "result.json").read_text())
+    assert two["full_val"] == pytest.approx(one.full_val_loss, rel=1e-12)
+    assert two["best_val"] == pytest.approx(one.best_val_loss, rel=1e-12)
+    rows = lambda d: [(m["iter"], m["train_loss"], m["val_loss"]) for m in read_metrics(d / "metrics.csv")]  # noqa: E731
+    assert rows(tmp_path / "two") == rows(tmp_path / "one") and len(rows(tmp_path / "one")) == 3
+    a, b = weights(tmp_path / "two" / "latest.npz"), weights(tmp_path / "one" / "latest.npz")
+    assert max_relative_difference(a, b) < 1e-12
+
+
+def test_rank_0_alone_writes_and_samples_and_each_rank_draws_its_own_dropout(tmp_path):
+    r = launch(2, WORKER, "train-who", tmp_path / "run")
+    assert r.returncode == 0, r.stderr
+    zero, one = (json.loads((tmp_path / "run" / f"calls-{k}.json").read_text()) for k in (0, 1))
+    assert zero["save"] >= 4 and zero["write_metrics"] == 3 and zero["plot_metrics"] == 3 and zero["sample_chars"] == 10
+    assert one["save"] == one["write_metrics"] == one["plot_metrics"] == one["sample_chars"] == 0
+    assert len(zero["draws"]) == len(one["draws"]) == 20  # one stream a step
+    assert all(a != b for a, b in zip(zero["draws"], one["draws"]))  # each rank its own masks
+    assert len(set(zero["draws"])) == 20  # and each step its own
+
+
+def test_host_streams_repeat_for_the_same_step_and_rank_and_differ_otherwise():
+    def first(*key):
+        backend.start_host_stream(*key)
+        return float(backend.uniform((4,), "float64", "cpu")[0])
+    assert first(3, 0) == first(3, 0) and len({first(3, 0), first(3, 1), first(4, 0)}) == 3
+
+
+
 def rank_pids(marker: str) -> dict[int, int]:
     """{rank: pid} of the processes whose command line holds ``marker``, read from /proc."""
     pids = {}
@@ -202,3 +250,28 @@ def test_a_rank_that_fails_stops_every_rank_with_its_error(tmp_path):
     r = launch(2, WORKER, "train-raise", tmp_path / "run")
     assert r.returncode == 2
     assert "error: rank 1 failed on purpose (on rank 1 of 2: stopping every rank)" in r.stderr
+
+
+def test_a_bug_in_one_rank_stops_every_rank_with_its_traceback(tmp_path):
+    started = time.time()
+    r = launch(2, WORKER, "train-bug", tmp_path / "run")
+    assert r.returncode != 0 and time.time() - started < TIMEOUT
+    assert "TypeError: a bug on rank 1" in r.stderr
+
+
+def test_a_nan_loss_is_one_error_line_on_every_rank(tmp_path):
+    r = launch(2, WORKER, "train-nan", tmp_path / "run")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        f"error: the loss became nan at iteration 2; stopping. The last good checkpoints are kept in {tmp_path / 'run'}"]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--block_size", "200000"], "error: the text is too short for block_size 200000"),
+    (["--data", "no-such-file.txt"], "error: "),
+])
+def test_an_error_every_rank_meets_in_the_set_up_is_one_line(tmp_path, flags, message):
+    r = launch(2, TRAIN, "--n_layer", "1", "--n_embd", "16", "--n_head", "2", *flags, cwd=tmp_path)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), r.stderr
