@@ -1,28 +1,37 @@
-"""From a bigram table to a GPT, one idea at a time: the steps of docs/walkthrough.md.
+"""From a bigram table to a GPT, one change at a time: the steps of docs/walkthrough.md.
 
     python examples/walkthrough.py data          # the text, its 65 characters, encoding, the split, a batch
     python examples/walkthrough.py averaging     # "attend to the past" three ways: loops, tril matmul, softmax
-    python examples/walkthrough.py bigram        # then train each model and print its val loss:
-    python examples/walkthrough.py embed         #   token + position embeddings, a linear head
-    python examples/walkthrough.py head          #   + one head of causal self-attention
-    python examples/walkthrough.py multihead     #   + several heads side by side
-    python examples/walkthrough.py ffwd          #   + a feed-forward layer after attention
-    python examples/walkthrough.py residual      #   + 4 blocks with residual connections
-    python examples/walkthrough.py layernorm     #   + layer norm before each part and at the end
-    python examples/walkthrough.py gpt           #   the same as minigpt.nn.GPT (GPT-2's init, tied weights), what
-                                                 #   train_shakespeare.py trains
-    python examples/walkthrough.py all           # every step in order
+    python examples/walkthrough.py STEP          # train one model step on 3 seeds: loss at init, val loss, a sample
+    python examples/walkthrough.py all           # every step in order, then the table of docs/walkthrough.md
 
-Every model step trains with the same small budget (AdamW at a constant 1e-3, batch 16 x block 32,
-64 channels) and reports its loss over the whole validation split. Data: --data PATH (or URL), else
-$MINIGPT_DATA, else the Tiny Shakespeare shipped inside minigpt.
+The model steps, each changing ONE thing from the step before it:
+    bigram     a (V, V) table: the next character's scores read from the current character's row
+    embed      the table becomes two learned matrices: a token embedding (V, C) and a linear head (C -> V)
+    position   + a position embedding added to the token's
+    head       + one head of causal self-attention (head size hs = C = 64)
+    multihead  the one head becomes 4 heads of 16 side by side, and a projection
+    ffwd       + a feed-forward layer (C -> 4C -> GELU -> C) after attention
+    deep       the (attention, feed-forward) pair becomes 4 such blocks, each feeding the next
+    residual   + residual connections: each part adds to a stream, x = x + f(x)
+    layernorm  + layer norm before each part and at the end (pre-LN, as GPT-2)
+    gpt2_init  GPT-2's initialisation: weights N(0, 0.02), residual projections N(0, 0.02/sqrt(2 n_layer)), biases 0
+    tied       the head's weight becomes the token table (weight tying), and the head has no bias
+    gpt        minigpt.nn.GPT: the same network, with q, k, v packed into one layer (c_attn) that has biases
+
+Every model step trains with the same small budget (AdamW at a constant lr 1e-3 and no weight decay,
+1500 iterations of 16 chunks x 32 characters, 64 channels) on each of 3 seeds, and reports its loss
+over the whole validation split: mean and standard deviation over the seeds. Data: --data PATH (or
+URL), else $MINIGPT_DATA, else the Tiny Shakespeare shipped inside minigpt.
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -30,11 +39,13 @@ import minigpt
 from minigpt import Tensor, cli, nn, optim
 from minigpt import functional as F
 from minigpt.data import CharTokenizer, get_batch, load_source, train_val_split
+from minigpt.nn.gpt import generate_loop
 from minigpt.train import split_loss
 
-# Shape letters: B batch, T time, C channels (n_embd), V vocab, hs head size.
+# Shape letters: B batch, T time, C channels (n_embd), V vocab, nh heads, hs head size.
 BLOCK_SIZE, BATCH_SIZE, N_EMBD, N_HEAD, N_LAYER = 32, 16, 64, 4, 4
-MAX_ITERS, LEARNING_RATE, SEED = 1500, 1e-3, 1337
+MAX_ITERS, LEARNING_RATE, SEEDS = 1500, 1e-3, (1337, 1, 2)
+SEED = SEEDS[0]  # the data and averaging steps' seed, and the seed whose sample is printed
 
 
 # ----------------------------------------------------------------------------- the data
@@ -62,7 +73,7 @@ def step_averaging(data: str | None = None) -> None:
     """Each position t gets the mean of positions 0..t, computed three ways that agree."""
     B, T, C = 4, 8, 2
     x = np.random.default_rng(SEED).standard_normal((B, T, C)).astype(np.float32)
-    # 1. loops
+    # 1. loops. xbow: "x, bag of words", the mean of everything so far (its order forgotten)
     xbow = np.zeros((B, T, C), dtype=np.float32)
     for b in range(B):
         for t in range(T):
@@ -82,6 +93,29 @@ def step_averaging(data: str | None = None) -> None:
 
 
 # ----------------------------------------------------------------------------- the models, in order
+MODEL_STEPS = ["bigram", "embed", "position", "head", "multihead", "ffwd", "deep", "residual", "layernorm",
+               "gpt2_init", "tied", "gpt"]
+CHANGES = {  # what each step changes from the one before it (the table's second column)
+    "bigram": "a (V, V) table of next-character scores",
+    "embed": "the table becomes a token embedding (V, C) and a linear head (C → V)",
+    "position": "+ a position embedding (T, C) added to the token's",
+    "head": "+ one head of causal self-attention (hs = 64)",
+    "multihead": "one head becomes 4 heads of 16 and a projection",
+    "ffwd": "+ a feed-forward layer (C → 4C → GELU → C) after attention",
+    "deep": "4 (attention, feed-forward) blocks, each feeding the next",
+    "residual": "+ residual connections, x = x + f(x)",
+    "layernorm": "+ layer norm before each part and at the end (pre-LN)",
+    "gpt2_init": "GPT-2's init: N(0, 0.02), residual projections N(0, 0.02/√8), biases 0",
+    "tied": "the head's weight is the token table (tied), without a bias",
+    "gpt": "`minigpt.nn.GPT`: q, k, v packed in one `c_attn` layer, with biases",
+}
+
+
+def has(step: str, feature: str) -> bool:
+    """Whether the model of ``step`` has what step ``feature`` added (every step keeps what came before)."""
+    return MODEL_STEPS.index(step) >= MODEL_STEPS.index(feature)
+
+
 def causal_mask(T: int) -> np.ndarray:
     return np.where(np.tril(np.ones((T, T), dtype=bool)), 0.0, -np.inf).astype(np.float32)  # (T, T)
 
@@ -99,9 +133,9 @@ class Head(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         T = x.shape[1]
         k, q, v = self.key(x), self.query(x), self.value(x)  # each (B, T, hs)
-        wei = q @ k.transpose(0, 2, 1) * self.head_size**-0.5  # (B, T, hs) @ (B, hs, T) -> (B, T, T)
-        wei = F.softmax(wei + causal_mask(T), axis=-1)  # the future gets weight 0
-        return wei @ v  # (B, T, T) @ (B, T, hs) -> (B, T, hs)
+        scores = q @ k.transpose(0, 2, 1) * self.head_size**-0.5  # (B, T, hs) @ (B, hs, T) -> (B, T, T)
+        weights = F.softmax(scores + causal_mask(T), axis=-1)  # the future gets weight 0
+        return weights @ v  # (B, T, T) @ (B, T, hs) -> (B, T, hs)
 
 
 class MultiHeadAttention(nn.Module):
@@ -126,87 +160,143 @@ class FeedForward(nn.Module):
 
 
 class Block(nn.Module):
-    """Communication then computation, each added to the residual stream x; with ``layer_norm``
-    each sees a normalised copy of the stream (pre-LN, as GPT-2)."""
+    """Attention (communication), then, from step ffwd on, a feed-forward layer (computation).
+    From step residual on each part adds to the stream x instead of replacing it; from step
+    layernorm on each part reads a normalised copy of the stream (pre-LN, as GPT-2)."""
 
-    def __init__(self, layer_norm: bool = False) -> None:
-        self.sa, self.ffwd = MultiHeadAttention(N_HEAD, N_EMBD // N_HEAD), FeedForward()
-        self.ln1 = nn.LayerNorm(N_EMBD) if layer_norm else None
-        self.ln2 = nn.LayerNorm(N_EMBD) if layer_norm else None
+    def __init__(self, step: str) -> None:
+        self.sa = Head(N_EMBD) if step == "head" else MultiHeadAttention(N_HEAD, N_EMBD // N_HEAD)
+        self.ffwd = FeedForward() if has(step, "ffwd") else None
+        self.residual = has(step, "residual")
+        self.ln1 = nn.LayerNorm(N_EMBD) if has(step, "layernorm") else None
+        self.ln2 = nn.LayerNorm(N_EMBD) if has(step, "layernorm") and self.ffwd else None
 
     def forward(self, x: Tensor) -> Tensor:
-        x = x + self.sa(self.ln1(x) if self.ln1 else x)
-        return x + self.ffwd(self.ln2(x) if self.ln2 else x)
+        for part, ln in ((self.sa, self.ln1), (self.ffwd, self.ln2)):
+            if part is not None:
+                out = part(ln(x) if ln else x)  # (B, T, C)
+                x = x + out if self.residual else out
+        return x
 
 
 class LanguageModel(nn.Module):
-    """Token + position embeddings -> (what the step adds) -> logits. ``body`` builds the middle."""
+    """Token (+ position) embeddings -> blocks -> (layer norm) -> logits, as the step says."""
 
-    def __init__(self, vocab_size: int, body: str) -> None:
+    def __init__(self, vocab_size: int, step: str) -> None:
         self.token_embedding_table = nn.Embedding(vocab_size, N_EMBD)
-        self.position_embedding_table = nn.Embedding(BLOCK_SIZE, N_EMBD)
-        self.body = body
-        if body == "head":
-            self.sa = Head(N_EMBD)
-        elif body in ("multihead", "ffwd"):
-            self.sa = MultiHeadAttention(N_HEAD, N_EMBD // N_HEAD)
-            if body == "ffwd":
-                self.ffwd = FeedForward()
-        elif body in ("residual", "layernorm"):
-            self.blocks = nn.ModuleList([Block(layer_norm=body == "layernorm") for _ in range(N_LAYER)])
-            self.ln_f = nn.LayerNorm(N_EMBD) if body == "layernorm" else None
-        self.lm_head = nn.Linear(N_EMBD, vocab_size)
+        self.position_embedding_table = nn.Embedding(BLOCK_SIZE, N_EMBD) if has(step, "position") else None
+        n_blocks = (N_LAYER if has(step, "deep") else 1) if has(step, "head") else 0
+        self.blocks = nn.ModuleList([Block(step) for _ in range(n_blocks)])
+        self.ln_f = nn.LayerNorm(N_EMBD) if has(step, "layernorm") else None
+        self.lm_head = nn.Linear(N_EMBD, vocab_size, bias=not has(step, "tied"))
+        if has(step, "tied"):
+            self.lm_head.weight = self.token_embedding_table.weight  # one (V, C) table reads and writes tokens
+        if has(step, "gpt2_init"):
+            self.gpt2_init()
+
+    def gpt2_init(self) -> None:
+        """GPT-2's init, as minigpt.nn.GPT's: every weight N(0, 0.02), every bias 0, and the two
+        projections that write into the residual stream (attention's and the feed-forward's)
+        N(0, 0.02/√(2·n_layer))."""
+        for name, p in self.named_parameters():
+            rng = minigpt.backend.generator()
+            if name.endswith("bias"):
+                p.data[...] = 0
+            elif "ln" not in name:  # layer norm's gains stay 1
+                std = 0.02 / math.sqrt(2 * N_LAYER) if name.endswith("proj.weight") else 0.02
+                p.data[...] = rng.standard_normal(p.shape) * std
 
     def forward(self, idx, targets=None):
         idx = np.asarray(idx)
         T = idx.shape[1]
-        x = self.token_embedding_table(idx) + self.position_embedding_table(np.arange(T))  # (B, T, C)
-        if self.body in ("head", "multihead", "ffwd"):
-            x = self.sa(x)
-        if self.body == "ffwd":
-            x = self.ffwd(x)
-        if self.body in ("residual", "layernorm"):
-            for block in self.blocks:
-                x = block(x)
-            if self.ln_f is not None:
-                x = self.ln_f(x)
+        x = self.token_embedding_table(idx)  # (B, T, C)
+        if self.position_embedding_table is not None:
+            x = x + self.position_embedding_table(np.arange(T))  # + (T, C), the same for every row
+        for block in self.blocks:
+            x = block(x)
+        if self.ln_f is not None:
+            x = self.ln_f(x)
         logits = self.lm_head(x)  # (B, T, V)
         loss = None if targets is None else F.cross_entropy(logits, targets)
         return logits, loss
 
 
-def build(step: str, vocab_size: int) -> nn.Module:
-    minigpt.manual_seed(SEED)
+def build(step: str, vocab_size: int, seed: int = SEED) -> nn.Module:
+    minigpt.manual_seed(seed)
     if step == "bigram":
         return nn.BigramLanguageModel(vocab_size)
-    if step == "gpt":
+    if step == "gpt":  # bias=True: c_attn, c_proj, c_fc and layer norm all have biases
         return nn.GPT(nn.GPTConfig(block_size=BLOCK_SIZE, vocab_size=vocab_size, n_layer=N_LAYER,
-                                   n_head=N_HEAD, n_embd=N_EMBD, dropout=0.0))
+                                   n_head=N_HEAD, n_embd=N_EMBD, dropout=0.0, bias=True))
     return LanguageModel(vocab_size, step)
 
 
-def train_step(step: str, data: str | None = None, max_iters: int = MAX_ITERS) -> float:
-    """Train the model of ``step`` and return its loss over the whole validation split."""
+@dataclass
+class StepResult:
+    step: str
+    seed: int
+    params: int
+    init_loss: float  # whole-validation-split loss before training
+    first_move: float  # mean |change| of the logits of the first batch made by the first AdamW step
+    val_loss: float  # whole-validation-split loss after training
+    seconds: float
+    sample: str
+
+
+def train_model(step: str, data: str | None = None, max_iters: int = MAX_ITERS, seed: int = SEED,
+                sample_chars: int = 120) -> StepResult:
+    """Train the model of ``step`` from ``seed`` and measure it (see StepResult)."""
     _, tok, train, val = load(data)
-    model = build(step, tok.vocab_size)
-    opt = optim.AdamW(model.parameters(), lr=LEARNING_RATE)
-    rng = np.random.default_rng(SEED)
+    model = build(step, tok.vocab_size, seed)
+    init_loss = split_loss(model, val, BLOCK_SIZE)
+    opt = optim.AdamW(model.parameters(), lr=LEARNING_RATE, weight_decay=0.0)  # no decay: one idea at a time
+    rng = np.random.default_rng(seed)
     t0 = time.time()
+    first_move = float("nan")
     for it in range(max_iters):
         x, y = get_batch(train, BATCH_SIZE, BLOCK_SIZE, rng)
-        _, loss = model(x, y)
+        logits, loss = model(x, y)
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if it % 500 == 0:
-            print(f"  {step}: iter {it}, train loss {loss.item():.4f}")
+        if it == 0:
+            with minigpt.no_grad():
+                first_move = float(np.abs(model(x)[0].data.reshape(-1) - logits.data.reshape(-1)).mean())
+    seconds = time.time() - t0
     val_loss = split_loss(model, val, BLOCK_SIZE)
-    print(f"{step}: {model.num_params():,} parameters, {max_iters} iterations in {time.time() - t0:.0f} s, "
-          f"val loss over the whole split {val_loss:.4f} (uniform guessing: {math.log(tok.vocab_size):.4f})")
-    return val_loss
+    minigpt.manual_seed(seed)
+    with minigpt.no_grad():
+        ids = generate_loop(tok.encode("\n")[None, :], sample_chars, 1.0, None,
+                            lambda idx: model(idx[:, -BLOCK_SIZE:])[0].data[:, -1, :])  # (1, 1 + sample_chars)
+    return StepResult(step, seed, model.num_params(), init_loss, first_move, val_loss, seconds,
+                      tok.decode(ids[0]))
 
 
-MODEL_STEPS = ["bigram", "embed", "head", "multihead", "ffwd", "residual", "layernorm", "gpt"]
+def run_step(step: str, data: str | None, max_iters: int, seeds: tuple[int, ...]) -> list[StepResult]:
+    results = []
+    for seed in seeds:
+        r = train_model(step, data, max_iters, seed)
+        print(f"{step}, seed {seed}: {r.params:,} parameters, loss at init {r.init_loss:.4f}, first step moves "
+              f"the logits by {r.first_move:.4f}, {max_iters} iterations in {r.seconds:.0f} s, val loss {r.val_loss:.4f}")
+        results.append(r)
+    losses = [r.val_loss for r in results]
+    spread = statistics.stdev(losses) if len(losses) > 1 else 0.0
+    print(f"{step}: whole-split val loss {statistics.mean(losses):.4f} ± {spread:.4f} over {len(seeds)} seed(s) "
+          f"(uniform guessing: ln 65 = {math.log(65):.4f}); sample (seed {seeds[0]}):\n{results[0].sample}\n")
+    return results
+
+
+def table(rows: list[list[StepResult]]) -> str:
+    """The table of docs/walkthrough.md, from every step's results."""
+    lines = ["| step | what it changes | parameters | loss at init | whole-val loss (mean ± sd) | first-step logit change | time (median seed) |",
+             "|---|---|---|---|---|---|---|"]
+    for results in rows:
+        r, losses = results[0], [x.val_loss for x in results]
+        spread = statistics.stdev(losses) if len(losses) > 1 else 0.0
+        lines.append(f"| `{r.step}` | {CHANGES[r.step]} | {r.params:,} | {statistics.mean(x.init_loss for x in results):.3f} | "
+                     f"**{statistics.mean(losses):.4f}** ± {spread:.4f} | {statistics.mean(x.first_move for x in results):.4f} | "
+                     f"{statistics.median(x.seconds for x in results):.0f} s |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,17 +304,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("step", choices=["data", "averaging", *MODEL_STEPS, "all"])
     p.add_argument("--data", default=None, help="text file or URL (default: $MINIGPT_DATA, else the packaged Tiny Shakespeare)")
     p.add_argument("--max_iters", type=int, default=MAX_ITERS)
+    p.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="comma-separated seeds (default 1337,1,2)")
     args = p.parse_args(argv)
     if args.max_iters < 1:
         raise ValueError(f"--max_iters must be a positive integer, got {args.max_iters}")
+    seeds = tuple(int(s) for s in args.seeds.split(","))
     steps = ["data", "averaging", *MODEL_STEPS] if args.step == "all" else [args.step]
+    rows = []
     for step in steps:
         if step == "data":
             step_data(args.data)
         elif step == "averaging":
             step_averaging()
         else:
-            train_step(step, args.data, args.max_iters)
+            rows.append(run_step(step, args.data, args.max_iters, seeds))
+    if len(rows) > 1:
+        print(table(rows))
     return 0
 
 
