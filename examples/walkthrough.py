@@ -99,7 +99,7 @@ CHANGES = {  # what each step changes from the one before it (the table's second
     "bigram": "a (V, V) table of next-character scores",
     "embed": "the table becomes a token embedding (V, C) and a linear head (C → V)",
     "position": "+ a position embedding (T, C) added to the token's",
-    "head": "+ one head of causal self-attention (hs = 64)",
+    "head": "+ one head of causal self-attention (head size hs = 64)",
     "multihead": "one head becomes 4 heads of 16 and a projection",
     "ffwd": "+ a feed-forward layer (C → 4C → GELU → C) after attention",
     "deep": "4 (attention, feed-forward) blocks, each feeding the next",
