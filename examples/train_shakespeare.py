@@ -35,6 +35,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """One flag per TrainConfig field; flags left out stay None so the preset decides."""
     p = cli.ArgumentParser(description=__doc__.split("\n\n")[0],
                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=["nanogpt"], default=None,
+                   help="nanogpt: nanoGPT's CPU recipe exactly (4 layers, 128 wide, block 64, batch 12, 2000 "
+                        "iterations, lr 1e-3 -> 1e-4); other flags still override it")
     for f in dataclasses.fields(TrainConfig):
         if f.name == "resume":
             p.add_argument("--resume", action="store_true", help="continue the run in --out_dir from latest.npz")
@@ -50,10 +53,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = vars(parse_args(argv))
+    preset = args.pop("preset")
     if args.pop("resume"):
+        if preset:
+            raise ValueError("--resume continues a run with the settings it was started with: --preset does not apply")
         cfg = resume_config(args.pop("out_dir") or "out", **args)
     else:
-        cfg = TrainConfig.preset(**args)
+        cfg = TrainConfig.preset(preset=preset, **args)
     stop = {"signal": None}
 
     def request_stop(signum, frame):  # Ctrl-C / SIGTERM: finish the step, save latest.npz, exit

@@ -41,8 +41,11 @@ from minigpt.tensor import no_grad
 # nanoGPT's recipes. CPU: its README's laptop command for shakespeare_char; GPU: config/train_shakespeare_char.py.
 # Neither sets `bias`, so both take nanoGPT train.py's default, bias=False (no biases in Linear and
 # LayerNorm), although its GPTConfig dataclass (and ours) defaults to True.
-CPU_PRESET = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, max_iters=2000,
-                  lr_decay_iters=2000, dropout=0.0, eval_iters=20, bias=False)
+NANOGPT_CPU_PRESET = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, max_iters=2000,
+                          lr_decay_iters=2000, dropout=0.0, eval_iters=20, bias=False, learning_rate=1e-3,
+                          min_lr=1e-4, warmup_iters=100, weight_decay=0.1, beta1=0.9, beta2=0.99, grad_clip=1.0,
+                          eval_interval=250)
+CPU_PRESET = dict(NANOGPT_CPU_PRESET)  # the default on a CPU: nanoGPT's recipe
 GPU_PRESET = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=64, max_iters=5000,
                   lr_decay_iters=5000, dropout=0.2, eval_iters=200, bias=False)
 # the notebook's bigram: a (V, V) table, short contexts, a higher rate for a table that starts at N(0, 1)
@@ -84,12 +87,17 @@ class TrainConfig:
     reference: bool = False  # train with the plain reference ops instead of the fast twins (same math)
 
     @classmethod
-    def preset(cls, device: str | None = None, model: str | None = None, **overrides: Any) -> TrainConfig:
-        """The CPU preset, the GPU preset (device "cuda", or "auto" where it resolves to CUDA) or the
-        bigram preset, then the ``overrides`` that are not None."""
+    def preset(cls, device: str | None = None, model: str | None = None, preset: str | None = None,
+               **overrides: Any) -> TrainConfig:
+        """The CPU preset, the GPU preset (device "cuda", or "auto" where it resolves to CUDA), or
+        with ``preset="nanogpt"`` nanoGPT's CPU recipe exactly; then the bigram preset's values for
+        the bigram model; then the ``overrides`` that are not None."""
         device, model = device or "cpu", model or "gpt"
+        if preset not in (None, "nanogpt"):
+            raise ValueError(f"--preset must be nanogpt, got {preset!r}")
         runs_on = resolve_device(device) if device == "auto" else device
-        values: dict[str, Any] = dict(GPU_PRESET if runs_on == "cuda" else CPU_PRESET)
+        values: dict[str, Any] = dict(NANOGPT_CPU_PRESET if preset == "nanogpt" else
+                                      GPU_PRESET if runs_on == "cuda" else CPU_PRESET)
         if model == "bigram":
             values.update(BIGRAM_PRESET)
         values.update(device=device, model=model)
