@@ -133,9 +133,10 @@ class Head(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         T = x.shape[1]
         k, q, v = self.key(x), self.query(x), self.value(x)  # each (B, T, hs)
-        scores = q @ k.transpose(0, 2, 1) * self.head_size**-0.5  # (B, T, hs) @ (B, hs, T) -> (B, T, T)
-        weights = F.softmax(scores + causal_mask(T), axis=-1)  # the future gets weight 0
-        return weights @ v  # (B, T, T) @ (B, T, hs) -> (B, T, hs)
+        scale = self.head_size**-0.5  # 1/√hs
+        scores = q @ k.transpose(0, 2, 1) * scale  # (B, T, hs) @ (B, hs, T) -> (B, T, T)
+        att = F.softmax(scores + causal_mask(T), axis=-1)  # the lecture's "wei"; the future gets weight 0
+        return att @ v  # (B, T, T) @ (B, T, hs) -> (B, T, hs)
 
 
 class MultiHeadAttention(nn.Module):
@@ -288,7 +289,7 @@ def run_step(step: str, data: str | None, max_iters: int, seeds: tuple[int, ...]
 
 def table(rows: list[list[StepResult]]) -> str:
     """The table of docs/walkthrough.md, from every step's results."""
-    lines = ["| step | what it changes | parameters | loss at init | whole-val loss (mean ± sd) | first-step logit change | time (median seed) |",
+    lines = ["| step | what it changes | parameters | loss at init | whole-val loss (mean ± sd) | first-step logit change | time (median of the seeds) |",
              "|---|---|---|---|---|---|---|"]
     for results in rows:
         r, losses = results[0], [x.val_loss for x in results]

@@ -140,7 +140,7 @@ def softmax_forward(x: Any, axis: int) -> Any:
 def softmax_backward(y: Any, dy: Any, axis: int) -> Any:
     """forward: y = softmax(x)  =>  dx = y * (dy - sum(y * dy)).
 
-    Because dy_i/dx_j = y_i (δ_ij - y_j):  dx_j = sum_i dy_i y_i (δ_ij - y_j)
+    Because ∂y_i/∂x_j = y_i (δ_ij - y_j):  dx_j = sum_i dy_i y_i (δ_ij - y_j)
                                               = y_j (dy_j - sum_i y_i dy_i).
     """
     return y * (dy - (y * dy).sum(axis=axis, keepdims=True))
@@ -180,7 +180,7 @@ def log_softmax_forward(x: Any, axis: int) -> Any:
 class LogSoftmax(Function):
     """y = x - logsumexp(x) along ``axis``, logsumexp(x) = log(sum(exp(x))).
 
-    dy_i/dx_j = δ_ij - softmax(x)_j, so dx = dy - softmax(x) * sum(dy), with
+    ∂y_i/∂x_j = δ_ij - softmax(x)_j, so dx = dy - softmax(x) * sum(dy), with
     softmax(x) = exp(y). Saves y.
     """
 
@@ -435,8 +435,8 @@ class ScaledDotProductAttention(Function):
     Backward, in reverse:
         dv = att_dᵀ @ dy,   datt_d = dy @ vᵀ
         datt = datt_d * drop
-        dscores = att * (datt - sum(att * datt)) * scale      (softmax backward; masked entries stay 0)
-        dq = dscores @ k,   dk = dscoresᵀ @ q
+        dscores = att * (datt - sum(att * datt))      (softmax backward; masked entries stay 0)
+        dq = dscores @ k * scale,   dk = dscoresᵀ @ q * scale
     The leading (batch) axes of q, k and v broadcast against each other as in matmul (one k
     and v shared by every head, say); each gradient is then summed back to its input's shape.
     Saves q, k, v, att (B, nh, T, S) and, with dropout, its mask (B, nh, T, S).
@@ -464,9 +464,9 @@ class ScaledDotProductAttention(Function):
         if drop is not None:
             datt = datt * drop
         # forward: att = softmax(scores), scores = q @ kᵀ * scale
-        dscores = softmax_backward(att, datt, axis=-1) * self.scale
-        dq = dscores @ k  # (B, nh, T, S) @ (B, nh, S, hs) -> (B, nh, T, hs)
-        dk = xp.swapaxes(dscores, -1, -2) @ q  # (B, nh, S, T) @ (B, nh, T, hs) -> (B, nh, S, hs)
+        dscores = softmax_backward(att, datt, axis=-1)  # (B, nh, T, S)
+        dq = dscores @ k * self.scale  # (B, nh, T, S) @ (B, nh, S, hs) -> (B, nh, T, hs)
+        dk = xp.swapaxes(dscores, -1, -2) @ q * self.scale  # (B, nh, S, T) @ (B, nh, T, hs) -> (B, nh, S, hs)
         # forward: q, k, v broadcast to the shape of att's batch  =>  sum back over what was added
         return unbroadcast(dq, q.shape), unbroadcast(dk, k.shape), unbroadcast(dv, v.shape)
 

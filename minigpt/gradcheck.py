@@ -1,9 +1,9 @@
 """Numerical gradient checking: is a hand-written backward right?
 
 For a function f and inputs x, pick a random fixed weight w of f's output shape and
-look at the scalar L(x) = sum(f(x) * w). Backprop gives dL/dx analytically (it sends
+look at the scalar L(x) = sum(f(x) * w). Backprop gives ∂L/∂x analytically (it sends
 the upstream gradient w into f's backward). Central differences give it numerically:
-    dL/dx_j ≈ sum_k w_k (f_k(x + h e_j) - f_k(x - h e_j)) / (2h)
+    ∂L/∂x_j ≈ sum_k w_k (f_k(x + h e_j) - f_k(x - h e_j)) / (2h)
 with an error of order h², in float64. The two must agree element by element.
 
 Why a random w and not plain ``sum(f(x))``: the upstream gradient would then be all ones,

@@ -181,7 +181,7 @@ class Tensor:
 
     # ------------------------------------------------------------------ backprop
     def backward(self, grad: Any = None) -> None:
-        """Backpropagate from this tensor, adding d(self)/d(leaf) into every leaf's ``.grad``.
+        """Backpropagate from this tensor, adding ∂self/∂leaf into every leaf's ``.grad``.
 
         ``grad`` is the gradient flowing into this tensor (an array or Tensor of its
         shape); without it the tensor must hold one element and the gradient is 1.

@@ -2,6 +2,7 @@
 and every pointer to the code names something that exists."""
 
 import importlib
+import math
 import re
 import sys
 from pathlib import Path
@@ -30,7 +31,7 @@ def formula(name):
 def test_every_op_has_its_formula_block():
     assert sorted(n for n, _ in BLOCKS) == sorted(
         ["linear", "embedding", "softmax", "log_softmax", "cross_entropy", "layer_norm", "gelu", "split_heads",
-         "attention", "adamw"])
+         "attention", "dropout", "adamw"])
 
 
 def test_every_code_pointer_exists():
@@ -90,6 +91,26 @@ def test_layer_norm():
     check("layer_norm", F.layer_norm, [leaf((4, 6)), leaf((6,)), leaf((6,))])
 
 
+def test_dropout_with_the_mask_the_op_drew():
+    doc = formula("dropout")
+    x = Tensor(rng.uniform(1, 2, (6, 7)), requires_grad=True)  # never 0: a 0 in y means dropped
+    y = F.dropout(x, p=0.3)
+    keep = y.data != 0
+    assert 0 < keep.mean() < 1
+    np.testing.assert_allclose(y.data, doc["forward"](x.data, keep, 0.3), rtol=1e-12)
+    dy = rng.standard_normal(y.shape)
+    y.backward(dy)
+    np.testing.assert_allclose(x.grad, doc["backward"](x.data, keep, 0.3, dy), rtol=1e-12)
+
+
+def test_the_tanh_gelu_is_within_what_the_doc_says_of_x_phi_x():
+    x = np.linspace(-8, 8, 20001)
+    erf = np.vectorize(math.erf)
+    exact = x * 0.5 * (1 + erf(x / np.sqrt(2)))  # x·Φ(x)
+    assert np.abs(F.gelu(Tensor(x)).data - exact).max() < 0.0005
+    assert "within 0.0005 of the exact GELU" in DOC.read_text()
+
+
 def test_split_heads_as_the_gpt_does_it():
     """The doc's split into heads and its backward against CausalSelfAttention's reshape and transpose ops."""
     doc = formula("split_heads")
@@ -112,7 +133,8 @@ def test_the_measured_init_scales_the_doc_quotes():
     idx = init_scales.measurement_batch()
     s = init_scales.attention_stats(model, idx)
     assert s["q"] == pytest.approx(128 * 0.02**2, rel=0.1) and s["k"] == pytest.approx(128 * 0.02**2, rel=0.1)
-    assert f"var(q) = var(k) = {s['q']:.3f}" in text
+    assert f"var(q) = var(k) = {s['q']:.3f}" in text and f"{s['k']:.3f}" == f"{s['q']:.3f}"
+    assert f"var(scores) = {s['scores']:.4f}" in text and f"the largest weight is {s['max_weight']:.3f}" in text
     scaled = init_scales.stream_stds(init_scales.preset_gpt(), idx)
     plain = init_scales.stream_stds(init_scales.unscaled(init_scales.preset_gpt()), idx)
     assert scaled[-1] < 0.6 * plain[-1]  # the scaling keeps the stream from growing with depth
