@@ -198,7 +198,7 @@ def measure_memory(which: str, steps: int, threads: int) -> dict:
 
 
 def configs() -> tuple[TrainConfig, GPTConfig]:
-    cfg = TrainConfig.preset()
+    cfg = TrainConfig.preset(preset="nanogpt")  # nanoGPT's CPU recipe: the shape PyTorch is compared on
     mcfg = GPTConfig(block_size=cfg.block_size, vocab_size=65, n_layer=cfg.n_layer, n_head=cfg.n_head,
                      n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias)
     return cfg, mcfg

@@ -4,6 +4,8 @@ and wall time, beside nanoGPT's own train.py on its CPU recipe (the time budget)
     python benchmarks/sweep_recipe.py --list                         # the candidate recipes
     python benchmarks/sweep_recipe.py --only nanogpt,lr3e-3 --seeds 1337
     python benchmarks/sweep_recipe.py --nanogpt ~/nanoGPT            # also time nanoGPT's train.py first
+    python benchmarks/sweep_recipe.py --only nanogpt,default --keep runs/  # keep each run's out_dir
+    python benchmarks/sweep_recipe.py --plot runs/nanogpt-1337 runs/default-1337 docs/images/recipe_curves.png
 
 Each run is `python examples/train_shakespeare.py FLAGS --seed S` in a process of its own, timed
 from start to exit (so the wall time includes start-up, evaluations, the whole-val loss and the
@@ -69,6 +71,56 @@ CANDIDATES: dict[str, dict[str, object]] = {
     "lr3e-3-dropout0.1": {"preset": "nanogpt", "learning_rate": 3e-3, "min_lr": 3e-4, "dropout": 0.1,
                           "eval_interval": 500, **recipe(1400)},
     "lr3e-3-4000": {"preset": "nanogpt", "learning_rate": 3e-3, "min_lr": 3e-4, **recipe(4000)},
+    # round 2, around the best of round 1 (3 layers)
+    "3x128-lr6e-3": {"preset": "nanogpt", "n_layer": 3, "learning_rate": 6e-3, "min_lr": 6e-4, "eval_interval": 500,
+                     **recipe(1800)},
+    "2x128-lr6e-3": {"preset": "nanogpt", "n_layer": 2, "learning_rate": 6e-3, "min_lr": 6e-4, "eval_interval": 500,
+                     **recipe(2500)},
+    "3x128-b16-lr6e-3": {"preset": "nanogpt", "n_layer": 3, "batch_size": 16, "learning_rate": 6e-3, "min_lr": 6e-4,
+                         "eval_interval": 500, **recipe(1450)},
+    "3x128-b24-lr8e-3": {"preset": "nanogpt", "n_layer": 3, "batch_size": 24, "learning_rate": 8e-3, "min_lr": 8e-4,
+                         "eval_interval": 500, **recipe(1050)},
+    "2x192-lr4e-3": {"preset": "nanogpt", "n_layer": 2, "n_head": 6, "n_embd": 192, "learning_rate": 4e-3,
+                     "min_lr": 4e-4, "eval_interval": 500, **recipe(1700)},
+    "3x128-lr6e-3-block32-b24": {"preset": "nanogpt", "n_layer": 3, "block_size": 32, "batch_size": 24,
+                                 "learning_rate": 6e-3, "min_lr": 6e-4, "eval_interval": 500, **recipe(1800)},
+    # round 3, around the best of round 2 (2 layers)
+    "2x128-lr4e-3": {"preset": "nanogpt", "n_layer": 2, "learning_rate": 4e-3, "min_lr": 4e-4, "eval_interval": 500,
+                     **recipe(2500)},
+    "2x128-lr8e-3": {"preset": "nanogpt", "n_layer": 2, "learning_rate": 8e-3, "min_lr": 8e-4, "eval_interval": 500,
+                     **recipe(2500)},
+    "2x128-b16-lr6e-3": {"preset": "nanogpt", "n_layer": 2, "batch_size": 16, "learning_rate": 6e-3, "min_lr": 6e-4,
+                         "eval_interval": 500, **recipe(2000)},
+    "2x128-lr6e-3-beta2-0.95": {"preset": "nanogpt", "n_layer": 2, "learning_rate": 6e-3, "min_lr": 6e-4,
+                                "beta2": 0.95, "eval_interval": 500, **recipe(2500)},
+    "2x128-lr6e-3-wd0.05": {"preset": "nanogpt", "n_layer": 2, "learning_rate": 6e-3, "min_lr": 6e-4,
+                            "weight_decay": 0.05, "eval_interval": 500, **recipe(2500)},
+    "1x128-lr6e-3": {"preset": "nanogpt", "n_layer": 1, "learning_rate": 6e-3, "min_lr": 6e-4, "eval_interval": 500,
+                     **recipe(3800)},
+    "2x160-lr5e-3": {"preset": "nanogpt", "n_layer": 2, "n_head": 4, "n_embd": 160, "learning_rate": 5e-3,
+                     "min_lr": 5e-4, "eval_interval": 500, **recipe(2000)},
+    "2x128-lr6e-3-warm50": {"preset": "nanogpt", "n_layer": 2, "learning_rate": 6e-3, "min_lr": 6e-4,
+                            "warmup_iters": 50, "eval_interval": 500, **recipe(2500)},
+    # round 4: the 2-layer recipe with more of the time budget
+    "2x128-lr4e-3-3000": {"preset": "nanogpt", "n_layer": 2, "learning_rate": 4e-3, "min_lr": 4e-4,
+                          "eval_interval": 500, **recipe(3000)},
+    "2x128-lr5e-3-3000": {"preset": "nanogpt", "n_layer": 2, "learning_rate": 5e-3, "min_lr": 5e-4,
+                          "eval_interval": 500, **recipe(3000)},
+    # round 5: one layer, the best of round 3, with more of the budget
+    "1x128-lr6e-3-5500": {"preset": "nanogpt", "n_layer": 1, "learning_rate": 6e-3, "min_lr": 6e-4,
+                          "eval_interval": 500, **recipe(5500)},
+    "1x128-lr8e-3-5500": {"preset": "nanogpt", "n_layer": 1, "learning_rate": 8e-3, "min_lr": 8e-4,
+                          "eval_interval": 500, **recipe(5500)},
+    "1x128-b24-lr6e-3-3200": {"preset": "nanogpt", "n_layer": 1, "batch_size": 24, "learning_rate": 6e-3,
+                              "min_lr": 6e-4, "eval_interval": 500, **recipe(3200)},
+    "1x192-lr5e-3-4000": {"preset": "nanogpt", "n_layer": 1, "n_embd": 192, "learning_rate": 5e-3, "min_lr": 5e-4,
+                          "eval_interval": 500, **recipe(4000)},
+    "1x128-block128-lr6e-3-3000": {"preset": "nanogpt", "n_layer": 1, "block_size": 128, "learning_rate": 6e-3,
+                                   "min_lr": 6e-4, "eval_interval": 500, **recipe(3000)},
+    # the winner with a margin on time: 2800 iterations instead of 3200 (the new default)
+    "1x128-b24-lr6e-3-2800": {"preset": "nanogpt", "n_layer": 1, "batch_size": 24, "learning_rate": 6e-3,
+                              "min_lr": 6e-4, "eval_interval": 500, **recipe(2800)},
+    "default": {},
 }
 FIELDS = ["recipe", "seed", "wall_s", "whole_val", "peak_mb", "flags", "machine", "when"]
 
@@ -104,9 +156,10 @@ def flags_of(spec: dict[str, object]) -> list[str]:
     return [part for k, v in spec.items() for part in (f"--{k}", str(v))]
 
 
-def run_minigpt(name: str, seed: int) -> dict[str, object]:
+def run_minigpt(name: str, seed: int, keep: Path | None = None) -> dict[str, object]:
     spec = CANDIDATES[name]
-    with tempfile.TemporaryDirectory() as out_dir:
+    with tempfile.TemporaryDirectory() as tmp:
+        out_dir = str(keep / f"{name}-{seed}") if keep else tmp
         cmd = [sys.executable, str(TRAIN), *flags_of(spec), "--seed", str(seed), "--out_dir", out_dir]
         wall, peak, text = timed(cmd)
     found = re.search(r"val loss over the whole validation split \([\d,]+ tokens\): ([\d.]+)", text)
@@ -120,14 +173,43 @@ def run_nanogpt(path: Path) -> dict[str, object]:
             "peak_mb": f"{peak:.0f}", "flags": " ".join(NANOGPT_ARGS)}
 
 
+def plot(runs: list[tuple[str, Path]], out: Path) -> None:
+    """Val loss (the eval_iters estimate in metrics.csv) against wall time, one curve per run directory."""
+    import matplotlib  # noqa: PLC0415 - only for the picture (pip install -e ".[plot]")
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
+    for label, run in runs:
+        with open(run / "metrics.csv", newline="") as f:
+            rows = list(csv.DictReader(f))
+        ax.plot([float(r["elapsed_s"]) for r in rows], [float(r["val_loss"]) for r in rows], "o-", label=label)
+    ax.axhline(1.90, color="gray", lw=0.8, ls="--")
+    ax.set_xlabel("seconds of training (elapsed_s in metrics.csv)")
+    ax.set_ylabel("val loss (mean of eval_iters batches)")
+    ax.set_title("Tiny Shakespeare on 2 CPU cores: nanoGPT's recipe and minigpt's")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--only", default=None, help="comma-separated recipe names (default: all)")
     p.add_argument("--seeds", default="1337", help="comma-separated seeds")
     p.add_argument("--nanogpt", type=Path, default=None, help="a nanoGPT checkout: time its train.py first")
     p.add_argument("--csv", type=Path, default=REPO / "benchmarks" / "results" / "recipe_sweep.csv")
+    p.add_argument("--keep", type=Path, default=None, help="keep each run's out_dir (metrics.csv...) under this folder")
     p.add_argument("--list", action="store_true", help="print the candidates and exit")
+    p.add_argument("--plot", nargs=3, metavar=("OLD_RUN", "NEW_RUN", "PNG"), type=Path, default=None,
+                   help="draw the val loss of two kept runs against wall time into PNG, and exit")
     args = p.parse_args()
+    if args.plot:
+        old, new_run, png = args.plot
+        plot([("nanoGPT's recipe (--preset nanogpt)", old), ("minigpt's CPU preset (the default)", new_run)], png)
+        return
     if args.list:
         for name, spec in CANDIDATES.items():
             print(f"{name:22s} {' '.join(flags_of(spec))}")
@@ -142,7 +224,7 @@ def main() -> None:
             writer.writeheader()
         jobs = ([("nanogpt", None)] if args.nanogpt else []) + [(n, s) for n in names for s in seeds]
         for name, seed in jobs:
-            row = run_nanogpt(args.nanogpt) if seed is None else run_minigpt(name, seed)
+            row = run_nanogpt(args.nanogpt) if seed is None else run_minigpt(name, seed, args.keep)
             row.update(machine=machine(), when=time.strftime("%Y-%m-%d %H:%M"))
             writer.writerow(row)
             f.flush()

@@ -1,10 +1,10 @@
-"""Train the CPU preset in PyTorch, with minigpt's batches and whole-split evaluation: the
+"""Train nanoGPT's CPU recipe in PyTorch, with minigpt's batches and whole-split evaluation: the
 reference that minigpt's results table is compared with.
 
     python benchmarks/torch_train_reference.py --seed 1337            # GELU tanh, as minigpt
     python benchmarks/torch_train_reference.py --seed 1337 --gelu erf  # nanoGPT's exact GELU
 
-Same recipe as `python examples/train_shakespeare.py --seed S` (nanoGPT's CPU recipe: 4 x 128,
+Same recipe as `python examples/train_shakespeare.py --preset nanogpt --seed S` (nanoGPT's CPU recipe: 4 x 128,
 block 64, batch 12, 2000 iterations, lr 1e-3 -> 1e-4 with warmup 100, AdamW beta2 0.99, weight
 decay 0.1 on 2-D weights, clip 1.0, no biases), batches drawn by minigpt.data.get_batch from
 numpy's generator with that seed, and the loss over every token of the validation split as
@@ -41,7 +41,7 @@ def main() -> None:
     p.add_argument("--data", default=None)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
-    cfg = TrainConfig.preset()
+    cfg = TrainConfig.preset(preset="nanogpt")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     text = load_source(args.data)

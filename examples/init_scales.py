@@ -1,7 +1,7 @@
 """Two numbers docs/derivations.md argues from, measured rather than assumed:
 
-    python examples/init_scales.py                 # the CPU preset's GPT at GPT-2's init
-    python examples/init_scales.py --out_dir out   # ... and the trained model in out/ beside it
+    python examples/init_scales.py                 # nanoGPT's CPU recipe's GPT (4 x 128) at GPT-2's init
+    python examples/init_scales.py --out_dir out   # ... and a model trained with --preset nanogpt in out/
 
 1. Attention's scale 1/√hs. If q and k had unit-variance entries, q·k (a sum of hs products) would
    have variance hs, and softmax over such scores would be nearly one-hot. What are var(q), var(k)
@@ -22,7 +22,7 @@ import numpy as np
 import minigpt
 from minigpt import checkpoint, cli, nn
 from minigpt.data import CharTokenizer, get_batch, load_text, train_val_split
-from minigpt.train import CPU_PRESET
+from minigpt.train import NANOGPT_CPU_PRESET as CPU_PRESET  # the shape the derivations quote: 4 x 128
 
 # Shape letters: B batch, T time, C channels, nh heads, hs head size.
 

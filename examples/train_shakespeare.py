@@ -1,6 +1,7 @@
 """Train a character-level GPT (or the bigram model) on Tiny Shakespeare, then write some.
 
-    python examples/train_shakespeare.py                  # CPU preset: 4 layers, 128 wide, 2000 iters
+    python examples/train_shakespeare.py                  # CPU preset: 1 layer, 128 wide, 2800 iters of 24 x 64
+    python examples/train_shakespeare.py --preset nanogpt # nanoGPT's CPU recipe: 4 layers, 2000 iters of 12 x 64
     python examples/train_shakespeare.py --device cuda    # GPU preset: 6 layers, 384 wide, 5000 iters
     python examples/train_shakespeare.py --model bigram   # the notebook's first model
     python examples/train_shakespeare.py --resume         # continue the run in --out_dir
@@ -18,7 +19,7 @@ import signal
 import sys
 
 from minigpt import cli, distributed
-from minigpt.train import TrainConfig, resume_config, train
+from minigpt.train import CPU_PRESET, TrainConfig, resume_config, train
 
 FLAG_HELP = {
     "device": "cpu, cuda or auto (default cpu; cuda switches to the GPU preset)",
@@ -47,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         else:
             kind = {"int": int, "float": float}.get(str(f.type), str)
             p.add_argument(f"--{f.name}", type=kind, default=None,
-                           help=FLAG_HELP.get(f.name, f"default {f.default} (CPU preset)"))
+                           help=FLAG_HELP.get(f.name, f"default {CPU_PRESET.get(f.name, f.default)} (CPU preset)"))
     return p.parse_args(argv)
 
 

@@ -123,11 +123,20 @@ def test_bigram_training(tmp_path):  # no data named: the packaged Tiny Shakespe
     assert result.full_val_loss < 3.3
 
 
-def test_presets_follow_nanogpt():
-    cpu = TrainConfig.preset()
-    assert (cpu.n_layer, cpu.n_head, cpu.n_embd, cpu.block_size, cpu.batch_size, cpu.max_iters) == (4, 4, 128, 64, 12, 2000)
+def test_presets_follow_nanogpt_and_ours():
+    nano = TrainConfig.preset(preset="nanogpt")  # nanoGPT's CPU recipe, exactly
+    assert (nano.n_layer, nano.n_head, nano.n_embd, nano.block_size, nano.batch_size, nano.max_iters) == (4, 4, 128, 64, 12, 2000)
+    assert (nano.learning_rate, nano.min_lr, nano.warmup_iters, nano.beta2, nano.weight_decay, nano.grad_clip,
+            nano.dropout, nano.lr_decay_iters, nano.bias, nano.eval_interval, nano.eval_iters) == (
+        1e-3, 1e-4, 100, 0.99, 0.1, 1.0, 0.0, 2000, False, 250, 20)
+    cpu = TrainConfig.preset()  # the default: our recipe (docs/recipe.md)
+    assert (cpu.n_layer, cpu.n_head, cpu.n_embd, cpu.block_size, cpu.batch_size, cpu.max_iters) == (1, 4, 128, 64, 24, 2800)
     assert (cpu.learning_rate, cpu.min_lr, cpu.warmup_iters, cpu.beta2, cpu.weight_decay, cpu.grad_clip,
-            cpu.dropout, cpu.lr_decay_iters, cpu.bias) == (1e-3, 1e-4, 100, 0.99, 0.1, 1.0, 0.0, 2000, False)
+            cpu.dropout, cpu.lr_decay_iters, cpu.bias, cpu.eval_interval) == (6e-3, 6e-4, 100, 0.99, 0.1, 1.0, 0.0,
+                                                                             2800, False, 500)
+    assert TrainConfig.preset(preset="nanogpt", n_layer=2).n_layer == 2  # flags still override it
+    with pytest.raises(ValueError, match="--preset must be nanogpt"):
+        TrainConfig.preset(preset="gpt2")
     gpu = TrainConfig.preset(device="cuda")
     assert (gpu.n_layer, gpu.n_head, gpu.n_embd, gpu.block_size, gpu.batch_size, gpu.max_iters, gpu.dropout,
             gpu.bias) == (6, 6, 384, 256, 64, 5000, 0.2, False)
@@ -135,12 +144,12 @@ def test_presets_follow_nanogpt():
     assert TrainConfig.preset(n_layer=2, dropout=None).n_layer == 2
 
 
-@pytest.mark.parametrize("devices, n_layer", [(["cpu"], 4), (["cpu", "cuda"], 6)])
+@pytest.mark.parametrize("devices, n_layer", [(["cpu"], 1), (["cpu", "cuda"], 6)])
 def test_device_auto_takes_the_preset_of_the_device_it_resolves_to(devices, n_layer, monkeypatch):
     monkeypatch.setattr(backend, "available_devices", lambda: devices)
     cfg = TrainConfig.preset(device="auto")
     assert cfg.device == "auto" and resolve_device(cfg.device) == devices[-1]
-    assert (cfg.n_layer, cfg.block_size) == ((4, 64) if n_layer == 4 else (6, 256))
+    assert (cfg.n_layer, cfg.block_size) == ((1, 64) if n_layer == 1 else (6, 256))
     assert TrainConfig.preset(device="auto", model="bigram").block_size == 8  # the bigram's own preset
 
 
