@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+import time
 from typing import Any, Iterable, NoReturn
 
 import numpy
@@ -166,6 +167,7 @@ class World:
         sys.stdout.flush()
         sys.stderr.flush()
         if self.comm is not None:
+            time.sleep(0.5)  # let mpiexec forward what this rank printed before the abort tears the job down
             self.comm.Abort(code)
         raise SystemExit(code)
 

@@ -464,9 +464,11 @@ class ScaledDotProductAttention(Function):
         if drop is not None:
             datt = datt * drop
         # forward: att = softmax(scores), scores = q @ kᵀ * scale
-        dscores = softmax_backward(att, datt, axis=-1)  # (B, nh, T, S)
-        dq = dscores @ k * self.scale  # (B, nh, T, S) @ (B, nh, S, hs) -> (B, nh, T, hs)
-        dk = xp.swapaxes(dscores, -1, -2) @ q * self.scale  # (B, nh, S, T) @ (B, nh, T, hs) -> (B, nh, S, hs)
+        # dscores = softmax_backward(att, datt); scores = (q @ kᵀ) * scale  =>  dq = dscores @ k * scale, ...
+        # the scale applied once, to the (B, nh, T, S) array, before the two products that share it
+        dscores_scaled = softmax_backward(att, datt, axis=-1) * self.scale  # scale · dL/dscores
+        dq = dscores_scaled @ k  # (B, nh, T, S) @ (B, nh, S, hs) -> (B, nh, T, hs)
+        dk = xp.swapaxes(dscores_scaled, -1, -2) @ q  # (B, nh, S, T) @ (B, nh, T, hs) -> (B, nh, S, hs)
         # forward: q, k, v broadcast to the shape of att's batch  =>  sum back over what was added
         return unbroadcast(dq, q.shape), unbroadcast(dk, k.shape), unbroadcast(dv, v.shape)
 

@@ -69,7 +69,7 @@ def quiet(msg):
 
 def tiny(out_dir, **kw):
     cfg = dict(out_dir=str(out_dir), n_layer=1, n_head=2, n_embd=16, block_size=16, batch_size=8, max_iters=12,
-               lr_decay_iters=12, warmup_iters=2, learning_rate=3e-3, eval_interval=6, eval_iters=2,
+               lr_decay_iters=12, warmup_iters=2, learning_rate=3e-3, min_lr=3e-4, eval_interval=6, eval_iters=2,
                sample_chars=20, dropout=0.0)
     cfg.update(kw)
     return TrainConfig.preset(**cfg)
