@@ -1,10 +1,10 @@
-"""Each fast twin against its reference op, forward + backward, at the CPU preset's shapes.
+"""Each fast twin against its reference op, forward + backward, at the shapes of nanoGPT's CPU recipe (--preset nanogpt).
 
     python benchmarks/bench_fast_ops.py               # medians over alternating rounds
     python benchmarks/bench_fast_ops.py --rounds 3 --repeats 5
 
 Shapes: batch 12 x block 64 (768 rows), C = 128, 4 heads of 32, vocab 65: what one layer of
-the CPU preset feeds each op. Prints, per op, the reference's time, the twin's and their ratio
+nanoGPT's CPU recipe feeds each op. Prints, per op, the reference's time, the twin's and their ratio
 (the speed-up the twin's docstring quotes), with the machine they came from.
 """
 
@@ -96,7 +96,7 @@ def main() -> None:
             for which, fn in (("reference", ref_fn), ("fast", fast_fn)):
                 results.setdefault(name, {}).setdefault(which, []).append(time_op(fn, arrays, args.repeats))
         for which, make in (("reference", optim.AdamW), ("fast", fast.AdamW)):
-            results.setdefault("AdamW.step (CPU preset)", {}).setdefault(which, []).append(
+            results.setdefault("AdamW.step (nanoGPT's CPU recipe)", {}).setdefault(which, []).append(
                 time_adamw(make, args.repeats))
     print(f"machine: {machine()}")
     print(f"{'op (forward + backward, float32)':36s} {'reference':>10s} {'fast':>10s} {'speed-up':>9s}")

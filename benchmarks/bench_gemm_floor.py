@@ -1,8 +1,8 @@
 """The matrix products a training step cannot avoid, timed alone: the floor under any step.
 
-    python benchmarks/bench_gemm_floor.py            # CPU preset shapes; PyTorch too when installed
+    python benchmarks/bench_gemm_floor.py            # nanoGPT's CPU recipe's shapes; PyTorch too when installed
 
-A step of the CPU preset must run, per layer, the forward GEMM of each of the four linear layers
+A step of nanoGPT's CPU recipe must run, per layer, the forward GEMM of each of the four linear layers
 (c_attn, attn c_proj, c_fc, mlp c_proj) and the two of backward (dx = dy @ W, dW = dyᵀ @ x),
 plus lm_head's three, plus attention's batched products (q @ kᵀ and att @ v forward, four in
 backward). This script runs exactly those products on arrays of the step's shapes, nothing else,

@@ -1,6 +1,6 @@
-"""Time one full training step (forward, backward, clip, AdamW) of the CPU preset, against PyTorch.
+"""Time one full training step (forward, backward, clip, AdamW) of nanoGPT's CPU recipe (--preset nanogpt), against PyTorch.
 
-    python benchmarks/bench_train.py                 # CPU preset: 4 layers, 4 heads, 128 wide, block 64, batch 12
+    python benchmarks/bench_train.py                 # nanoGPT's CPU recipe: 4 layers, 4 heads, 128 wide, block 64, batch 12
     python benchmarks/bench_train.py --rounds 9 --steps 20
     python benchmarks/bench_train.py --reference     # also the plain reference ops (fast.disabled())
     python benchmarks/bench_train.py --ranks 2       # also data parallel: mpiexec -n 2, one BLAS thread per rank
@@ -249,7 +249,7 @@ def main() -> None:
         steps.append(TorchStep(cfg, mcfg, args.threads))
     n_params = steps[0].model.num_params()
     print(f"machine: {machine()}")
-    print(f"model: CPU preset, {n_params:,} parameters, batch {cfg.batch_size} x block {cfg.block_size} "
+    print(f"model: nanoGPT's CPU recipe, {n_params:,} parameters, batch {cfg.batch_size} x block {cfg.block_size} "
           f"= {tokens} tokens/step")
     for s in steps:
         time_steps(s, batches, args.warmup, 0)

@@ -1,6 +1,6 @@
 """Where a training step's time goes: each op's forward and backward, the optimizer, the rest.
 
-    python benchmarks/profile_step.py            # CPU preset, 30 steps after 5 of warm-up
+    python benchmarks/profile_step.py            # nanoGPT's CPU recipe, 30 steps after 5 of warm-up
 
 Every ``Function`` subclass's forward and backward is wrapped with a timer, as are AdamW.step
 and clip_grad_norm_; "autograd + glue" is what remains of the step (graph bookkeeping,
@@ -76,7 +76,7 @@ def main() -> None:
     wall = (time.perf_counter() - t0) / args.steps
     print(f"machine: {machine()}")
     ops = "reference ops" if args.reference else "fast twins"
-    print(f"step: {wall * 1e3:.2f} ms (CPU preset, {ops}, mean of {args.steps})")
+    print(f"step: {wall * 1e3:.2f} ms (nanoGPT's CPU recipe, {ops}, mean of {args.steps})")
     print(f"{'where':40s} {'ms/step':>8s} {'share':>6s}")
     rows = sorted(totals.items(), key=lambda kv: -kv[1])
     for name, t in rows:

@@ -70,7 +70,6 @@ CANDIDATES: dict[str, dict[str, object]] = {
                    "eval_interval": 500, **recipe(1400)},
     "lr3e-3-dropout0.1": {"preset": "nanogpt", "learning_rate": 3e-3, "min_lr": 3e-4, "dropout": 0.1,
                           "eval_interval": 500, **recipe(1400)},
-    "lr3e-3-4000": {"preset": "nanogpt", "learning_rate": 3e-3, "min_lr": 3e-4, **recipe(4000)},
     # round 2, around the best of round 1 (3 layers)
     "3x128-lr6e-3": {"preset": "nanogpt", "n_layer": 3, "learning_rate": 6e-3, "min_lr": 6e-4, "eval_interval": 500,
                      **recipe(1800)},
@@ -120,6 +119,11 @@ CANDIDATES: dict[str, dict[str, object]] = {
     # the winner with a margin on time: 2800 iterations instead of 3200 (the new default)
     "1x128-b24-lr6e-3-2800": {"preset": "nanogpt", "n_layer": 1, "batch_size": 24, "learning_rate": 6e-3,
                               "min_lr": 6e-4, "eval_interval": 500, **recipe(2800)},
+    # the floor of the winner's schedule: lr/100 and lr/3 instead of lr/10
+    "1x128-b24-lr6e-3-2800-floor6e-5": {"preset": "nanogpt", "n_layer": 1, "batch_size": 24, "learning_rate": 6e-3,
+                                        "min_lr": 6e-5, "eval_interval": 500, **recipe(2800)},
+    "1x128-b24-lr6e-3-2800-floor2e-3": {"preset": "nanogpt", "n_layer": 1, "batch_size": 24, "learning_rate": 6e-3,
+                                        "min_lr": 2e-3, "eval_interval": 500, **recipe(2800)},
     "default": {},
 }
 FIELDS = ["recipe", "seed", "wall_s", "whole_val", "peak_mb", "flags", "machine", "when"]

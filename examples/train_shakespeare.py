@@ -22,11 +22,12 @@ from minigpt import cli, distributed
 from minigpt.train import CPU_PRESET, TrainConfig, resume_config, train
 
 FLAG_HELP = {
-    "device": "cpu, cuda or auto (default cpu; cuda switches to the GPU preset)",
+    "device": "cpu, cuda or auto (default cpu; cuda switches to the GPU preset, unless --preset nanogpt)",
     "data": "text file or http(s) URL to train on (default: $MINIGPT_DATA, else the Tiny Shakespeare "
             "shipped inside minigpt; a URL is downloaded once into the cache)",
     "out_dir": "where checkpoints and metrics.csv go (default out)",
     "model": "gpt or bigram",
+    "learning_rate": "peak learning rate (default 0.006, CPU preset); --min_lr then defaults to a tenth of it",
     "reference": "train with the plain reference ops of minigpt.functional / minigpt.optim instead of "
                  "their fast twins (the same math; the code you read, for stepping through)",
 }

@@ -290,7 +290,7 @@ def gpt_fast_and_reference(config, training, seed=0):
 
 
 @pytest.mark.parametrize("config, training", [
-    (nn.GPTConfig(block_size=64, vocab_size=65, n_layer=4, n_head=4, n_embd=128, bias=False), False),  # the CPU preset
+    (nn.GPTConfig(block_size=64, vocab_size=65, n_layer=4, n_head=4, n_embd=128, bias=False), False),  # nanoGPT's CPU recipe (--preset nanogpt)
     (nn.GPTConfig(block_size=16, vocab_size=65, n_layer=2, n_head=2, n_embd=24, bias=True, dropout=0.2), True),
 ])
 def test_gpt_fast_equals_reference(config, training):

@@ -57,6 +57,9 @@ def assert_one_line_error(r, *fragments):
     (["--dtype", "float16"], "--dtype must be float32 or float64"),
     (["--n_layer", "two"], "invalid int value"),
     (["--no_such_flag"], "unrecognized arguments"),
+    (["--preset", "gpt2"], "argument --preset: invalid choice: 'gpt2'"),
+    (["--resume", "--preset", "nanogpt"], "--resume continues a run with the settings it was started with"),
+    (["--min_lr", "0.01"], "--min_lr 0.01 is above --learning_rate 0.006"),
 ])
 def test_bad_training_flags(args, message):
     assert_one_line_error(cli("train_shakespeare.py", *args), message)

@@ -135,6 +135,10 @@ def test_presets_follow_nanogpt_and_ours():
             cpu.dropout, cpu.lr_decay_iters, cpu.bias, cpu.eval_interval) == (6e-3, 6e-4, 100, 0.99, 0.1, 1.0, 0.0,
                                                                              2800, False, 500)
     assert TrainConfig.preset(preset="nanogpt", n_layer=2).n_layer == 2  # flags still override it
+    assert TrainConfig.preset(learning_rate=1e-3).min_lr == pytest.approx(1e-4)  # the floor follows the rate
+    assert TrainConfig.preset(learning_rate=1e-3, min_lr=5e-4).min_lr == 5e-4
+    with pytest.raises(ValueError, match="--min_lr 0.01 is above --learning_rate"):
+        TrainConfig.preset(min_lr=1e-2).validate()
     with pytest.raises(ValueError, match="--preset must be nanogpt"):
         TrainConfig.preset(preset="gpt2")
     gpu = TrainConfig.preset(device="cuda")
@@ -193,3 +197,18 @@ def test_generated_text_is_sampled_without_dropout():
     m.eval()
     minigpt.manual_seed(4)
     assert generate_text(m, tok, "ab", 20) == in_train_mode
+
+
+def test_the_command_line_preset_flag_selects_nanogpts_recipe():
+    import importlib.util  # noqa: PLC0415
+
+    spec = importlib.util.spec_from_file_location("train_shakespeare", REPO / "examples" / "train_shakespeare.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    args = vars(script.parse_args(["--preset", "nanogpt", "--seed", "3"]))
+    args.pop("resume")
+    cfg = TrainConfig.preset(**args)
+    assert (cfg.n_layer, cfg.batch_size, cfg.max_iters, cfg.learning_rate, cfg.min_lr, cfg.seed) == (4, 12, 2000, 1e-3, 1e-4, 3)
+    helps = subprocess.run([sys.executable, str(REPO / "examples" / "train_shakespeare.py"), "--help"],
+                           capture_output=True, text=True, check=True).stdout
+    assert "default 2800 (CPU preset)" in " ".join(helps.split()) and "--preset {nanogpt}" in helps

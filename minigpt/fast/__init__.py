@@ -14,7 +14,7 @@ reference at sizes where every tile, remainder and branch runs.
     memory.py      keep freed memory in malloc's heap between steps
 
 The speed-ups the docstrings quote come from benchmarks/bench_fast_ops.py: each twin against its
-reference, forward + backward in float32 at the CPU preset's shapes, medians on a 2-core AMD EPYC VM.
+reference, forward + backward in float32 at the shapes of nanoGPT's CPU recipe (--preset nanogpt), medians on a 2-core AMD EPYC VM.
 
 Functions here take the same arguments as their references, so ``minigpt.fast`` can stand
 where ``minigpt.functional`` stands (``dropout`` and ``log_softmax`` have no twin: the

@@ -18,7 +18,7 @@ class AdamW(optim.AdamW):
     per-call overhead. Here each group's parameters (and their two moments) live in one flat
     buffer, every parameter's ``.data`` a view into it, and one update runs over the buffer,
     tile by tile so that each tile stays in cache through the chain. The formulas and their
-    order are the reference's, so the results are the same. Measured on the CPU preset's 0.8M
+    order are the reference's, so the results are the same. Measured on nanoGPT's CPU recipe's 0.8M
     parameters (bench_fast_ops: 1.03x faster; earlier sessions' Intel Xeon gained more from the
     fewer NumPy calls).
 
