@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -31,6 +30,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "examples" / "train_shakespeare.py"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_train import machine  # noqa: E402  (the CPU, its cores and the load average)
 
 # nanoGPT's CPU recipe as its README gives it, run by nanoGPT's own train.py (the time budget)
 NANOGPT_ARGS = ["config/train_shakespeare_char.py", "--device=cpu", "--compile=False", "--eval_iters=20",
@@ -127,18 +129,6 @@ CANDIDATES: dict[str, dict[str, object]] = {
     "default": {},
 }
 FIELDS = ["recipe", "seed", "wall_s", "whole_val", "peak_mb", "flags", "machine", "when"]
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores"
 
 
 def timed(cmd: list[str], cwd: Path | None = None) -> tuple[float, float, str]:

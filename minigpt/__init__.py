@@ -15,7 +15,7 @@ The pieces, in the order to read them:
     fast/          the same math, faster on a CPU: a twin of each op, tested equal (read it last)
 """
 
-from minigpt import ops  # noqa: I001 - first: it gives Tensor its operators
+from minigpt import ops  # noqa: F401, I001 - first: it gives Tensor its operators
 from minigpt import backend, data, fast, functional, nn, optim
 from minigpt.backend import available_devices, get_array_module, manual_seed
 from minigpt.gradcheck import GradcheckError, gradcheck
