@@ -3,8 +3,10 @@
 On a CPU, an elementwise pass over an array larger than the L2 cache runs at the speed of
 the L3 cache or memory. A chain of such passes (GELU, layer norm, softmax, AdamW) is much
 faster done tile by tile, each tile staying in L2 for the whole chain. On a GPU tiling
-only adds kernel launches, so there each "tile" is the whole array.
-"""
+only adds kernel launches, so there each "tile" is the whole array. What it buys is measured per
+twin (README, "Each twin against its reference"): layer norm 1.25×, GELU with its derivative 6.6×
+(tiling and the derivative in the forward together), AdamW over flat buffers 1.03×.
+
 
 from __future__ import annotations
 
