@@ -27,6 +27,7 @@ URL), else $MINIGPT_DATA, else the Tiny Shakespeare shipped inside minigpt.
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 import sys
@@ -49,6 +50,7 @@ SEED = SEEDS[0]  # the data and averaging steps' seed, and the seed whose sample
 
 
 # ----------------------------------------------------------------------------- the data
+@functools.lru_cache(maxsize=2)  # read and encode the text once for every step and seed of a run
 def load(data: str | None = None):
     text = load_source(data)
     tok = CharTokenizer.from_text(text)
@@ -199,8 +201,8 @@ class LanguageModel(nn.Module):
         """GPT-2's init, as minigpt.nn.GPT's: every weight N(0, 0.02), every bias 0, and the two
         projections that write into the residual stream (attention's and the feed-forward's)
         N(0, 0.02/√(2·n_layer))."""
+        rng = minigpt.backend.generator()
         for name, p in self.named_parameters():
-            rng = minigpt.backend.generator()
             if name.endswith("bias"):
                 p.data[...] = 0
             elif "ln" not in name:  # layer norm's gains stay 1

@@ -463,9 +463,8 @@ class ScaledDotProductAttention(Function):
         # forward: att_d = att * drop
         if drop is not None:
             datt = datt * drop
-        # forward: att = softmax(scores), scores = q @ kᵀ * scale
-        # dscores = softmax_backward(att, datt); scores = (q @ kᵀ) * scale  =>  dq = dscores @ k * scale, ...
-        # the scale applied once, to the (B, nh, T, S) array, before the two products that share it
+        # forward: att = softmax(scores), scores = q @ kᵀ * scale  =>  dq = dscores @ k * scale, dk likewise;
+        # the scale is applied once, to the (B, nh, T, S) array that the two products share
         dscores_scaled = softmax_backward(att, datt, axis=-1) * self.scale  # scale · dL/dscores
         dq = dscores_scaled @ k  # (B, nh, T, S) @ (B, nh, S, hs) -> (B, nh, T, hs)
         dk = xp.swapaxes(dscores_scaled, -1, -2) @ q  # (B, nh, S, T) @ (B, nh, T, hs) -> (B, nh, S, hs)

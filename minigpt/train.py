@@ -244,9 +244,7 @@ def estimate_loss(model: Module, ids: numpy.ndarray, cfg: TrainConfig, rng: nump
             x, y = get_batch(ids, cfg.batch_size, cfg.block_size, rng)
             mine = world.shard(len(x))
             losses.append(model(x[mine], y[mine])[1].item())
-    if world.size > 1:
-        losses = world.sum(numpy.array(losses)) / world.size
-    return float(numpy.mean(losses))
+    return float(numpy.mean(world.sum(numpy.array(losses)) / world.size))  # one process: sum is the identity
 
 
 @no_grad()

@@ -8,7 +8,6 @@ twin (README, "Each twin against its reference"): layer norm 1.25×, GELU with i
 (tiling and the derivative in the forward together), AdamW over flat buffers 1.03×.
 """
 
-
 from __future__ import annotations
 
 import contextlib
