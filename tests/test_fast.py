@@ -27,6 +27,7 @@ from minigpt import Tensor, fast, gradcheck, nn, optim
 from minigpt import functional as F
 from minigpt.fast import attention as fast_attention
 from minigpt.fast import functional as fast_functional
+from minigpt.fast import optim as fast_optim
 from minigpt.fast import reductions, tiling
 from tests.strategies import arrays, rng_from, seeds
 
@@ -211,9 +212,24 @@ def test_residual_add_twin_writes_over_the_branch(x, b, seed):
     assert fast.residual_add(Tensor(x), branch).data is branch.data
 
 
+def pieces_of_one_buffer(arrays):
+    """The arrays copied end to end into one flat buffer (with two extra slots after them, as the
+    all-reduce's flags), returned as views of it: the gradients World.average_gradients leaves."""
+    buf = np.empty(sum(a.size for a in arrays) + 2)
+    views, offset = [], 0
+    for a in arrays:
+        view = buf[offset:offset + a.size].reshape(a.shape)
+        view[...] = a
+        views.append(view)
+        offset += a.size
+    return views
+
+
 @pytest.mark.parametrize("mode", MODES)
-@given(seed=seeds, partial=st.booleans())
-def test_adamw_twin_over_20_steps(mode, seed, partial):
+@given(seed=seeds, partial=st.booleans(), in_one_buffer=st.booleans())
+def test_adamw_twin_over_20_steps(mode, seed, partial, in_one_buffer):
+    # in_one_buffer: the gradients are consecutive views of one buffer, as after a data-parallel
+    # all-reduce, which the twin reads in place
     rng = rng_from(seed)
     shapes = [(3, 4), (5,), (2, 3, 2), (1,)]
     start = [rng.standard_normal(s) for s in shapes]
@@ -225,12 +241,29 @@ def test_adamw_twin_over_20_steps(mode, seed, partial):
             opt = make([{"params": params[:2], "weight_decay": 0.1}, {"params": params[2:], "weight_decay": 0.0}],
                        lr=3e-3, betas=(0.9, 0.99))
             for step, gs in enumerate(grads):
+                gs = pieces_of_one_buffer(gs) if in_one_buffer else [g.copy() for g in gs]
                 for i, (p, g) in enumerate(zip(params, gs)):
-                    p.grad = None if partial and step % 5 == 4 and i == 1 else g.copy()
+                    p.grad = None if partial and step % 5 == 4 and i == 1 else g
                 opt.step()
             finals.append([p.data.copy() for p in params])
     for a, b in zip(*finals):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
+
+
+def test_consecutive_pieces_is_the_concatenation_without_a_copy():
+    a, b, c = pieces_of_one_buffer([np.arange(6.0).reshape(2, 3), np.arange(4.0), np.ones((1, 2))])
+    flat = fast_optim.consecutive_pieces([a, b, c])
+    np.testing.assert_array_equal(flat, np.concatenate([a.ravel(), b, c.ravel()]))
+    assert np.shares_memory(flat, a) and flat.size == 12
+    np.testing.assert_array_equal(fast_optim.consecutive_pieces([b, c]), np.concatenate([b, c.ravel()]))
+    base = a.base
+    assert fast_optim.consecutive_pieces([a, c]) is None  # a gap
+    assert fast_optim.consecutive_pieces([b, a]) is None  # out of order
+    assert fast_optim.consecutive_pieces([a.copy(), b]) is None  # not views of one buffer
+    assert fast_optim.consecutive_pieces([base[:4], base[4:8][::2]]) is None  # not contiguous
+    assert fast_optim.consecutive_pieces([base[:4], base[4:8].view(np.int64)]) is None  # another dtype
+    grid = np.zeros((3, 4))
+    assert fast_optim.consecutive_pieces([grid[0], grid[1]]) is None  # a 2-D buffer
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -338,6 +371,26 @@ def max_tree_forgetting_the_odd_column(x):
     return m
 
 
+def pieces_one_element_late(arrays):
+    """consecutive_pieces, reading the buffer one element after where the gradients start."""
+    flat = original_consecutive_pieces(arrays)
+    if flat is None:
+        return None
+    start = (flat.ctypes.data - flat.base.ctypes.data) // flat.itemsize + 1
+    return flat.base[start:start + flat.size]
+
+
+original_consecutive_pieces = fast_optim.consecutive_pieces
+
+
+def transposed_unscaled(k, buf, scale=None):
+    """The copy of kᵀ without the scale it should carry."""
+    return original_transposed(k, buf)
+
+
+original_transposed = fast_attention.transposed
+
+
 def max_forgotten(x):
     """A row max of 0 whatever the row holds: a redo that shifts by it is the unshifted exp again."""
     return np.zeros(x.shape[:-1] + (1,), dtype=x.dtype)
@@ -352,6 +405,10 @@ MUTANTS = {
                                  test_gelu_twin, "tiny tiles, branches on"),
     "AdamW drops its last tile": (tiling, "tiles", tiles_without_the_last(tiling.tiles),
                                   test_adamw_twin_over_20_steps, "tiny tiles, branches on"),
+    "AdamW reads an all-reduce buffer one element late": (fast_optim, "consecutive_pieces", pieces_one_element_late,
+                                                          test_adamw_twin_over_20_steps, "tiny tiles, branches on"),
+    "attention's copy of kᵀ forgets the scale": (fast_attention, "transposed", transposed_unscaled,
+                                                 test_attention_twin, "tiny tiles, branches on"),
     "embedding's large-input branch drops repeated indices": (fast_functional, "scatter_add",
                                                               scatter_add_dropping_repeats, test_embedding_twin,
                                                               "tiny tiles, branches off"),
@@ -440,6 +497,21 @@ def test_kt_copies_are_made_for_the_cpu_preset_shapes_only():
 def test_fused_attention_gradient(B, T, nh, hs):
     x = np.random.default_rng(T).standard_normal((B, T, 3 * nh * hs))
     assert gradcheck(lambda t: fast.causal_self_attention(t, nh), [Tensor(x, requires_grad=True)])
+
+
+@pytest.mark.parametrize("T", [1, 5, 64])
+def test_causal_attention_redoes_no_softmax_row(T):
+    # scores shifted by their diagonal (always visible) leave every row's sum of exp >= 1, so the
+    # fast softmax's unshifted try holds everywhere; without the shift, early rows whose few
+    # visible scores are all below 0 must be redone with their max (rows are found by row_max)
+    qkv = np.random.default_rng(T).standard_normal((6, T, 3 * 4 * 8)).astype(np.float32)
+    y_ref = heads_then_attention(Tensor(qkv), 4).data
+    for shift, expect_redo in ((fast_attention.shift_by_diagonal, False), (lambda s: None, True)):
+        with mock.patch.object(fast_attention, "shift_by_diagonal", shift), \
+                mock.patch.object(fast_functional, "row_max", wraps=fast_functional.row_max) as row_max:
+            y = fast.causal_self_attention(Tensor(qkv), 4).data
+        assert row_max.called == expect_redo
+        np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-6)
 
 
 def test_fused_attention_keeps_float32_and_checks_p():

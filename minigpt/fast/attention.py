@@ -59,15 +59,30 @@ def transposed_buffer(q: Any, k: Any, tile: Any) -> Any:
     return xp.empty(shape[:-2] + (hs, S), dtype=k.dtype)
 
 
-def transposed(k: Any, buf: Any) -> Any:
+def transposed(k: Any, buf: Any, scale: float | None = None) -> Any:
     """kᵀ over the last two axes: copied into (the front of) ``buf``, contiguous, when a buffer
-    is given (see transposed_buffer), else a transposed view."""
+    is given (see transposed_buffer), else a transposed view. With ``scale``, the copy is
+    scale · kᵀ (the copy's pass does the multiply); the view is never scaled (the caller checks
+    ``is_copy``)."""
     xp = backend.get_array_module(k)
     if buf is None:
         return xp.swapaxes(k, -1, -2)
     kt = buf[: k.shape[0]] if k.ndim > 2 else buf
-    xp.copyto(kt, xp.swapaxes(k, -1, -2))
+    if scale is None:
+        xp.copyto(kt, xp.swapaxes(k, -1, -2))
+    else:
+        xp.multiply(xp.swapaxes(k, -1, -2), scale, out=kt)
     return kt
+
+
+def shift_by_diagonal(s: Any) -> None:
+    """s (.., T, S) with T <= S, causally masked: subtract from each row its diagonal score
+    s[i, i], which the causal mask always leaves visible. softmax is unchanged by a per-row shift,
+    and after it every row holds a 0, so its sum of exp is at least 1: the fast softmax's unshifted
+    try (fast/functional.py) then needs no row redone, where row 0 (one visible score, below 0
+    about half the time) and a few early rows failed it in most tiles."""
+    diag = s.diagonal(axis1=-2, axis2=-1).copy()  # (.., T)
+    s -= diag[..., None]
 
 
 def attention_forward(q: Any, k: Any, v: Any, is_causal: bool, dropout_p: float, scale: float) -> tuple:
@@ -85,11 +100,14 @@ def attention_forward(q: Any, k: Any, v: Any, is_causal: bool, dropout_p: float,
     for b in tiles:
         a = att[b]
         s = scores[: a.shape[0]]
-        kt = transposed(k[b], kt_buf)  # (.., S, hs) -> (.., hs, S)
+        kt = transposed(k[b], kt_buf, scale)  # (.., S, hs) -> (.., hs, S), times scale when copied
         xp.matmul(q[b], kt, out=s)  # (.., T, hs) @ (.., hs, S) -> (.., T, S)
-        s *= scale
+        if kt_buf is None:
+            s *= scale
         if mask is not None:
             s += mask  # -inf above the diagonal
+            if T <= S:
+                shift_by_diagonal(s)
         softmax_forward(s, axis=-1, out=a)  # masked entries become exactly 0
         if drop is None:
             xp.matmul(a, v[b], out=y[b])  # (.., T, S) @ (.., S, hs) -> (.., T, hs)

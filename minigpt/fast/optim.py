@@ -10,6 +10,23 @@ from minigpt.fast import tiling
 from minigpt.fast.switch import on_every_device
 
 
+def consecutive_pieces(arrays: list[Any]) -> Any:
+    """The flat NumPy array that ``arrays`` cut into, in order, end to end: each a contiguous
+    view of one buffer, starting where the one before it ends (the gradients a data-parallel
+    all-reduce leaves, distributed.py). Reading that slice equals concatenating them, without the
+    copy. None when they are anything else."""
+    base = arrays[0].base
+    if not isinstance(base, backend.numpy.ndarray) or base.ndim != 1 or not base.flags.c_contiguous:
+        return None
+    item, origin = base.itemsize, base.ctypes.data
+    start = end = (arrays[0].ctypes.data - origin) // item
+    for a in arrays:
+        if a.base is not base or a.dtype != base.dtype or not a.flags.c_contiguous or a.ctypes.data != origin + end * item:
+            return None
+        end += a.size
+    return base[start:end]
+
+
 class AdamW(optim.AdamW):
     """Twin of ``optim.AdamW`` (same arguments, same state, same numbers).
 
@@ -52,7 +69,10 @@ class AdamW(optim.AdamW):
                 self.update_group(group)  # the reference, parameter by parameter
                 continue
             flat = self._flat(gi, group)
-            g = params[0].xp.concatenate([p.grad.reshape(-1) for p in params]).astype(flat["p"].dtype, copy=False)
+            g = consecutive_pieces([p.grad for p in params])  # an all-reduce's buffer (distributed.py): no copy
+            if g is None:
+                g = params[0].xp.concatenate([p.grad.reshape(-1) for p in params])
+            g = g.astype(flat["p"].dtype, copy=False)
             for p in params:
                 self.state[id(p)]["step"] += 1
             self._update(flat["p"], g, flat["m"], flat["v"], group, steps.pop() + 1)
