@@ -1,6 +1,7 @@
 """The matrix products a training step cannot avoid, timed alone: the floor under any step.
 
     python benchmarks/bench_gemm_floor.py            # nanoGPT's CPU recipe's shapes; PyTorch too when installed
+    python benchmarks/bench_gemm_floor.py --ranks 2  # one rank's share of them: batch / 2, one thread each
 
 A step of nanoGPT's CPU recipe must run, per layer, the forward GEMM of each of the four linear layers
 (c_attn, attn c_proj, c_fc, mlp c_proj) and the two of backward (dx = dy @ W, dW = dyᵀ @ x),
@@ -9,11 +10,14 @@ backward). This script runs exactly those products on arrays of the step's shape
 through NumPy's BLAS and, where installed, through PyTorch (medians, alternating the two).
 Whatever else a step does (GELU, layer norm, softmax, AdamW, autograd) comes on top, so
 "floor / PyTorch's whole step" says how much of a target like "0.8 × PyTorch" the products alone use.
+With ``--ranks N`` the products are one data-parallel rank's (batch / N rows) and both libraries
+get the rank's share of the cores (threadpoolctl for NumPy's BLAS, as minigpt.distributed does).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import time
@@ -116,8 +120,17 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=None, help="PyTorch intra-op threads (default: all cores)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     p.add_argument("--by-product", action="store_true", help="also time each product alone (median of 200)")
+    p.add_argument("--ranks", type=int, default=1, help="time one data-parallel rank's share (batch / ranks rows)")
     args = p.parse_args()
     cfg, mcfg = configs()
+    if args.ranks > 1:
+        import os
+
+        from threadpoolctl import threadpool_limits
+
+        cfg = dataclasses.replace(cfg, batch_size=cfg.batch_size // args.ranks)
+        args.threads = max(1, (os.cpu_count() or 1) // args.ranks)
+        limits = threadpool_limits(limits=args.threads, user_api="blas")  # noqa: F841 - held for the run
     ops = operands(mcfg.n_layer, mcfg.n_embd, mcfg.n_head, cfg.block_size, cfg.batch_size, mcfg.vocab_size)
     runners = {"numpy": lambda: run_products(ops)}
     if have_torch() and not args.no_torch:
@@ -136,8 +149,9 @@ def main() -> None:
         for name, fn in runners.items():
             samples[name].append(median_ms(fn, args.repeats))
     print(f"machine: {machine()}")
+    share = f", one of {args.ranks} ranks' share, {args.threads} thread(s)" if args.ranks > 1 else ""
     print(f"the matrix products of one CPU-preset training step ({mcfg.n_layer} layers, {mcfg.n_embd} wide, "
-          f"block {cfg.block_size}, batch {cfg.batch_size}), nothing else:")
+          f"block {cfg.block_size}, batch {cfg.batch_size}{share}), nothing else:")
     for name, s in samples.items():
         print(f"{name:8s}: {statistics.median(s):6.2f} ms per step  (rounds: {' '.join(f'{x:.2f}' for x in s)})")
 

@@ -10,8 +10,8 @@ the global batch of B rows; split the rows into N equal contiguous slices, one p
     L = (1/B) Σ_b ℓ_b = (1/N) Σ_r L_r,      L_r = (N/B) Σ_{b in slice r} ℓ_b   (rank r's own mean)
     ∂L/∂θ = (1/N) Σ_r ∂L_r/∂θ
 
-Each rank runs forward and backward on its B/N rows alone, then one all-reduce sums the N
-gradients (every rank gets the sum) and each divides by N: every rank now holds the gradient of
+Each rank runs forward and backward on its B/N rows alone, divides its gradient by N, and one
+all-reduce sums the N results (every rank gets the sum): every rank now holds the gradient of
 the global mean loss, clips it and takes the same AdamW step on the same weights. The weights
 never travel; they stay equal because they start equal (same seed, checked) and every step is
 the same arithmetic on the same numbers.
@@ -105,12 +105,15 @@ class World:
     def average_gradients(self, params: Iterable[Tensor], loss: Tensor, stop: bool = False) -> tuple[float, bool]:
         """Replace every gradient by its mean over the ranks, in ONE all-reduce of one flat buffer.
 
-        The buffer holds, in order: every parameter's gradient (flattened; zeros where this rank
-        has none), one flag per parameter (1.0 where this rank has its gradient), this rank's loss
-        and its stop flag (1.0 or 0.0). After the sum and the division by N it holds the mean
-        gradient, the mean loss (= the loss on the global batch) and flags > 0 where any rank had a
-        gradient or asked to stop. Each ``p.grad`` becomes a view of the buffer (no copy back); a
-        parameter that no rank used keeps no gradient, as in one process. Returns (loss, stop)."""
+        The buffer holds, in order: every parameter's gradient divided by N (flattened; zeros
+        where this rank has none), one flag per parameter (1.0 where this rank has its gradient),
+        this rank's loss divided by N and its stop flag (1.0 or 0.0). Dividing before the sum
+        costs nothing (the copy into the buffer does it) and saves a pass over the buffer after
+        it; for N a power of 2 it is exactly the division after the sum. After the sum the buffer
+        holds the mean gradient, the mean loss (= the loss on the global batch) and flags > 0
+        where any rank had a gradient or asked to stop. Each ``p.grad`` becomes a view of the
+        buffer (no copy back); a parameter that no rank used keeps no gradient, as in one process.
+        Returns (loss, stop)."""
         params = [p for p in params if p.requires_grad]
         if self.size == 1:
             return loss.item(), stop
@@ -120,12 +123,16 @@ class World:
             self._buffer = numpy.empty(n + k + 2, dtype=dtype)
         buf, offset = self._buffer, 0
         for i, p in enumerate(params):
-            buf[offset:offset + p.size] = 0 if p.grad is None else backend.to_numpy(p.grad).reshape(-1)
+            piece = buf[offset:offset + p.size]
+            if p.grad is None:
+                piece[...] = 0.0
+            else:
+                numpy.divide(backend.to_numpy(p.grad).reshape(-1), self.size, out=piece)  # ∂L_r/∂θ / N
             buf[n + i] = p.grad is not None
             offset += p.size
-        buf[n + k], buf[n + k + 1] = backend.to_numpy(loss.data), float(stop)
-        self.comm.Allreduce(self._mpi().IN_PLACE, buf, op=self._mpi().SUM)  # every rank: Σ_r
-        buf /= self.size  # the mean over ranks = the gradient of the global batch's mean loss
+        buf[n + k], buf[n + k + 1] = backend.to_numpy(loss.data) / self.size, float(stop)
+        # every rank: Σ_r (∂L_r/∂θ) / N = the gradient of the global batch's mean loss
+        self.comm.Allreduce(self._mpi().IN_PLACE, buf, op=self._mpi().SUM)
         offset = 0
         for i, p in enumerate(params):
             used = buf[n + i] > 0

@@ -16,7 +16,9 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
      "ratio reference / minigpt"),
     ("profile_step.py", ["--steps", "2", "--warmup", "1"], "fast.AdamW.step"),
     ("profile_step.py", ["--steps", "2", "--warmup", "1", "--reference"], "LayerNorm.backward"),
+    ("bench_overlap.py", ["--steps", "2"], "the all-reduce adds"),
     ("bench_gemm_floor.py", ["--rounds", "1", "--repeats", "1", "--no-torch"], "ms per step"),
+    ("bench_gemm_floor.py", ["--rounds", "1", "--repeats", "1", "--no-torch", "--ranks", "2"], "ranks' share"),
     ("bench_generate.py", ["--new_tokens", "12", "--n_layer", "1", "--n_embd", "16", "--n_head", "2",
                            "--block_size", "8"], "identical tokens: True"),
 ])
