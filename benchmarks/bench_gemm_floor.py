@@ -11,13 +11,15 @@ through NumPy's BLAS and, where installed, through PyTorch (medians, alternating
 Whatever else a step does (GELU, layer norm, softmax, AdamW, autograd) comes on top, so
 "floor / PyTorch's whole step" says how much of a target like "0.8 × PyTorch" the products alone use.
 With ``--ranks N`` the products are one data-parallel rank's (batch / N rows) and both libraries
-get the rank's share of the cores (threadpoolctl for NumPy's BLAS, as minigpt.distributed does).
+get the rank's share of the cores (threadpoolctl for NumPy's BLAS, as minigpt.distributed does);
+the other cores stay idle meanwhile, so this is a floor for a rank that runs beside others.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import statistics
 import sys
 import time
@@ -124,12 +126,13 @@ def main() -> None:
     args = p.parse_args()
     cfg, mcfg = configs()
     if args.ranks > 1:
-        import os
+        from threadpoolctl import threadpool_limits  # noqa: PLC0415 - the mpi extra's
 
-        from threadpoolctl import threadpool_limits
-
+        if cfg.batch_size % args.ranks:
+            p.error(f"--ranks {args.ranks} does not divide the batch of {cfg.batch_size}")
         cfg = dataclasses.replace(cfg, batch_size=cfg.batch_size // args.ranks)
-        args.threads = max(1, (os.cpu_count() or 1) // args.ranks)
+        # each rank's share of the cores, as minigpt.distributed gives it (all ranks on this machine)
+        args.threads = args.threads or max(1, len(os.sched_getaffinity(0)) // args.ranks)
         limits = threadpool_limits(limits=args.threads, user_api="blas")  # noqa: F841 - held for the run
     ops = operands(mcfg.n_layer, mcfg.n_embd, mcfg.n_head, cfg.block_size, cfg.batch_size, mcfg.vocab_size)
     runners = {"numpy": lambda: run_products(ops)}

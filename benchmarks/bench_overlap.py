@@ -22,7 +22,6 @@ import argparse
 import dataclasses
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,10 +32,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
-from bench_train import MinigptStep, configs, machine, make_batches  # noqa: E402
+from bench_train import MinigptStep, configs, machine, make_batches, run_mpiexec  # noqa: E402
 
 from minigpt import distributed  # noqa: E402
-from minigpt.tensor import Function  # noqa: E402
+from minigpt.tensor import Function, Tensor  # noqa: E402
 
 _request = None  # the all-reduce in flight, poked after every op's backward
 
@@ -59,7 +58,6 @@ def poke_after_every_backward() -> None:
 
 
 def child(steps: int) -> None:
-    global _request
     from mpi4py import MPI  # noqa: PLC0415
 
     world = distributed.world()
@@ -70,19 +68,19 @@ def child(steps: int) -> None:
     buf = np.ones(sum(p.size for p in step.model.parameters()), dtype=np.float32)  # one gradient's size
     poke_after_every_backward()
 
-    def forward_backward(x, y):
+    def forward_backward(x: np.ndarray, y: np.ndarray) -> Tensor:
         _, loss = step.model(x, y)
         step.opt.zero_grad()
         return loss
 
-    def backward_only(x, y):
+    def backward_only(x: np.ndarray, y: np.ndarray) -> None:
         forward_backward(x, y).backward()
 
-    def sequential(x, y):
+    def sequential(x: np.ndarray, y: np.ndarray) -> None:
         forward_backward(x, y).backward()
         world.comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
 
-    def overlapped(x, y):
+    def overlapped(x: np.ndarray, y: np.ndarray) -> None:
         global _request
         loss = forward_backward(x, y)
         _request = world.comm.Iallreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
@@ -114,10 +112,10 @@ def main() -> None:
     if args.child:
         child(args.steps)
         return
-    mpiexec = Path(sys.executable).parent / "mpiexec"
-    cmd = [str(mpiexec if mpiexec.exists() else "mpiexec"), "-n", str(args.ranks), sys.executable, __file__,
-           "--child", "--steps", str(args.steps)]
-    out = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+    if args.ranks < 2:
+        p.error("--ranks must be at least 2: one process has no all-reduce to overlap")
+    out = json.loads(run_mpiexec(["-n", str(args.ranks), sys.executable, __file__, "--child", "--steps",
+                                  str(args.steps)]).strip().splitlines()[-1])
     print(f"machine: {machine()}")
     print(f"{args.ranks} ranks, each its share of nanoGPT's CPU recipe; medians of {args.steps} steps, rank 0")
     for name, ms in out.items():

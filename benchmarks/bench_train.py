@@ -27,6 +27,7 @@ import json
 import os
 import platform
 import resource
+import signal
 import statistics
 import subprocess
 import sys
@@ -113,12 +114,28 @@ def ranks_child(steps: int, warmup: int, start: int) -> None:
         print(json.dumps({"times": times, "blas_threads": distributed.blas_threads}))
 
 
+def run_mpiexec(args: list[str], timeout: float = 900.0) -> str:
+    """``mpiexec ARGS`` (the one installed beside this Python, else the one on PATH); returns its
+    output. It runs in a process group of its own, so that a run past ``timeout`` seconds is
+    killed with all of its ranks; a failure shows the ranks' error output."""
+    beside = Path(sys.executable).parent / "mpiexec"
+    proc = subprocess.Popen([str(beside if beside.exists() else "mpiexec"), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise SystemExit(f"mpiexec ran past {timeout:.0f} s and was killed, with its ranks") from None
+    if proc.returncode != 0:
+        raise SystemExit(f"mpiexec failed (exit status {proc.returncode}):\n{err}")
+    return out
+
+
 def time_ranks(ranks: int, steps: int, warmup: int, start: int) -> list[float]:
-    mpiexec = Path(sys.executable).parent / "mpiexec"
-    cmd = [str(mpiexec if mpiexec.exists() else "mpiexec"), "-n", str(ranks), sys.executable, __file__,
-           "--ranks-child", "--steps", str(steps), "--warmup", str(warmup), "--start", str(start)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])["times"]
+    out = run_mpiexec(["-n", str(ranks), sys.executable, __file__, "--ranks-child", "--steps", str(steps),
+                       "--warmup", str(warmup), "--start", str(start)])
+    return json.loads(out.strip().splitlines()[-1])["times"]
 
 
 class TorchStep:

@@ -109,7 +109,8 @@ class World:
         where this rank has none), one flag per parameter (1.0 where this rank has its gradient),
         this rank's loss divided by N and its stop flag (1.0 or 0.0). Dividing before the sum
         costs nothing (the copy into the buffer does it) and saves a pass over the buffer after
-        it; for N a power of 2 it is exactly the division after the sum. After the sum the buffer
+        it; for N a power of 2 it is exactly the division after the sum (barring gradients so
+        small that g / N is subnormal and loses digits). After the sum the buffer
         holds the mean gradient, the mean loss (= the loss on the global batch) and flags > 0
         where any rank had a gradient or asked to stop. Each ``p.grad`` becomes a view of the
         buffer (no copy back); a parameter that no rank used keeps no gradient, as in one process.

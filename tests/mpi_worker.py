@@ -60,7 +60,8 @@ def five_steps(world: distributed.World | None) -> tuple[list[float], dict[str, 
 
 class BrokenComm:
     """MPI's communicator with a broken all-reduce, for the tests of the tests: ``skip-allreduce``
-    leaves each rank with its own gradient, ``no-divide`` hands back N times the mean."""
+    leaves each rank with its own gradient divided by N (what it packed), ``no-divide`` hands back N
+    times the mean (as if the ranks had not divided by N before the sum)."""
 
     def __init__(self, comm, how: str) -> None:
         self.comm, self.how = comm, how

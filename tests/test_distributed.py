@@ -76,6 +76,67 @@ def test_the_one_process_world_leaves_gradients_alone():
     assert distributed.World().shard(12) == slice(0, 12)
 
 
+class SumOfTwoEqualRanks:
+    """A communicator of 2 ranks, this one rank 0, whose all-reduce sums two copies of its buffer
+    (as if the other rank had computed exactly the same): enough to run parallel_train_step in
+    one process."""
+
+    def Get_rank(self) -> int:  # noqa: N802 - mpi4py's names
+        return 0
+
+    def Get_size(self) -> int:  # noqa: N802
+        return 2
+
+    def Allreduce(self, send, recv, op) -> None:  # noqa: N802
+        recv *= 2
+
+
+def test_adamw_updates_straight_from_the_all_reduce_buffer():
+    # the gradients are packed in the optimizer's order, so each parameter group's come back as
+    # one piece of the buffer, which fast.AdamW reads without copying (fast.optim.consecutive_pieces)
+    from unittest import mock
+
+    from minigpt.fast import optim as fast_optim
+    from minigpt.nn import GPT, GPTConfig
+    from minigpt.train import build_optimizer, optimizer_order, parallel_train_step
+
+    model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8))
+    optimizer = build_optimizer(model, TrainConfig())
+    order = optimizer_order(model, optimizer)
+    assert [id(p) for p in order] == [id(p) for g in optimizer.param_groups for p in g["params"]]
+    assert {id(p) for p in order} == {id(p) for p in model.parameters()}
+    world = distributed.World(SumOfTwoEqualRanks())
+    rng = numpy.random.default_rng(0)
+    x, y = rng.integers(0, 11, (4, 8)), rng.integers(0, 11, (4, 8))
+    found = []
+
+    def spy(arrays):
+        flat = consecutive_pieces(arrays)
+        found.append(None if flat is None else flat.base)
+        return flat
+
+    consecutive_pieces = fast_optim.consecutive_pieces
+    with mock.patch.object(fast_optim, "consecutive_pieces", spy):
+        for _ in range(3):
+            parallel_train_step(model, optimizer, x, y, 1.0, world, lambda: False)
+    assert len(found) == 6 and all(base is not None for base in found)  # both groups, every step
+    assert all(found[i] is found[i + 1] for i in range(0, 6, 2))  # the two groups: pieces of one buffer
+
+
+def test_parameters_outside_the_optimizer_are_packed_after_its_own():
+    from minigpt import nn, optim
+    from minigpt.train import optimizer_order
+
+    class Two(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = (nn.Parameter(numpy.zeros(2)) for _ in range(3))
+
+    model = Two()
+    optimizer = optim.AdamW([{"params": [model.c]}, {"params": [model.a]}])
+    assert [id(p) for p in optimizer_order(model, optimizer)] == [id(model.c), id(model.a), id(model.b)]
+
+
 # ----------------------------------------------------------------------------- the step
 @pytest.fixture(scope="module")
 def one_process():

@@ -171,8 +171,8 @@ def test_gelu_twin(mode, shape, scale, seed):
 @example(B=3, nh=1, T=5, S=5, hs=3, causal=True, p=0.0, seed=1)  # "odd tiles": tiles of 2 batch elements, then 1
 @example(B=5, nh=1, T=3, S=6, hs=2, causal=False, p=0.3, seed=2)
 def test_attention_twin(mode, B, nh, T, S, hs, causal, p, seed):
-    if causal:
-        S = T  # the causal mask is for self-attention
+    # causal with T != S: torch's is_causal mask, tril(ones(T, S)): row i sees keys j <= i
+    # (T < S: every row's diagonal is visible and shifts it; T > S: no shift)
     rng = rng_from(seed)
     q, k, v = values(rng, (B, nh, T, hs)), values(rng, (B, nh, S, hs)), values(rng, (B, nh, S, hs))
     with knobs(mode):
@@ -245,6 +245,8 @@ def test_adamw_twin_over_20_steps(mode, seed, partial, in_one_buffer):
                 for i, (p, g) in enumerate(zip(params, gs)):
                     p.grad = None if partial and step % 5 == 4 and i == 1 else g
                 opt.step()
+                for p, g in zip(params, grads[step]):  # step() reads the gradients, never writes them
+                    assert p.grad is None or np.array_equal(p.grad, g), "step() changed a gradient"
             finals.append([p.data.copy() for p in params])
     for a, b in zip(*finals):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
@@ -260,6 +262,9 @@ def test_consecutive_pieces_is_the_concatenation_without_a_copy():
     assert fast_optim.consecutive_pieces([a, c]) is None  # a gap
     assert fast_optim.consecutive_pieces([b, a]) is None  # out of order
     assert fast_optim.consecutive_pieces([a.copy(), b]) is None  # not views of one buffer
+    other = pieces_of_one_buffer([np.arange(6.0).reshape(2, 3), np.arange(4.0)])[1]
+    assert fast_optim.consecutive_pieces([a, other]) is None  # the second from another buffer
+    assert fast_optim.consecutive_pieces([a, base[6:6], b]) is not None  # an empty piece adds nothing
     assert fast_optim.consecutive_pieces([base[:4], base[4:8][::2]]) is None  # not contiguous
     assert fast_optim.consecutive_pieces([base[:4], base[4:8].view(np.int64)]) is None  # another dtype
     grid = np.zeros((3, 4))
@@ -383,6 +388,15 @@ def pieces_one_element_late(arrays):
 original_consecutive_pieces = fast_optim.consecutive_pieces
 
 
+def update_that_scales_its_gradient(p, g, m, v, group, t):
+    """AdamW's update, then g scaled in place: a twin that treats the caller's gradients as scratch."""
+    original_update(p, g, m, v, group, t)
+    g *= 0.5
+
+
+original_update = fast_optim.AdamW.__dict__["_update"].__func__
+
+
 def transposed_unscaled(k, buf, scale=None):
     """The copy of kᵀ without the scale it should carry."""
     return original_transposed(k, buf)
@@ -407,6 +421,9 @@ MUTANTS = {
                                   test_adamw_twin_over_20_steps, "tiny tiles, branches on"),
     "AdamW reads an all-reduce buffer one element late": (fast_optim, "consecutive_pieces", pieces_one_element_late,
                                                           test_adamw_twin_over_20_steps, "tiny tiles, branches on"),
+    "AdamW writes into the gradients it reads": (fast_optim.AdamW, "_update",
+                                                staticmethod(update_that_scales_its_gradient),
+                                                test_adamw_twin_over_20_steps, "tiny tiles, branches on"),
     "attention's copy of kᵀ forgets the scale": (fast_attention, "transposed", transposed_unscaled,
                                                  test_attention_twin, "tiny tiles, branches on"),
     "embedding's large-input branch drops repeated indices": (fast_functional, "scatter_add",
@@ -512,6 +529,24 @@ def test_causal_attention_redoes_no_softmax_row(T):
             y = fast.causal_self_attention(Tensor(qkv), 4).data
         assert row_max.called == expect_redo
         np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("q1, k0, k1", [(1e20, 1.0, -1e20),  # q1·k1 overflows: a diagonal of -inf
+                                         (1.8e19, 1e19, -1e19)])  # finite, but score − diagonal overflows
+def test_causal_attention_with_an_overflowing_diagonal_equals_the_reference(q1, k0, k1):
+    # row 1 sees scores (q1·k0, q1·k1): a huge score beside a hugely negative (or -inf) diagonal.
+    # The reference's softmax gives [1, 0]; a shift by the raw diagonal would give NaN
+    q = np.array([1.0, q1, 1.0], dtype=np.float32).reshape(1, 1, 3, 1)
+    k = np.array([k0, k1, 1.0], dtype=np.float32).reshape(1, 1, 3, 1)
+    v = np.array([2.0, 3.0, 5.0], dtype=np.float32).reshape(1, 1, 3, 1)
+    qkv = np.concatenate([q, k, v], axis=-1).reshape(1, 3, 3)  # (B, T, 3C), one head of size 1
+    with np.errstate(all="ignore"):  # the reference's q @ kᵀ overflows, as it should
+        y_ref = F.scaled_dot_product_attention(Tensor(q), Tensor(k), Tensor(v), is_causal=True).data
+        y = fast.scaled_dot_product_attention(Tensor(q), Tensor(k), Tensor(v), is_causal=True).data
+        y_fused = fast.causal_self_attention(Tensor(qkv), 1).data
+    assert np.isfinite(y_ref).all() and y_ref[0, 0, 1, 0] == 2.0  # all of row 1's weight on key 0
+    np.testing.assert_allclose(y, y_ref, rtol=1e-6)
+    np.testing.assert_allclose(y_fused.reshape(y_ref.shape), y_ref, rtol=1e-6)
 
 
 def test_fused_attention_keeps_float32_and_checks_p():

@@ -62,8 +62,8 @@ def transposed_buffer(q: Any, k: Any, tile: Any) -> Any:
 def transposed(k: Any, buf: Any, scale: float | None = None) -> Any:
     """kᵀ over the last two axes: copied into (the front of) ``buf``, contiguous, when a buffer
     is given (see transposed_buffer), else a transposed view. With ``scale``, the copy is
-    scale · kᵀ (the copy's pass does the multiply); the view is never scaled (the caller checks
-    ``is_copy``)."""
+    scale · kᵀ (the copy's pass does the multiply); the view is never scaled: a caller without
+    a buffer scales the product instead."""
     xp = backend.get_array_module(k)
     if buf is None:
         return xp.swapaxes(k, -1, -2)
@@ -75,13 +75,24 @@ def transposed(k: Any, buf: Any, scale: float | None = None) -> Any:
     return kt
 
 
+# shift_by_diagonal never shifts a row up by more than this (see its docstring)
+DIAGONAL_SHIFT_MAX = 64.0
+
+
 def shift_by_diagonal(s: Any) -> None:
-    """s (.., T, S) with T <= S, causally masked: subtract from each row its diagonal score
-    s[i, i], which the causal mask always leaves visible. softmax is unchanged by a per-row shift,
-    and after it every row holds a 0, so its sum of exp is at least 1: the fast softmax's unshifted
-    try (fast/functional.py) then needs no row redone, where row 0 (one visible score, below 0
-    about half the time) and a few early rows failed it in most tiles."""
+    """s (.., T, S) with T <= S, causally masked: subtract from each row i its diagonal score
+    s[i, i], which the causal mask always leaves visible, or 64 where that is below -64.
+    softmax is unchanged by a per-row shift, and after it the row holds a 0, so its sum of exp
+    is at least 1: the fast softmax's unshifted try (fast/functional.py) then holds for it, where
+    row 0 (one visible score, below 0 about half the time) and a few early rows failed it in most
+    tiles. Only rows with a score more than ~87 (float32) above the diagonal, a diagonal below
+    -64, or NaN are still redone there. The floor keeps the shift harmless: a finite score moved
+    up by at most 64 cannot overflow, and a diagonal of -inf (an overflowed q · k) does not turn
+    the row's other scores into inf and its masked ones into NaN. (A diagonal of +inf or NaN
+    makes the row NaN, as in the reference, whose softmax sees it too.)"""
+    xp = backend.get_array_module(s)
     diag = s.diagonal(axis1=-2, axis2=-1).copy()  # (.., T)
+    xp.maximum(diag, -DIAGONAL_SHIFT_MAX, out=diag)
     s -= diag[..., None]
 
 

@@ -125,7 +125,7 @@ def softmax_forward(x: Any, axis: int, out: Any = None) -> Any:
             xp.subtract(x, row_max(x), out=y)
             xp.exp(y, out=y)
             total = row_sum(y)
-        else:  # a few (attention: ~1% of rows, a first row whose one score is below 0)
+        else:  # a few (unshifted attention: ~1% of rows, a first row whose one score is below 0)
             xb = x[bad]  # (rows, n)
             yb = xp.exp(xb - row_max(xb))  # every row's max becomes 0, so 1 <= sum <= n
             y[bad] = yb

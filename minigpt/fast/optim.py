@@ -14,14 +14,17 @@ def consecutive_pieces(arrays: list[Any]) -> Any:
     """The flat NumPy array that ``arrays`` cut into, in order, end to end: each a contiguous
     view of one buffer, starting where the one before it ends (the gradients a data-parallel
     all-reduce leaves, distributed.py). Reading that slice equals concatenating them, without the
-    copy. None when they are anything else."""
-    base = arrays[0].base
+    copy. None when they are anything else (CuPy arrays included). Empty pieces are skipped:
+    they add nothing, and NumPy gives them no meaningful address."""
+    arrays = [a for a in arrays if a.size]
+    base = arrays[0].base if arrays else None
     if not isinstance(base, backend.numpy.ndarray) or base.ndim != 1 or not base.flags.c_contiguous:
         return None
     item, origin = base.itemsize, base.ctypes.data
     start = end = (arrays[0].ctypes.data - origin) // item
     for a in arrays:
-        if a.base is not base or a.dtype != base.dtype or not a.flags.c_contiguous or a.ctypes.data != origin + end * item:
+        if (a.base is not base or a.dtype != base.dtype or not a.flags.c_contiguous
+                or a.ctypes.data != origin + end * item):
             return None
         end += a.size
     return base[start:end]

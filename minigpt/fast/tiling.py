@@ -16,11 +16,14 @@ from typing import Any
 
 from minigpt import backend
 
-# Elements per tile: 256 KiB of float32, well inside a 1-2 MiB L2 with the chain's other arrays
-# (tests patch it small to run many tiles). Measured on a nanoGPT-recipe step (2-core Intel Xeon
-# VM, 2 MiB L2): 1 << 15 29.7 ms, 1 << 16 28.7, 1 << 17 28.6, 1 << 18 29.4 (one rank's 6 rows,
-# one thread); 41.0, 39.9, 40.0, 40.3 ms (12 rows, two threads). Fewer, larger tiles cost fewer
-# NumPy calls until a tile's chain no longer fits in L2.
+# Elements per tile: 256 KiB of float32 (tests patch it small to run many tiles). A chain's tiles
+# then fit in a 2 MiB L2: layer norm's and attention's two or three arrays, AdamW's five (p, g, m,
+# v and a scratch: 1.25 MiB; 2.5 MiB in float64, beyond it). Measured on a nanoGPT-recipe step
+# (2-core Intel Xeon VM, 2 MiB L2): 1 << 15 29.7 ms, 1 << 16 28.7, 1 << 17 28.6, 1 << 18 29.4 (one
+# rank's 6 rows, one thread); 41.0, 39.9, 40.0, 40.3 ms (12 rows, two threads). Fewer, larger
+# tiles cost fewer NumPy calls until a tile's chain no longer fits in L2. The tile size changes
+# the last bits of some results (a row sum's rounding depends on where its row falls in a tile's
+# matrix-vector product), never more than rounding: the tests hold every twin to the reference.
 TILE = 1 << 16
 
 
