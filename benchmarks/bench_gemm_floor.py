@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import statistics
 import sys
 import time
@@ -33,6 +32,8 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from bench_train import configs, have_torch, machine  # noqa: E402
+
+from minigpt import distributed  # noqa: E402
 
 
 def operands(n_layer: int, n_embd: int, n_head: int, block: int, batch: int, vocab: int) -> dict:
@@ -131,8 +132,7 @@ def main() -> None:
         if cfg.batch_size % args.ranks:
             p.error(f"--ranks {args.ranks} does not divide the batch of {cfg.batch_size}")
         cfg = dataclasses.replace(cfg, batch_size=cfg.batch_size // args.ranks)
-        # each rank's share of the cores, as minigpt.distributed gives it (all ranks on this machine)
-        args.threads = args.threads or max(1, len(os.sched_getaffinity(0)) // args.ranks)
+        args.threads = args.threads or distributed.cores_per_rank(args.ranks)  # all the ranks on this machine
         limits = threadpool_limits(limits=args.threads, user_api="blas")  # noqa: F841 - held for the run
     ops = operands(mcfg.n_layer, mcfg.n_embd, mcfg.n_head, cfg.block_size, cfg.batch_size, mcfg.vocab_size)
     runners = {"numpy": lambda: run_products(ops)}

@@ -33,21 +33,17 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 from bench_train import MinigptStep, configs, machine, make_batches, run_mpiexec  # noqa: E402
+from profile_step import all_functions  # noqa: E402
 
 from minigpt import distributed  # noqa: E402
-from minigpt.tensor import Function, Tensor  # noqa: E402
+from minigpt.tensor import Tensor  # noqa: E402
 
 _request = None  # the all-reduce in flight, poked after every op's backward
 
 
 def poke_after_every_backward() -> None:
     """Wrap every op's backward so that it calls MPI's progress engine (Request.Test) when done."""
-    def subclasses(cls):
-        for sub in cls.__subclasses__():
-            yield sub
-            yield from subclasses(sub)
-
-    for cls in set(subclasses(Function)):
+    for cls in set(all_functions()):
         if "backward" in vars(cls):
             def wrapped(self, *args, _backward=vars(cls)["backward"], **kwargs):
                 out = _backward(self, *args, **kwargs)

@@ -211,11 +211,16 @@ def world() -> World:
         raise DistributedError(f"launched as {launched_ranks()} ranks, but {e.name} is not installed: "
                                f"pip install -e \".[mpi]\"") from e
     _world = World(MPI.COMM_WORLD)
-    on_this_machine = MPI.COMM_WORLD.Split_type(MPI.COMM_TYPE_SHARED).Get_size()
-    blas_threads = max(1, len(os.sched_getaffinity(0)) // on_this_machine)
+    blas_threads = cores_per_rank(MPI.COMM_WORLD.Split_type(MPI.COMM_TYPE_SHARED).Get_size())
     _blas_limits = threadpool_limits(limits=blas_threads, user_api="blas")
     sys.excepthook = _abort_on_uncaught
     return _world
+
+
+def cores_per_rank(ranks_here: int) -> int:
+    """This machine's cores (those this process may run on) shared among the ``ranks_here`` ranks
+    that run on it: each rank's BLAS threads (at least 1)."""
+    return max(1, len(os.sched_getaffinity(0)) // ranks_here)
 
 
 def started_world() -> World | None:
