@@ -161,13 +161,19 @@ def clip_grads_(params: Iterable[Tensor] | Tensor, max_norm: float, norm_type: f
             per_param = [(xp.abs(g) ** norm_type).sum() for g in grads]
         total = xp.cumsum(xp.stack(per_param).astype(xp.float64))[-1]  # added in order, in float64
         total = xp.sqrt(total) if norm_type == 2.0 else total ** (1.0 / norm_type)
-    coef = xp.minimum(max_norm / (total + 1e-6), 1.0)  # a 0-d float64 array
+    coef = clip_coefficient(total, max_norm)
     factor: dict[Any, Any] = {}  # the factor rounded to each gradient dtype, as torch: g *= coef
     for g in grads:
         if g.dtype not in factor:
             factor[g.dtype] = coef.astype(g.dtype)
         g *= factor[g.dtype]
     return total
+
+
+def clip_coefficient(total: Any, max_norm: float) -> Any:
+    """min(1, max_norm / (total + 1e-6)): what every gradient is multiplied by, given their total
+    norm (a 0-d float64 array; the result is one too, on the same device; NaN for a NaN norm)."""
+    return backend.get_array_module(total).minimum(max_norm / (total + 1e-6), 1.0)
 
 
 def cosine_lr(it: int, *, lr: float, min_lr: float, warmup_iters: int, lr_decay_iters: int) -> float:

@@ -230,6 +230,22 @@ def parallel_train_step(model: Module, optimizer: optim.AdamW, x: Any, y: Any, g
     return lossf, stop
 
 
+def data_parallel_step(model: Module, optimizer: optim.AdamW,
+                       world: distributed.World) -> Callable[[Any, Any, float, Callable[[], bool]], tuple[float, bool]]:
+    """Collective: the data-parallel step this run takes, ``step(x, y, grad_clip, should_stop)``.
+    Where every rank runs on this machine with the fast twins on, :class:`fast.SharedMemoryStep`
+    (the ranks share one copy of the weights and split the work after backward; the same numbers),
+    else :func:`parallel_train_step`."""
+    twin = fast.SharedMemoryStep.start(world, model, optimizer, optimizer_order(model, optimizer))
+    if twin is not None:
+        return twin
+
+    def step(x: Any, y: Any, grad_clip: float, should_stop: Callable[[], bool]) -> tuple[float, bool]:
+        return parallel_train_step(model, optimizer, x, y, grad_clip, world, should_stop)
+
+    return step
+
+
 @contextlib.contextmanager
 def evaluating(model: Module) -> Iterator[Module]:
     """The model in eval mode (no dropout) inside the block, back in its previous mode after it."""
@@ -426,8 +442,10 @@ def _train(cfg: TrainConfig, log: Callable[[str], None], should_stop: Callable[[
     log(f"model: {cfg.model}, {n_params:,} parameters ({n_params / 1e6:.2f}M), device {device}, {cfg.dtype}, {ops}")
     log(f"data: {len(train_ids):,} training and {len(val_ids):,} validation tokens, vocabulary {tokenizer.vocab_size}")
     if world.size > 1:
+        parallel_step = data_parallel_step(model, optimizer, world)
+        how = ("shared memory" if isinstance(parallel_step, fast.SharedMemoryStep) else "MPI all-reduce")
         log(f"data parallel: {world.size} ranks, {cfg.batch_size // world.size} of the {cfg.batch_size} rows of each "
-            f"batch per rank, {distributed.blas_threads} BLAS thread(s) each")
+            f"batch per rank, {distributed.blas_threads} BLAS thread(s) each, gradients summed by {how}")
 
     def save(name: str, evaluated: bool) -> None:
         if world.rank != 0:
@@ -475,7 +493,7 @@ def _train(cfg: TrainConfig, log: Callable[[str], None], should_stop: Callable[[
                 stop = should_stop()
             else:
                 backend.start_host_stream(it, world.rank)  # this rank's own dropout masks of step it
-                lossf, stop = parallel_train_step(model, optimizer, x, y, cfg.grad_clip, world, should_stop)
+                lossf, stop = parallel_step(x, y, cfg.grad_clip, should_stop)
             if not math.isfinite(lossf):
                 progress.end_line()
                 raise TrainingError(f"the loss became {lossf} at iteration {it}; stopping. The last good "

@@ -394,7 +394,7 @@ def update_that_scales_its_gradient(p, g, m, v, group, t):
     g *= 0.5
 
 
-original_update = fast_optim.AdamW.__dict__["_update"].__func__
+original_update = fast_optim.adamw_update
 
 
 def transposed_unscaled(k, buf, scale=None):
@@ -421,8 +421,8 @@ MUTANTS = {
                                   test_adamw_twin_over_20_steps, "tiny tiles, branches on"),
     "AdamW reads an all-reduce buffer one element late": (fast_optim, "consecutive_pieces", pieces_one_element_late,
                                                           test_adamw_twin_over_20_steps, "tiny tiles, branches on"),
-    "AdamW writes into the gradients it reads": (fast_optim.AdamW, "_update",
-                                                staticmethod(update_that_scales_its_gradient),
+    "AdamW writes into the gradients it reads": (fast_optim, "adamw_update",
+                                                update_that_scales_its_gradient,
                                                 test_adamw_twin_over_20_steps, "tiny tiles, branches on"),
     "attention's copy of kᵀ forgets the scale": (fast_attention, "transposed", transposed_unscaled,
                                                  test_attention_twin, "tiny tiles, branches on"),

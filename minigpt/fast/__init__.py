@@ -11,6 +11,7 @@ reference at sizes where every tile, remainder and branch runs.
     attention.py   attention per batch tile; fused multi-head attention from packed qkv
     gpt.py         GPT.forward with the twins (the model calls it where enabled)
     optim.py       AdamW over one flat buffer per parameter group
+    parallel.py    the data-parallel step of ranks on one machine: shared weights, the work split
     memory.py      keep freed memory in malloc's heap between steps
 
 The speed-ups the docstrings quote come from benchmarks/bench_fast_ops.py: each twin against its
@@ -27,9 +28,10 @@ from minigpt.fast.functional import (cross_entropy, embedding, gelu, gelu_, laye
 from minigpt.fast.gpt import gpt_forward
 from minigpt.fast.memory import keep_freed_memory
 from minigpt.fast.optim import AdamW
+from minigpt.fast.parallel import SharedMemoryStep
 from minigpt.fast.switch import disabled, enabled
 from minigpt.functional import dropout, log_softmax
 
 __all__ = ["disabled", "enabled", "embedding", "linear", "softmax", "log_softmax", "cross_entropy", "layer_norm",
            "gelu", "gelu_", "dropout", "scaled_dot_product_attention", "causal_self_attention", "residual_add",
-           "gpt_forward", "AdamW", "keep_freed_memory"]
+           "gpt_forward", "AdamW", "SharedMemoryStep", "keep_freed_memory"]

@@ -78,7 +78,7 @@ class AdamW(optim.AdamW):
             g = g.astype(flat["p"].dtype, copy=False)
             for p in params:
                 self.state[id(p)]["step"] += 1
-            self._update(flat["p"], g, flat["m"], flat["v"], group, steps.pop() + 1)
+            adamw_update(flat["p"], g, flat["m"], flat["v"], group, steps.pop() + 1)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
@@ -109,28 +109,31 @@ class AdamW(optim.AdamW):
         self._flats[gi] = cache
         return cache
 
-    @staticmethod
-    def _update(p: Any, g: Any, m: Any, v: Any, group: dict[str, Any], t: int) -> None:
-        """The reference's update of one flat buffer, in place, tile by tile."""
-        lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
-        beta1, beta2 = group["betas"]
-        xp = backend.get_array_module(p)
-        step_size = lr / (1.0 - beta1**t)
-        bias_correction2_sqrt = math.sqrt(1.0 - beta2**t)
-        tmp_buf = xp.empty(tiling.tile_rows(xp, p.size), dtype=p.dtype)
-        for sl in tiling.tiles(xp, p.size):
-            pc, gc, mc, vc, tmp = p[sl], g[sl], m[sl], v[sl], tmp_buf[: sl.stop - sl.start]
-            pc *= 1.0 - lr * wd  # decoupled weight decay
-            xp.subtract(gc, mc, out=tmp)  # m <- m + (1 - beta1) (g - m)
-            tmp *= 1.0 - beta1
-            mc += tmp
-            vc *= beta2  # v <- beta2 v + (1 - beta2) g²
-            xp.multiply(gc, gc, out=tmp)
-            tmp *= 1.0 - beta2
-            vc += tmp
-            xp.sqrt(vc, out=tmp)  # denom = sqrt(v) / sqrt(1 - beta2^t) + eps
-            tmp /= bias_correction2_sqrt
-            tmp += eps
-            xp.divide(mc, tmp, out=tmp)  # p <- p - lr / (1 - beta1^t) * m / denom
-            tmp *= step_size
-            pc -= tmp
+
+def adamw_update(p: Any, g: Any, m: Any, v: Any, group: dict[str, Any], t: int) -> None:
+    """The reference's update (optim.AdamW.update_group) of the flat buffers p, m, v by the
+    gradient g at step t, in place, tile by tile. Each element's update reads only its own p, g, m
+    and v, so any slice of the buffers can be updated alone with the same result (fast/parallel.py
+    updates one rank's part)."""
+    lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
+    beta1, beta2 = group["betas"]
+    xp = backend.get_array_module(p)
+    step_size = lr / (1.0 - beta1**t)
+    bias_correction2_sqrt = math.sqrt(1.0 - beta2**t)
+    tmp_buf = xp.empty(tiling.tile_rows(xp, p.size), dtype=p.dtype)
+    for sl in tiling.tiles(xp, p.size):
+        pc, gc, mc, vc, tmp = p[sl], g[sl], m[sl], v[sl], tmp_buf[: sl.stop - sl.start]
+        pc *= 1.0 - lr * wd  # decoupled weight decay
+        xp.subtract(gc, mc, out=tmp)  # m <- m + (1 - beta1) (g - m)
+        tmp *= 1.0 - beta1
+        mc += tmp
+        vc *= beta2  # v <- beta2 v + (1 - beta2) g²
+        xp.multiply(gc, gc, out=tmp)
+        tmp *= 1.0 - beta2
+        vc += tmp
+        xp.sqrt(vc, out=tmp)  # denom = sqrt(v) / sqrt(1 - beta2^t) + eps
+        tmp /= bias_correction2_sqrt
+        tmp += eps
+        xp.divide(mc, tmp, out=tmp)  # p <- p - lr / (1 - beta1^t) * m / denom
+        tmp *= step_size
+        pc -= tmp
