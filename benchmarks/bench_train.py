@@ -43,7 +43,7 @@ sys.path.insert(0, str(HERE))
 import minigpt  # noqa: E402
 from minigpt import distributed, fast, optim  # noqa: E402
 from minigpt.nn import GPT, GPTConfig  # noqa: E402
-from minigpt.train import TrainConfig, build_optimizer, parallel_train_step  # noqa: E402
+from minigpt.train import TrainConfig, build_optimizer, data_parallel_step, parallel_train_step  # noqa: E402
 
 
 def have_torch() -> bool:
@@ -90,26 +90,35 @@ class MinigptStep:
 
 
 class ParallelStep(MinigptStep):
-    """MinigptStep on this rank's share of each global batch (run under mpiexec, one per rank)."""
+    """MinigptStep on this rank's share of each global batch (run under mpiexec, one per rank): the
+    step a training run takes (train.data_parallel_step: on one machine, fast.SharedMemoryStep), or
+    with ``plain`` the plain all-reduce of every gradient (train.parallel_train_step)."""
 
-    def __init__(self, cfg: TrainConfig, model_cfg: GPTConfig, world: distributed.World):
+    def __init__(self, cfg: TrainConfig, model_cfg: GPTConfig, world: distributed.World, plain: bool = False):
         super().__init__(cfg, model_cfg)
         self.world = world
-        self.name = f"{world.size} ranks"
+        self.name = f"{world.size} ranks" + (", plain all-reduce" if plain else "")
+        if plain:
+            self.step = lambda x, y, clip, stop: parallel_train_step(self.model, self.opt, x, y, clip, world, stop)
+        else:
+            self.step = data_parallel_step(self.model, self.opt, world)
 
     def __call__(self, x, y) -> float:
-        return parallel_train_step(self.model, self.opt, x, y, self.cfg.grad_clip, self.world, lambda: False)[0]
+        return self.step(x, y, self.cfg.grad_clip, lambda: False)[0]
 
 
-def ranks_child(steps: int, warmup: int, start: int) -> None:
-    """Run on every rank under mpiexec: time ``steps`` data-parallel steps; rank 0 prints them."""
+def ranks_child(steps: int, warmup: int, start: int, plain: bool) -> None:
+    """Run on every rank under mpiexec: time ``steps`` data-parallel steps (and as many of the
+    plain all-reduce's, with ``plain``); rank 0 prints them."""
     world = distributed.world()
     cfg, mcfg = configs()
     batches = make_batches(cfg, 64)
-    step = ParallelStep(cfg, mcfg, world)
-    time_steps(step, batches, warmup, 0)
-    world.sum(0.0)  # every rank starts timing together
-    times = time_steps(step, batches, steps, start)
+    kinds = [ParallelStep(cfg, mcfg, world)] + ([ParallelStep(cfg, mcfg, world, plain=True)] if plain else [])
+    times = {}
+    for step in kinds:
+        time_steps(step, batches, warmup, 0)
+        world.sum(0.0)  # every rank starts timing together
+        times[step.name] = time_steps(step, batches, steps, start)
     if world.rank == 0:
         print(json.dumps({"times": times, "blas_threads": distributed.blas_threads}))
 
@@ -132,9 +141,9 @@ def run_mpiexec(args: list[str], timeout: float = 900.0) -> str:
     return out
 
 
-def time_ranks(ranks: int, steps: int, warmup: int, start: int) -> list[float]:
+def time_ranks(ranks: int, steps: int, warmup: int, start: int, plain: bool) -> dict[str, list[float]]:
     out = run_mpiexec(["-n", str(ranks), sys.executable, __file__, "--ranks-child", "--steps", str(steps),
-                       "--warmup", str(warmup), "--start", str(start)])
+                       "--warmup", str(warmup), "--start", str(start)] + (["--ranks-plain"] if plain else []))
     return json.loads(out.strip().splitlines()[-1])["times"]
 
 
@@ -245,6 +254,8 @@ def main() -> None:
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--reference", action="store_true", help="also time the reference ops (fast.disabled())")
     p.add_argument("--ranks", type=int, default=1, help="also time data parallelism over this many MPI ranks")
+    p.add_argument("--ranks-plain", action="store_true",
+                   help="with --ranks, also time the plain all-reduce step (without fast.SharedMemoryStep)")
     p.add_argument("--memory-child", choices=["minigpt", "pytorch"], help=argparse.SUPPRESS)
     p.add_argument("--ranks-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--start", type=int, default=0, help=argparse.SUPPRESS)
@@ -253,7 +264,7 @@ def main() -> None:
         memory_child(args.memory_child, args.steps, args.threads)
         return
     if args.ranks_child:
-        ranks_child(args.steps, args.warmup, args.start)
+        ranks_child(args.steps, args.warmup, args.start, args.ranks_plain)
         return
 
     cfg, mcfg = configs()
@@ -272,13 +283,12 @@ def main() -> None:
         time_steps(s, batches, args.warmup, 0)
     times: dict[str, list[float]] = {s.name: [] for s in steps}
     parallel = f"{args.ranks} ranks"
-    if args.ranks > 1:
-        times[parallel] = []
     for r in range(args.rounds):
         for s in steps:  # alternate, so both see the same machine load
             times[s.name] += time_steps(s, batches, args.steps, r * args.steps)
         if args.ranks > 1:
-            times[parallel] += time_ranks(args.ranks, args.steps, args.warmup, r * args.steps)
+            for name, t in time_ranks(args.ranks, args.steps, args.warmup, r * args.steps, args.ranks_plain).items():
+                times.setdefault(name, []).extend(t)
     gflops = gemm_gflops()
     flops = 6 * n_params * tokens
     print(f"float32 GEMM (1024³, NumPy BLAS): {gflops:.1f} GFLOP/s; a step is 6·params·tokens = "
@@ -290,14 +300,17 @@ def main() -> None:
               f"{flops / t / 1e9 / gflops:5.1%} of GEMM speed  [{len(times[name])} steps]")
     if "pytorch" in med:
         print(f"ratio minigpt / pytorch: {med['minigpt'] / med['pytorch']:.3f} (median step time)")
-    if parallel in med:
-        print(f"ratio {parallel} / minigpt (one process): {med[parallel] / med['minigpt']:.3f} (median step time)")
+    for name in (n for n in med if n.startswith(parallel)):
+        print(f"ratio {name} / minigpt (one process): {med[name] / med['minigpt']:.3f} (median step time)")
         if "pytorch" in med:
-            print(f"ratio {parallel} / pytorch: {med[parallel] / med['pytorch']:.3f} (median step time)")
+            print(f"ratio {name} / pytorch: {med[name] / med['pytorch']:.3f} (median step time)")
+    plain = f"{parallel}, plain all-reduce"
+    if plain in med:
+        print(f"ratio {parallel} / {plain}: {med[parallel] / med[plain]:.3f} (median step time)")
     if "reference" in med:
         print(f"ratio reference / minigpt (fast): {med['reference'] / med['minigpt']:.3f} (median step time)")
     if not args.no_memory:
-        for name in (n for n in med if n != "reference"):
+        for name in (n for n in med if n in ("minigpt", "pytorch")):  # one process each
             m = measure_memory(name, 20, args.threads)
             print(f"peak memory {name:8s}: {m['peak_mb']:.0f} MB RSS, of which {m['growth_mb']:.0f} MB "
                   f"grew during 20 training steps")

@@ -1,8 +1,12 @@
 """What tests/test_distributed.py runs under ``mpiexec -n 2`` (a script, not a test module).
 
-    python tests/mpi_worker.py step OUT [--break skip-allreduce|no-divide]
-        five data-parallel AdamW steps of a tiny float64 GPT; rank 0 writes the losses and weights
-        to OUT (an .npz) for the test to compare with one process on the same global batches
+    python tests/mpi_worker.py step OUT [--shared] [--break skip-allreduce|no-divide|no-sum|skip-part|no-clip]
+        five data-parallel AdamW steps of a tiny float64 GPT (by the plain all-reduce, or with
+        --shared by fast.SharedMemoryStep); rank 0 writes the losses and weights to OUT (an .npz)
+        for the test to compare with one process on the same global batches
+    python tests/mpi_worker.py odd OUT
+        five steps of a model whose parameters are used unevenly, by the shared-memory step and
+        by the plain all-reduce side by side
     python tests/mpi_worker.py grads OUT
         one all-reduce of a parameter every rank used, one only rank 0 used and one nobody used
     python tests/mpi_worker.py train-die|train-raise|train-bug|train-nan|mismatch OUT_DIR
@@ -29,18 +33,20 @@ from typing import Any
 import numpy
 
 import minigpt
-from minigpt import backend, checkpoint, cli, distributed, nn
+from minigpt import backend, checkpoint, cli, distributed, fast, nn
 from minigpt import train as train_module
 from minigpt.data import get_batch
 from minigpt.tensor import Tensor
-from minigpt.train import TrainConfig, build_model, build_optimizer, parallel_train_step, train, train_step
+from minigpt.train import (TrainConfig, build_model, build_optimizer, data_parallel_step, parallel_train_step, train,
+                           train_step)
 
 STEPS, BATCH, BLOCK = 5, 6, 8
 
 
-def five_steps(world: distributed.World | None) -> tuple[list[float], dict[str, numpy.ndarray]]:
+def five_steps(world: distributed.World | None, shared: bool = False) -> tuple[list[float], dict[str, numpy.ndarray]]:
     """Five AdamW steps of a tiny float64 GPT on fixed global batches of BATCH rows: one process
-    (``world`` None, the training loop's train_step) or this rank's share of them."""
+    (``world`` None, the training loop's train_step) or this rank's share of them, by the plain
+    all-reduce (parallel_train_step) or, with ``shared``, by fast.SharedMemoryStep."""
     minigpt.manual_seed(0)
     cfg = TrainConfig.preset(n_layer=2, n_head=2, n_embd=16, block_size=BLOCK, batch_size=BATCH,
                              learning_rate=1e-2, dtype="float64")
@@ -49,10 +55,16 @@ def five_steps(world: distributed.World | None) -> tuple[list[float], dict[str, 
     rng = numpy.random.default_rng(0)
     ids = rng.integers(0, 65, 5000)
     losses = []
+    step = None
+    if shared:
+        step = data_parallel_step(model, optimizer, world)
+        assert isinstance(step, fast.SharedMemoryStep), "the shared-memory twin did not start"
     for _ in range(STEPS):
         x, y = get_batch(ids, BATCH, BLOCK, rng)  # (B, T): the same global batch on every rank
         if world is None:
             losses.append(train_step(model, optimizer, x, y, cfg.grad_clip))
+        elif step is not None:
+            losses.append(step(x, y, cfg.grad_clip, lambda: False)[0])
         else:
             losses.append(parallel_train_step(model, optimizer, x, y, cfg.grad_clip, world, lambda: False)[0])
     return losses, {k: backend.to_numpy(v) for k, v in model.state_dict().items()}
@@ -75,11 +87,29 @@ class BrokenComm:
             recv *= self.comm.Get_size()
 
 
-def run_steps(out: Path, broken: str | None) -> None:
+def break_shared_step(how: str) -> None:
+    """fast.SharedMemoryStep with a part of its work missing, for the tests of the tests: ``no-sum``
+    leaves slot 0 as rank 0's gradient ÷ N (the other ranks' slots never added), ``skip-part`` has
+    the last rank skip its AdamW update, ``no-clip`` never scales the gradients."""
+    from minigpt.fast import parallel  # noqa: PLC0415
+
+    step = parallel.SharedMemoryStep
+    if how == "no-sum":
+        step.sum_part = lambda self: None
+    elif how == "no-clip":
+        step.clip_part = lambda self, max_norm, has: None
+    elif how == "skip-part":
+        update = step.update_part
+        step.update_part = lambda self, has: None if self.world.rank == self.world.size - 1 else update(self, has)
+
+
+def run_steps(out: Path, broken: str | None, shared: bool) -> None:
     world = distributed.world()
-    if broken:
+    if broken in ("skip-allreduce", "no-divide"):
         world.comm = BrokenComm(world.comm, broken)
-    losses, params = five_steps(world)
+    elif broken:
+        break_shared_step(broken)
+    losses, params = five_steps(world, shared)
     if world.rank == 0:
         numpy.savez(out, losses=numpy.array(losses), **params)
 
@@ -95,6 +125,66 @@ def run_grads(out: Path) -> None:
     if world.rank == 0:
         out.write_text(json.dumps({"used": used.grad.tolist(), "rank0_only": rank0_only.grad.tolist(),
                                    "unused": unused.grad, "loss": loss, "stop": stop}))
+
+
+class Odd(nn.Module):
+    """A model whose parameters are used unevenly: ``a`` by every rank, ``b`` only by rank 0's
+    rows (rank 1 has no gradient for it), ``c`` by every rank but outside the optimizer (clipped,
+    never updated), ``d`` by nobody (no gradient anywhere: AdamW leaves it and its step count alone)."""
+
+    def __init__(self, rank: int) -> None:
+        super().__init__()
+        rng = numpy.random.default_rng(0)
+        self.a = nn.Parameter(rng.standard_normal((3, 4)))
+        self.b = nn.Parameter(rng.standard_normal(5))
+        self.c = nn.Parameter(rng.standard_normal(4))
+        self.d = nn.Parameter(rng.standard_normal((2, 2)))
+        self.rank = rank
+
+    def forward(self, x: numpy.ndarray, y: numpy.ndarray) -> tuple[None, Tensor]:
+        h = Tensor(x) @ self.a + self.c  # (rows, 4)
+        loss = ((h - Tensor(y)) * (h - Tensor(y))).mean()
+        if self.rank == 0:
+            loss = loss + (self.b * self.b).sum() * 0.1
+        return None, loss
+
+
+def run_odd(out: Path) -> None:
+    """Five steps of Odd by fast.SharedMemoryStep and by the plain all-reduce (parallel_train_step),
+    side by side in one mpiexec; rank 0 writes both's weights, step counts, gradients and losses.
+    Then a parameter given a new array must make the shared step raise."""
+    world = distributed.world()
+    rng = numpy.random.default_rng(1)
+    batches = [(rng.standard_normal((4, 3)), rng.standard_normal((4, 4))) for _ in range(STEPS)]
+    results = {}
+    for kind in ("shared", "plain"):
+        model = Odd(world.rank)
+        optimizer = fast.AdamW([{"params": [model.a, model.d], "weight_decay": 0.1},
+                                {"params": [model.b], "weight_decay": 0.0}], lr=0.05)
+        if kind == "shared":
+            step = data_parallel_step(model, optimizer, world)
+            assert isinstance(step, fast.SharedMemoryStep)
+        else:
+            step = lambda x, y, clip, stop: parallel_train_step(model, optimizer, x, y, clip, world, stop)  # noqa: E731
+        losses = [step(x, y, 0.5, lambda: False)[0] for x, y in batches]
+        for name, p in model.named_parameters():
+            results[f"{kind}.{name}"] = p.data.copy()
+            results[f"{kind}.{name}.grad"] = numpy.array([]) if p.grad is None else p.grad.copy()
+            st = optimizer.state.get(id(p))
+            results[f"{kind}.{name}.step"] = numpy.array(-1 if st is None else st["step"])
+            if st is not None:
+                results[f"{kind}.{name}.m"], results[f"{kind}.{name}.v"] = st["exp_avg"].copy(), st["exp_avg_sq"].copy()
+        results[f"{kind}.losses"] = numpy.array(losses)
+    model.a.data = model.a.data.copy()  # the plain run's model: now the shared one's, given a new array
+    try:
+        step_shared = data_parallel_step(model, optimizer, world)
+        model.a.data = model.a.data.copy()
+        step_shared(*batches[0], 0.5, lambda: False)
+        results["error"] = numpy.array("")
+    except RuntimeError as e:
+        results["error"] = numpy.array(str(e))
+    if world.rank == 0:
+        numpy.savez(out, **results)
 
 
 def record_who(out_dir: Path, rank: int) -> None:
@@ -187,13 +277,17 @@ def run_training(mode: str, out_dir: Path) -> int:
 
 def main() -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["step", "grads", "train-die", "train-raise", "train-bug", "train-nan", "mismatch",
+    p.add_argument("mode", choices=["step", "grads", "odd", "train-die", "train-raise", "train-bug", "train-nan", "mismatch",
                                     "train-float64", "train-who"])
     p.add_argument("out", type=Path)
-    p.add_argument("--break", dest="broken", choices=["skip-allreduce", "no-divide"])
+    p.add_argument("--break", dest="broken", choices=["skip-allreduce", "no-divide", "no-sum", "skip-part", "no-clip"])
+    p.add_argument("--shared", action="store_true", help="step: by fast.SharedMemoryStep")
     args = p.parse_args()
     if args.mode == "step":
-        run_steps(args.out, args.broken)
+        run_steps(args.out, args.broken, args.shared)
+        return 0
+    if args.mode == "odd":
+        run_odd(args.out)
         return 0
     if args.mode == "grads":
         run_grads(args.out)

@@ -14,6 +14,8 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 @pytest.mark.parametrize("script, args, expect", [
     ("bench_train.py", ["--rounds", "1", "--steps", "2", "--warmup", "1", "--no-torch", "--no-memory", "--reference"],
      "ratio reference / minigpt"),
+    ("bench_train.py", ["--rounds", "1", "--steps", "2", "--warmup", "1", "--no-torch", "--ranks", "2",
+                        "--ranks-plain"], "ratio 2 ranks / 2 ranks, plain all-reduce"),
     ("profile_step.py", ["--steps", "2", "--warmup", "1"], "fast.AdamW.step"),
     ("profile_step.py", ["--steps", "2", "--warmup", "1", "--reference"], "LayerNorm.backward"),
     ("bench_overlap.py", ["--steps", "2"], "the all-reduce adds"),

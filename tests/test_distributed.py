@@ -144,9 +144,10 @@ def one_process():
     return mpi_worker.five_steps(None)
 
 
-def two_rank_steps(tmp_path: Path, broken: str | None = None):
+def two_rank_steps(tmp_path: Path, broken: str | None = None, shared: bool = False, ranks: int = 2):
     out = tmp_path / "steps.npz"
-    r = launch(2, WORKER, "step", out, *(["--break", broken] if broken else []))
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    r = launch(ranks, WORKER, "step", out, *(["--break", broken] if broken else []), *(["--shared"] if shared else []))
     assert r.returncode == 0, r.stderr
     saved = numpy.load(out)
     return list(saved["losses"]), {k: saved[k] for k in saved.files if k != "losses"}
@@ -168,6 +169,60 @@ def test_two_ranks_take_the_step_of_one_process_on_the_same_global_batch(tmp_pat
 def test_the_step_comparison_catches_a_broken_all_reduce(tmp_path, one_process, broken):
     losses, params = two_rank_steps(tmp_path, broken)
     assert max_relative_difference(params, one_process[1]) > 1e-6
+
+
+# ----------------------------------------------------------------------------- the shared-memory twin
+def test_split_evenly_gives_every_parameter_to_one_rank_in_balanced_runs():
+    from minigpt.fast.parallel import split_evenly
+
+    rng = numpy.random.default_rng(0)
+    for _ in range(200):
+        sizes = list(rng.integers(1, 50, rng.integers(1, 12)))
+        parts = int(rng.integers(1, 6))
+        bounds = split_evenly(sizes, parts)
+        assert len(bounds) == parts + 1 and bounds[0] == 0 and bounds[-1] == len(sizes)
+        assert all(a <= b for a, b in zip(bounds, bounds[1:]))  # in order, each item once
+        ends = numpy.concatenate([[0], numpy.cumsum(sizes)])
+        for r in range(1, parts):  # each boundary as near its share as whole items allow
+            assert abs(ends[bounds[r]] - ends[-1] * r / parts) <= max(sizes) / 2
+    assert split_evenly([10, 1, 1, 10], 2) == [0, 2, 4]
+    assert split_evenly([5], 3) == [0, 0, 1, 1] or split_evenly([5], 3) == [0, 1, 1, 1]
+
+
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_the_shared_memory_step_is_the_step_of_one_process(tmp_path, one_process, ranks):
+    losses, params = two_rank_steps(tmp_path, shared=True, ranks=ranks)
+    ref_losses, ref_params = one_process
+    numpy.testing.assert_allclose(losses, ref_losses, rtol=1e-12, atol=0)
+    assert max_relative_difference(params, ref_params) < 1e-12
+
+
+def test_the_shared_memory_step_of_two_ranks_is_the_all_reduce_bit_for_bit(tmp_path):
+    # slot 0 + slot 1 is the all-reduce's a + b; the squared norms add up in clip_grads_'s order
+    shared = two_rank_steps(tmp_path / "shared", shared=True)
+    plain = two_rank_steps(tmp_path / "plain")
+    assert shared[0] == plain[0]
+    assert all(numpy.array_equal(shared[1][k], plain[1][k]) for k in plain[1])
+
+
+@pytest.mark.parametrize("broken", ["no-sum", "skip-part", "no-clip"])
+def test_the_step_comparison_catches_a_broken_shared_memory_step(tmp_path, one_process, broken):
+    losses, params = two_rank_steps(tmp_path, broken, shared=True)
+    assert max_relative_difference(params, one_process[1]) > 1e-6
+
+
+def test_the_shared_memory_step_handles_parameters_used_unevenly_as_the_all_reduce(tmp_path):
+    r = launch(2, WORKER, "odd", tmp_path / "odd.npz")
+    assert r.returncode == 0, r.stderr
+    got = numpy.load(tmp_path / "odd.npz")
+    plain = sorted(k for k in got.files if k.startswith("plain."))
+    assert {k.replace("plain.", "shared.", 1) for k in plain} == {k for k in got.files if k.startswith("shared.")}
+    for k in plain:
+        assert numpy.array_equal(got[k], got[k.replace("plain.", "shared.", 1)]), k
+    assert got["shared.d.grad"].size == 0 and int(got["shared.d.step"]) == -1  # nobody used d: no step
+    assert int(got["shared.c.step"]) == -1 and got["shared.c.grad"].size == 4  # c: clipped, not updated
+    assert int(got["shared.a.step"]) == int(got["shared.b.step"]) == mpi_worker.STEPS
+    assert "new array" in str(got["error"])
 
 
 def test_the_all_reduce_averages_every_gradient_and_leaves_unused_parameters_without_one(tmp_path):

@@ -175,8 +175,11 @@ class SharedMemoryStep:
             self.clip_part(grad_clip, has)
         self.update_part(has)  # 3.
         self.sync()  # every part updated: the new weights, and the mean gradient in slot 0
-        for p, g, used in zip(self.params, self.views["grad"], has):
-            p.grad = g if used else None  # as the plain step leaves them: views of the summed gradient
+        for i, (p, g, used) in enumerate(zip(self.params, self.views["grad"], has)):
+            # the summed gradient, as the plain step leaves it: views of slot 0 for the optimizer's
+            # parameters (its zero_grad forgets them before the next backward), copies for others
+            # (their gradients add up over steps, and a backward must not add into shared memory)
+            p.grad = None if not used else g if i < self.n_opt else g.copy()
         return float(flags[k]), bool(flags[k + 1] > 0)
 
     def sum_part(self) -> None:
