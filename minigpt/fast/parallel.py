@@ -124,7 +124,6 @@ class SharedMemoryStep:
             if id(p) in optimizer.state:
                 optimizer.state[id(p)].update(exp_avg=piece(m, i), exp_avg_sq=piece(v, i))
         self.views = {"grad": [piece(self.slots[0], i) for i in range(len(params))],
-                      "weight": [piece(weights, i) for i in range(self.n_opt)],
                       "m": [piece(m, i) for i in range(self.n_opt)], "v": [piece(v, i) for i in range(self.n_opt)]}
         self.mine = [piece(self.slots[rank], i).reshape(-1) for i in range(len(params))]
         bounds = split_evenly(sizes, n_ranks)
@@ -134,11 +133,11 @@ class SharedMemoryStep:
         index = {id(p): i for i, p in enumerate(params)}
         self.clip_order = [index[id(p)] for p in model.parameters() if id(p) in index]
         self.clipped = [id(p) in model_params for p in params]
-        self.groups = []  # (group, its parameters' indices into params)
-        start = 0
+        self.groups = []  # (group, its trainable parameters' indices into params: consecutive)
         for group in optimizer.param_groups:
-            self.groups.append((group, range(start, start + len(group["params"]))))
-            start += len(group["params"])
+            members = [index[id(p)] for p in group["params"] if id(p) in index]
+            if members:
+                self.groups.append((group, range(members[0], members[-1] + 1)))
         self.flags = backend.numpy.zeros(len(params) + 2, dtype=dtype)  # has-a-gradient per parameter, loss, stop
         self.squares = backend.numpy.zeros(len(params), dtype=backend.numpy.float64)
 
