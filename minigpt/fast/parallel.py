@@ -62,6 +62,13 @@ def split_evenly(sizes: list[int], parts: int) -> list[int]:
     return bounds + [len(sizes)]
 
 
+def _in_optimizer_order(params: list[Tensor], optimizer: optim.AdamW) -> bool:
+    """Whether ``params`` lists the optimizer's trainable parameters first, group by group and in
+    each group's order, then the others: the layout the shared block's flat pieces assume."""
+    ordered = [id(p) for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
+    return [id(p) for p in params[:len(ordered)]] == ordered and len({id(p) for p in params}) == len(params)
+
+
 class SharedMemoryStep:
     """``train.parallel_train_step`` for ranks that share one machine (see the module docstring).
     Build it with :meth:`start`; call it as ``step(x, y, grad_clip, should_stop)``."""
@@ -74,7 +81,8 @@ class SharedMemoryStep:
         optimizer's first, group by group (``train.optimizer_order``)."""
         params = [p for p in params if p.requires_grad]
         if (world.size == 1 or world.comm is None or not params or not enabled(params[0].data)
-                or not isinstance(optimizer, optim.AdamW) or len({p.dtype for p in params}) != 1):
+                or not isinstance(optimizer, optim.AdamW) or len({p.dtype for p in params}) != 1
+                or not _in_optimizer_order(params, optimizer)):
             return None
         from mpi4py import MPI  # noqa: PLC0415 - only ever imported by a run of N > 1 ranks
 
