@@ -230,20 +230,20 @@ def parallel_train_step(model: Module, optimizer: optim.AdamW, x: Any, y: Any, g
     return lossf, stop
 
 
-def data_parallel_step(model: Module, optimizer: optim.AdamW,
-                       world: distributed.World) -> Callable[[Any, Any, float, Callable[[], bool]], tuple[float, bool]]:
-    """Collective: the data-parallel step this run takes, ``step(x, y, grad_clip, should_stop)``.
-    Where every rank runs on this machine with the fast twins on, :class:`fast.SharedMemoryStep`
-    (the ranks share one copy of the weights and split the work after backward; the same numbers),
-    else :func:`parallel_train_step`."""
+def data_parallel_step(model: Module, optimizer: optim.AdamW, world: distributed.World
+                       ) -> tuple[Callable[[Any, Any, float, Callable[[], bool]], tuple[float, bool]], str]:
+    """Collective: the data-parallel step this run takes, ``step(x, y, grad_clip, should_stop)``,
+    and how it sums the gradients, in words. Where every rank runs on this machine with the fast
+    twins on, :class:`fast.SharedMemoryStep` (the ranks share one copy of the weights and split
+    the work after backward; the same numbers), else :func:`parallel_train_step` (and why)."""
     twin = fast.SharedMemoryStep.start(world, model, optimizer, optimizer_order(model, optimizer))
-    if twin is not None:
-        return twin
+    if isinstance(twin, fast.SharedMemoryStep):
+        return twin, "shared memory"
 
     def step(x: Any, y: Any, grad_clip: float, should_stop: Callable[[], bool]) -> tuple[float, bool]:
         return parallel_train_step(model, optimizer, x, y, grad_clip, world, should_stop)
 
-    return step
+    return step, f"MPI all-reduce ({twin})"
 
 
 @contextlib.contextmanager
@@ -442,8 +442,7 @@ def _train(cfg: TrainConfig, log: Callable[[str], None], should_stop: Callable[[
     log(f"model: {cfg.model}, {n_params:,} parameters ({n_params / 1e6:.2f}M), device {device}, {cfg.dtype}, {ops}")
     log(f"data: {len(train_ids):,} training and {len(val_ids):,} validation tokens, vocabulary {tokenizer.vocab_size}")
     if world.size > 1:
-        parallel_step = data_parallel_step(model, optimizer, world)
-        how = ("shared memory" if isinstance(parallel_step, fast.SharedMemoryStep) else "MPI all-reduce")
+        parallel_step, how = data_parallel_step(model, optimizer, world)
         log(f"data parallel: {world.size} ranks, {cfg.batch_size // world.size} of the {cfg.batch_size} rows of each "
             f"batch per rank, {distributed.blas_threads} BLAS thread(s) each, gradients summed by {how}")
 
@@ -514,6 +513,8 @@ def _train(cfg: TrainConfig, log: Callable[[str], None], should_stop: Callable[[
         sample = generate_text(model, tokenizer, "\n", cfg.sample_chars if world.rank == 0 else 0)
         if cfg.sample_chars:
             log("sample:\n" + sample)
+    if world.size > 1 and isinstance(parallel_step, fast.SharedMemoryStep):
+        parallel_step.close()  # the weights private again, the shared block freed
     wall = time.time() - start
     log(f"done in {_fmt_time(wall)}; checkpoints and metrics in {out_dir}")
     return TrainResult(it, best_val, full_val, wall, sample or "", interrupted, out_dir)

@@ -57,8 +57,8 @@ def five_steps(world: distributed.World | None, shared: bool = False) -> tuple[l
     losses = []
     step = None
     if shared:
-        step = data_parallel_step(model, optimizer, world)
-        assert isinstance(step, fast.SharedMemoryStep), "the shared-memory twin did not start"
+        step, how = data_parallel_step(model, optimizer, world)
+        assert isinstance(step, fast.SharedMemoryStep), f"the shared-memory twin did not start: {how}"
     for _ in range(STEPS):
         x, y = get_batch(ids, BATCH, BLOCK, rng)  # (B, T): the same global batch on every rank
         if world is None:
@@ -130,7 +130,9 @@ def run_grads(out: Path) -> None:
 class Odd(nn.Module):
     """A model whose parameters are used unevenly: ``a`` by every rank, ``b`` only by rank 0's
     rows (rank 1 has no gradient for it), ``c`` by every rank but outside the optimizer (clipped,
-    never updated), ``d`` by nobody (no gradient anywhere: AdamW leaves it and its step count alone)."""
+    never updated), ``d`` by nobody (no gradient anywhere: AdamW leaves it and its step count
+    alone), ``e`` frozen (requires_grad False) in the middle of an optimizer group. ``f``, in the
+    optimizer but not in the model, is not clipped (clip_grads_ clips the model's parameters)."""
 
     def __init__(self, rank: int) -> None:
         super().__init__()
@@ -139,50 +141,100 @@ class Odd(nn.Module):
         self.b = nn.Parameter(rng.standard_normal(5))
         self.c = nn.Parameter(rng.standard_normal(4))
         self.d = nn.Parameter(rng.standard_normal((2, 2)))
+        self.e = nn.Parameter(rng.standard_normal(4))
+        self.e.requires_grad = False
         self.rank = rank
 
-    def forward(self, x: numpy.ndarray, y: numpy.ndarray) -> tuple[None, Tensor]:
-        h = Tensor(x) @ self.a + self.c  # (rows, 4)
+    def forward(self, x: numpy.ndarray, y: numpy.ndarray, f: Tensor) -> tuple[None, Tensor]:
+        h = Tensor(x) @ self.a + self.c + self.e + f  # (rows, 4)
         loss = ((h - Tensor(y)) * (h - Tensor(y))).mean()
         if self.rank == 0:
             loss = loss + (self.b * self.b).sum() * 0.1
         return None, loss
 
 
+class Ordered(nn.Module):
+    """Three parameters whose squared gradient norms are 1e16, 1 and 1 (the loss is linear in
+    them): added in the model's order, (1e16 + 1) + 1 = 1e16 in float64; in the optimizer's
+    order (small ones first), 1e16 + 2. The clip factor then differs in its last bits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.big, self.small, self.tiny = (nn.Parameter(numpy.ones(1)) for _ in range(3))
+
+    def forward(self, x: numpy.ndarray, y: numpy.ndarray) -> tuple[None, Tensor]:
+        return None, (self.big * 1e8 + self.small + self.tiny).sum() * float(len(x) > 0)
+
+
+def odd_models(kind: str, rank: int) -> tuple[nn.Module, Any, list]:
+    if kind == "ordered":
+        model = Ordered()
+        return model, fast.AdamW([{"params": [model.small, model.tiny]}, {"params": [model.big]}], lr=0.05), []
+    model, f = Odd(rank), nn.Parameter(numpy.zeros(4))
+    optimizer = fast.AdamW([{"params": [model.a, model.e, model.d, f], "weight_decay": 0.1},
+                            {"params": [model.b], "weight_decay": 0.0}], lr=0.05)
+    forward = model.forward
+    model.forward = lambda x, y: forward(x, y, f)  # f reaches the loss from outside the model
+    return model, optimizer, [("f", f)]
+
+
 def run_odd(out: Path) -> None:
-    """Five steps of Odd by fast.SharedMemoryStep and by the plain all-reduce (parallel_train_step),
-    side by side in one mpiexec; rank 0 writes both's weights, step counts, gradients and losses.
-    Then a parameter given a new array must make the shared step raise."""
+    """Five steps of Odd and of Ordered by fast.SharedMemoryStep and by the plain all-reduce
+    (parallel_train_step), side by side in one mpiexec; rank 0 writes their weights, step counts,
+    moments, gradients and losses. Then rank 0 alone gives a parameter a new array, and the
+    shared step must raise the same error on every rank (no rank left waiting); so must a
+    parameter unfrozen on every rank."""
     world = distributed.world()
     rng = numpy.random.default_rng(1)
     batches = [(rng.standard_normal((4, 3)), rng.standard_normal((4, 4))) for _ in range(STEPS)]
     results = {}
-    for kind in ("shared", "plain"):
-        model = Odd(world.rank)
-        optimizer = fast.AdamW([{"params": [model.a, model.d], "weight_decay": 0.1},
-                                {"params": [model.b], "weight_decay": 0.0}], lr=0.05)
-        if kind == "shared":
-            step = data_parallel_step(model, optimizer, world)
-            assert isinstance(step, fast.SharedMemoryStep)
-        else:
-            step = lambda x, y, clip, stop: parallel_train_step(model, optimizer, x, y, clip, world, stop)  # noqa: E731
-        losses = [step(x, y, 0.5, lambda: False)[0] for x, y in batches]
-        for name, p in model.named_parameters():
-            results[f"{kind}.{name}"] = p.data.copy()
-            results[f"{kind}.{name}.grad"] = numpy.array([]) if p.grad is None else p.grad.copy()
-            st = optimizer.state.get(id(p))
-            results[f"{kind}.{name}.step"] = numpy.array(-1 if st is None else st["step"])
-            if st is not None:
-                results[f"{kind}.{name}.m"], results[f"{kind}.{name}.v"] = st["exp_avg"].copy(), st["exp_avg_sq"].copy()
-        results[f"{kind}.losses"] = numpy.array(losses)
-    model.a.data = model.a.data.copy()  # the plain run's model: now the shared one's, given a new array
-    try:
-        step_shared = data_parallel_step(model, optimizer, world)
-        model.a.data = model.a.data.copy()
-        step_shared(*batches[0], 0.5, lambda: False)
-        results["error"] = numpy.array("")
-    except RuntimeError as e:
-        results["error"] = numpy.array(str(e))
+    for name in ("odd", "ordered"):
+        for kind in ("shared", "plain"):
+            model, optimizer, extra = odd_models(name, world.rank)
+            if kind == "shared":
+                step, how = data_parallel_step(model, optimizer, world)
+                assert isinstance(step, fast.SharedMemoryStep), how
+            else:
+                step = lambda x, y, clip, stop: parallel_train_step(model, optimizer, x, y, clip, world, stop)  # noqa: E731
+            losses = [step(x, y, 0.5, lambda: False)[0] for x, y in batches]
+            for pname, p in list(model.named_parameters()) + extra:
+                key = f"{name}.{kind}.{pname}"
+                results[key] = p.data.copy()
+                results[f"{key}.grad"] = numpy.array([]) if p.grad is None else p.grad.copy()
+                st = optimizer.state.get(id(p))
+                results[f"{key}.step"] = numpy.array(-1 if st is None else st["step"])
+                if st is not None:
+                    results[f"{key}.m"], results[f"{key}.v"] = st["exp_avg"].copy(), st["exp_avg_sq"].copy()
+            results[f"{name}.{kind}.losses"] = numpy.array(losses)
+    model, optimizer, _ = odd_models("odd", world.rank)
+    step, _ = data_parallel_step(model, optimizer, world)
+    step(*batches[0], 0.5, lambda: False)
+    before = {k: v.copy() for k, v in model.state_dict().items()}
+    step.close()  # private arrays again, the same values; the plain step goes on from there
+    results["closed.private"] = numpy.array([p.data.base is not step.block for p in model.parameters()])
+    results["closed.same"] = numpy.array([numpy.array_equal(v, model.state_dict()[k]) for k, v in before.items()])
+    parallel_train_step(model, optimizer, *batches[1], 0.5, world, lambda: False)
+    from minigpt.fast import parallel  # noqa: PLC0415
+
+    fits = parallel.shared_memory_fits
+    parallel.shared_memory_fits = lambda nbytes: False  # as a /dev/shm too small for the block
+    step, how = data_parallel_step(model, optimizer, world)
+    parallel.shared_memory_fits = fits
+    results["refused"] = numpy.array([isinstance(step, fast.SharedMemoryStep), how], dtype=object).astype(str)
+    for change in ("new-array-on-rank-0", "unfrozen"):
+        model, optimizer, _ = odd_models("odd", world.rank)
+        step, _ = data_parallel_step(model, optimizer, world)
+        step(*batches[0], 0.5, lambda: False)
+        if change == "unfrozen":
+            model.e.requires_grad = True
+        elif world.rank == 0:
+            model.a.data = model.a.data.copy()
+        try:
+            step(*batches[1], 0.5, lambda: False)
+            error = ""
+        except distributed.EveryRankError as e:
+            error = str(e)
+        results[f"error.{change}"] = numpy.array(world.allgather(error))
     if world.rank == 0:
         numpy.savez(out, **results)
 
@@ -243,14 +295,14 @@ def run_training(mode: str, out_dir: Path) -> int:
         make_step = train_module.data_parallel_step
 
         def nan_on_third(model, optimizer, world):
-            step = make_step(model, optimizer, world)
+            step, how = make_step(model, optimizer, world)
 
             def stepped(*args):
                 lossf, stop = step(*args)
                 calls["n"] += 1
                 return (float("nan") if calls["n"] == 3 else lossf), stop
 
-            return stepped
+            return stepped, how
 
         train_module.data_parallel_step = nan_on_third
 

@@ -211,18 +211,55 @@ def test_the_step_comparison_catches_a_broken_shared_memory_step(tmp_path, one_p
     assert max_relative_difference(params, one_process[1]) > 1e-6
 
 
-def test_the_shared_memory_step_handles_parameters_used_unevenly_as_the_all_reduce(tmp_path):
-    r = launch(2, WORKER, "odd", tmp_path / "odd.npz")
+@pytest.fixture(scope="module")
+def odd(tmp_path_factory):
+    """The worker's ``odd`` run: models whose parameters are used unevenly, stepped by the
+    shared-memory twin and by the plain all-reduce in one mpiexec."""
+    out = tmp_path_factory.mktemp("odd") / "odd.npz"
+    r = launch(2, WORKER, "odd", out)
     assert r.returncode == 0, r.stderr
-    got = numpy.load(tmp_path / "odd.npz")
-    plain = sorted(k for k in got.files if k.startswith("plain."))
-    assert {k.replace("plain.", "shared.", 1) for k in plain} == {k for k in got.files if k.startswith("shared.")}
+    return dict(numpy.load(out))
+
+
+@pytest.mark.parametrize("model", ["odd", "ordered"])
+def test_the_shared_memory_step_takes_the_all_reduce_step_bit_for_bit(odd, model):
+    # odd: a parameter used by one rank, one by nobody, one outside the optimizer, one frozen in
+    # the middle of a group, one in the optimizer outside the model; ordered: squared norms whose
+    # sum depends on the order they are added in (clip_grads_ adds them in the model's order)
+    plain = sorted(k for k in odd if k.startswith(f"{model}.plain."))
+    assert {k.replace(".plain.", ".shared.", 1) for k in plain} == {k for k in odd if k.startswith(f"{model}.shared.")}
     for k in plain:
-        assert numpy.array_equal(got[k], got[k.replace("plain.", "shared.", 1)]), k
-    assert got["shared.d.grad"].size == 0 and int(got["shared.d.step"]) == -1  # nobody used d: no step
-    assert int(got["shared.c.step"]) == -1 and got["shared.c.grad"].size == 4  # c: clipped, not updated
-    assert int(got["shared.a.step"]) == int(got["shared.b.step"]) == mpi_worker.STEPS
-    assert "new array" in str(got["error"])
+        assert numpy.array_equal(odd[k], odd[k.replace(".plain.", ".shared.", 1)]), k
+
+
+def test_the_uneven_parameters_get_what_one_process_gives_them(odd):
+    got = {k.replace("odd.shared.", ""): v for k, v in odd.items() if k.startswith("odd.shared.")}
+    assert got["d.grad"].size == 0 and int(got["d.step"]) == -1  # nobody used d: no gradient, no step
+    assert int(got["c.step"]) == -1 and got["c.grad"].size == 4  # c: clipped, not updated
+    assert got["e.grad"].size == 0 and int(got["e.step"]) == -1  # e: frozen
+    assert int(got["a.step"]) == int(got["b.step"]) == int(got["f.step"]) == mpi_worker.STEPS
+    assert not numpy.array_equal(got["f"], numpy.zeros(4))  # f trained, from outside the model
+
+
+def test_closing_the_shared_memory_step_leaves_private_weights_and_a_full_dev_shm_the_all_reduce(odd):
+    assert odd["closed.private"].all() and odd["closed.same"].all()
+    assert odd["refused"][0] == "False" and "MPI all-reduce (/dev/shm has less than" in odd["refused"][1]
+
+
+def test_shared_memory_fits_asks_dev_shm(monkeypatch, tmp_path):
+    from minigpt.fast import parallel
+
+    free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
+    monkeypatch.setattr(parallel, "SHARED_MEMORY_DIR", str(tmp_path))
+    assert parallel.shared_memory_fits(1) and not parallel.shared_memory_fits(free * 2 + 2**30)
+    monkeypatch.setattr(parallel, "SHARED_MEMORY_DIR", str(tmp_path / "none"))
+    assert parallel.shared_memory_fits(2**60)  # nothing to ask: MPI will say
+
+
+@pytest.mark.parametrize("change", ["new-array-on-rank-0", "unfrozen"])
+def test_a_parameter_that_stops_being_shared_is_one_error_on_every_rank(odd, change):
+    errors = [str(e) for e in odd[f"error.{change}"]]
+    assert len(errors) == 2 and errors[0] == errors[1] and "shared copy of the weights" in errors[0]
 
 
 def test_the_all_reduce_averages_every_gradient_and_leaves_unused_parameters_without_one(tmp_path):
@@ -293,6 +330,7 @@ def test_sigterm_to_one_rank_checkpoints_stops_every_rank_and_resumes_bit_identi
     straight = launch(2, TRAIN, *common, "--out_dir", tmp_path / "straight")
     assert straight.returncode == 0, straight.stderr
     assert "data parallel: 2 ranks, 4 of the 8 rows" in straight.stdout
+    assert "gradients summed by shared memory" in straight.stdout  # the fast twin ran
 
     out = tmp_path / "stopped"
     proc = subprocess.Popen([mpiexec(), "-n", "2", sys.executable, str(TRAIN), *common, "--out_dir", str(out)],

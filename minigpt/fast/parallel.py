@@ -6,45 +6,56 @@ through shared memory, and additions), and then every rank clips the same sum an
 AdamW update over all the weights: the machine does that work N times, once per rank.
 
 Ranks on one machine can share memory (an MPI-3 *shared window*: one block of memory that each
-rank maps into its own address space). Here that block holds the weights, AdamW's two moments
-and one gradient slot per rank, and the work after backward is divided instead of repeated. Rank r
-owns a run of consecutive parameters, about 1/N of the elements (:func:`split_evenly`):
+rank maps into its own address space). Here that block holds the optimizer's weights, AdamW's two
+moments, one gradient slot per rank and one for their sum, and the work after backward is divided
+instead of repeated. Rank r owns a run of consecutive parameters, about 1/N of the elements
+(:func:`split_evenly`):
 
     1. every rank writes its gradient ÷ N into its own slot          then a small all-reduce: loss,
                                                                       stop flag, who has a gradient
-    2. rank r adds the N slots over its part, into slot 0, and
+    2. rank r adds the N slots over its part, into the sum, and
        the squared norm of each parameter it owns                    then a small all-reduce of
                                                                       those norms: the clip factor
     3. rank r clips its part and runs AdamW on its part of the
        shared weights and moments                                     then a barrier
 
 After the barrier every rank sees the new weights: there is one copy of them. Each element is
-summed, clipped and updated once on the machine instead of N times, and no gradient travels
-through MPI. The numbers are the plain step's: the slots hold what the all-reduce's buffers held,
-added in rank order (for N = 2, a + b, exactly the all-reduce's sum), the squared norms are
-added in the order clip_grads_ adds them, and AdamW's update of an element reads only that
-element (fast.optim.adamw_update), so updating it in a part changes nothing. Measured with
+summed, clipped and updated once on the machine instead of N times (as ZeRO's sharded optimizer,
+but with nothing to gather: the shards are one block), and no gradient travels through MPI. The
+numbers are the plain step's: the slots hold what the all-reduce's buffers held, added in rank
+order (for N = 2, a + b, exactly the all-reduce's sum), the squared norms are added in the order
+clip_grads_ adds them, and AdamW's update of an element reads only that element
+(fast.optim.adamw_update), so updating it in a part changes nothing. Measured with
 ``python benchmarks/bench_train.py --ranks 2 --ranks-plain`` (README, "Training on all your cores").
 
-It runs where :meth:`SharedMemoryStep.start` says it can: N > 1 ranks, all on this machine, the
-fast twins on (NumPy, not ``fast.disabled()``), an AdamW and one dtype for every parameter. Across
-machines the plain all-reduce serves. Each parameter's ``.data`` and AdamW's moments become views
-of the shared block; a parameter given a new array afterwards (``load_state_dict``, ``.to``) is an
-error at the next step, never a silently private copy.
+It runs where :meth:`SharedMemoryStep.start` says it can (else the plain all-reduce serves, and
+start says why): N > 1 ranks, all on this machine, the fast twins on (NumPy, not
+``fast.disabled()``, decided at the start), the optimizer an ``optim.AdamW`` or ``fast.AdamW``,
+one dtype for every parameter, and room for the block in /dev/shm. Each of the optimizer's
+parameters' ``.data`` and AdamW moments becomes a view of the shared block: writing into one
+(``Module.load_state_dict`` copies in place) writes the one copy every rank reads. A parameter
+given a new array afterwards (``optimizer.load_state_dict``, a change of dtype or device), or
+frozen or unfrozen, is an error on every rank at the next step, never a silently private copy.
+After a step each parameter's ``.grad`` is the summed gradient, as the plain step leaves it:
+read-only views of the shared sum for the optimizer's parameters, copies for the others.
 """
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any, Callable
 
 from minigpt import backend, optim
-from minigpt.fast.optim import adamw_update
+from minigpt.distributed import EveryRankError
+from minigpt.fast.optim import AdamW, adamw_update
 from minigpt.fast.switch import enabled
 
-if TYPE_CHECKING:  # for the annotations only: the fast twins import nothing of nn or distributed
+if TYPE_CHECKING:  # for the annotations only
     from minigpt.distributed import World
     from minigpt.nn import Module
     from minigpt.tensor import Tensor
+
+SHARED_MEMORY_DIR = "/dev/shm"  # where MPICH and Open MPI map a shared window on Linux
 
 
 def split_evenly(sizes: list[int], parts: int) -> list[int]:
@@ -62,6 +73,17 @@ def split_evenly(sizes: list[int], parts: int) -> list[int]:
     return bounds + [len(sizes)]
 
 
+def shared_memory_fits(nbytes: int) -> bool:
+    """Whether ``nbytes`` fit in the free space of /dev/shm (True where there is none to ask).
+    A shared window larger than that is not an error when it is made: the process is killed
+    (SIGBUS) when it first writes past the room there was (Docker's default /dev/shm is 64 MB)."""
+    try:
+        st = os.statvfs(SHARED_MEMORY_DIR)
+    except OSError:
+        return True
+    return st.f_bavail * st.f_frsize >= nbytes
+
+
 def _in_optimizer_order(params: list[Tensor], optimizer: optim.AdamW) -> bool:
     """Whether ``params`` lists the optimizer's trainable parameters first, group by group and in
     each group's order, then the others: the layout the shared block's flat pieces assume."""
@@ -71,32 +93,44 @@ def _in_optimizer_order(params: list[Tensor], optimizer: optim.AdamW) -> bool:
 
 class SharedMemoryStep:
     """``train.parallel_train_step`` for ranks that share one machine (see the module docstring).
-    Build it with :meth:`start`; call it as ``step(x, y, grad_clip, should_stop)``."""
+    Build it with :meth:`start`; call it as ``step(x, y, grad_clip, should_stop)``; ``close()``
+    it (collective) to give the parameters private arrays again and free the shared block."""
 
     @classmethod
-    def start(cls, world: World, model: Module, optimizer: optim.AdamW, params: list[Tensor]) -> SharedMemoryStep | None:
+    def start(cls, world: World, model: Module, optimizer: optim.AdamW, params: list[Tensor]) -> SharedMemoryStep | str:
         """Collective (every rank calls it): the shared step for ``model`` and ``optimizer``, or
-        None where the plain all-reduce must serve (one rank, ranks on several machines, the fast
-        twins off, parameters of several dtypes). ``params`` is every trainable parameter, the
-        optimizer's first, group by group (``train.optimizer_order``)."""
-        params = [p for p in params if p.requires_grad]
-        if (world.size == 1 or world.comm is None or not params or not enabled(params[0].data)
-                or not isinstance(optimizer, optim.AdamW) or len({p.dtype for p in params}) != 1
-                or not _in_optimizer_order(params, optimizer)):
-            return None
+        the reason the plain all-reduce must serve, as a short phrase. ``params`` is every
+        parameter, the optimizer's first, group by group (``train.optimizer_order``)."""
+        trainable = [p for p in params if p.requires_grad]
+        reason = ("one rank" if world.size == 1 or world.comm is None else
+                  "no parameter to train" if not trainable else
+                  "the fast twins are off" if not enabled(trainable[0].data) else
+                  "the optimizer is not minigpt's AdamW" if type(optimizer) not in (optim.AdamW, AdamW) else
+                  "parameters of several dtypes" if len({p.dtype for p in trainable}) != 1 else
+                  "parameters not in the optimizer's order" if not _in_optimizer_order(trainable, optimizer) else "")
+        if reason:
+            return reason
         from mpi4py import MPI  # noqa: PLC0415 - only ever imported by a run of N > 1 ranks
 
         node = world.comm.Split_type(MPI.COMM_TYPE_SHARED)  # the ranks on this machine
         if node.Get_size() != world.size:
             node.Free()
-            return None
+            return "the ranks span several machines"
+        n = sum(p.size for p in trainable)
+        nbytes = (world.size + 4) * n * trainable[0].dtype.itemsize  # at most: N + 1 slots, weights, m, v
+        if not node.bcast(shared_memory_fits(nbytes) if node.Get_rank() == 0 else None, root=0):
+            node.Free()
+            return f"{SHARED_MEMORY_DIR} has less than the {nbytes / 2**20:.0f} MiB the shared weights need"
         return cls(world, node, model, optimizer, params)
 
     def __init__(self, world: World, node: Any, model: Module, optimizer: optim.AdamW, params: list[Tensor]) -> None:
         from mpi4py import MPI  # noqa: PLC0415
 
-        self.mpi, self.world, self.model, self.optimizer = MPI, world, model, optimizer
-        self.params = params
+        self.mpi, self.world, self.node, self.model, self.optimizer = MPI, world, node, model, optimizer
+        # what must not change while the weights are shared: which tensors train
+        self.watched = [(p, p.requires_grad) for p in
+                        list(params) + [p for g in optimizer.param_groups for p in g["params"]] + list(model.parameters())]
+        self.params = params = [p for p in params if p.requires_grad]
         n_ranks, rank = world.size, world.rank
         in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
         self.n_opt = sum(id(p) in in_optimizer for p in params)  # the optimizer's come first
@@ -106,14 +140,15 @@ class SharedMemoryStep:
             self.offsets.append(self.offsets[-1] + s)
         n, n_opt_elems = self.offsets[-1], self.offsets[self.n_opt]
         dtype = params[0].dtype
-        total = n_ranks * n + 3 * n_opt_elems  # N gradient slots, then weights, m, v
+        total = (n_ranks + 1) * n + 3 * n_opt_elems  # N gradient slots and their sum, then weights, m, v
         self.window = MPI.Win.Allocate_shared(total * dtype.itemsize if node.Get_rank() == 0 else 0,
                                               dtype.itemsize, comm=node)
         memory, _ = self.window.Shared_query(0)
         self.block = backend.numpy.ndarray((total,), dtype=dtype, buffer=memory)
         self.window.Lock_all(MPI.MODE_NOCHECK)  # a passive epoch for Sync(): our own barriers order the writes
         self.slots = self.block[:n_ranks * n].reshape(n_ranks, n)  # (N, n): slot r is rank r's gradient ÷ N
-        weights, m, v = (self.block[n_ranks * n + i * n_opt_elems:n_ranks * n + (i + 1) * n_opt_elems]
+        self.summed = self.block[n_ranks * n:(n_ranks + 1) * n]  # (n,): Σ_r slot r, the mean gradient
+        weights, m, v = (self.block[(n_ranks + 1) * n + i * n_opt_elems:(n_ranks + 1) * n + (i + 1) * n_opt_elems]
                          for i in range(3))
         self.weights, self.m, self.v = weights, m, v
 
@@ -131,8 +166,11 @@ class SharedMemoryStep:
             p.data = piece(weights, i)
             if id(p) in optimizer.state:
                 optimizer.state[id(p)].update(exp_avg=piece(m, i), exp_avg_sq=piece(v, i))
-        self.views = {"grad": [piece(self.slots[0], i) for i in range(len(params))],
+        self.views = {"grad": [piece(self.summed, i) for i in range(len(params))],
                       "m": [piece(m, i) for i in range(self.n_opt)], "v": [piece(v, i) for i in range(self.n_opt)]}
+        self.handed = [piece(self.summed, i) for i in range(self.n_opt)]  # the .grad views: read-only
+        for g in self.handed:
+            g.flags.writeable = False
         self.mine = [piece(self.slots[rank], i).reshape(-1) for i in range(len(params))]
         bounds = split_evenly(sizes, n_ranks)
         self.part = range(bounds[rank], bounds[rank + 1])  # the parameters this rank sums, clips, updates
@@ -146,14 +184,15 @@ class SharedMemoryStep:
             members = [index[id(p)] for p in group["params"] if id(p) in index]
             if members:
                 self.groups.append((group, range(members[0], members[-1] + 1)))
-        self.flags = backend.numpy.zeros(len(params) + 2, dtype=dtype)  # has-a-gradient per parameter, loss, stop
+        # per parameter: has a gradient; then the loss, the stop flag, and "something changed"
+        self.flags = backend.numpy.zeros(len(params) + 3, dtype=dtype)
         self.squares = backend.numpy.zeros(len(params), dtype=backend.numpy.float64)
 
     def sync(self) -> None:
         """Every rank's writes to the shared block so far are seen by every rank after this
         (collective: a barrier between two memory fences)."""
         self.window.Sync()
-        self.world.comm.Barrier()
+        self.node.Barrier()
         self.window.Sync()
 
     def __call__(self, x: Any, y: Any, grad_clip: float, should_stop: Callable[[], bool]) -> tuple[float, bool]:
@@ -164,7 +203,6 @@ class SharedMemoryStep:
         _, loss = self.model(x[mine], y[mine])
         self.optimizer.zero_grad()
         loss.backward()
-        self.check_still_shared()
         k, flags = len(self.params), self.flags
         for i, p in enumerate(self.params):  # 1. this rank's gradient ÷ N into its slot
             if p.grad is None:
@@ -172,28 +210,34 @@ class SharedMemoryStep:
             else:
                 xp.divide(p.grad.reshape(-1), world.size, out=self.mine[i])
             flags[i] = p.grad is not None
-        flags[k], flags[k + 1] = loss.data / world.size, float(should_stop())
+        flags[k], flags[k + 1], flags[k + 2] = loss.data / world.size, float(should_stop()), self.changed()
         self.window.Sync()
-        world.comm.Allreduce(self.mpi.IN_PLACE, flags, op=self.mpi.SUM)  # every slot is written after it
+        self.node.Allreduce(self.mpi.IN_PLACE, flags, op=self.mpi.SUM)  # every slot is written after it
         self.window.Sync()
+        if flags[k + 2] > 0:  # every rank raises alike: no rank is left waiting in a collective
+            raise EveryRankError("a parameter or its AdamW state was given a new array, or a parameter was frozen "
+                                 "or unfrozen, during a data-parallel run on one machine: the ranks would no "
+                                 "longer train the one shared copy of the weights")
         has = [bool(f > 0) for f in flags[:k]]
-        self.sum_part()  # 2. slot 0 <- Σ_r slot r over this rank's part
+        self.sum_part()  # 2. the sum <- Σ_r slot r over this rank's part
         if grad_clip > 0:
             self.clip_part(grad_clip, has)
         self.update_part(has)  # 3.
-        self.sync()  # every part updated: the new weights, and the mean gradient in slot 0
-        for i, (p, g, used) in enumerate(zip(self.params, self.views["grad"], has)):
-            # the summed gradient, as the plain step leaves it: views of slot 0 for the optimizer's
-            # parameters (its zero_grad forgets them before the next backward), copies for others
-            # (their gradients add up over steps, and a backward must not add into shared memory)
-            p.grad = None if not used else g if i < self.n_opt else g.copy()
+        self.sync()  # every part updated: the new weights, and the whole mean gradient in the sum
+        for i, p in enumerate(self.params):
+            # the summed gradient, as the plain step leaves it: read-only views of the sum for the
+            # optimizer's parameters (its zero_grad forgets them), copies for the others (their
+            # gradients add up over steps). The sum is next written after the next step's
+            # all-reduce of flags, when every rank has finished this step's reading.
+            p.grad = None if not has[i] else self.handed[i] if i < self.n_opt else self.views["grad"][i].copy()
         return float(flags[k]), bool(flags[k + 1] > 0)
 
     def sum_part(self) -> None:
-        """Slot 0 <- slot 0 + slot 1 + ... + slot N-1, in that order, over this rank's part."""
+        """The sum <- slot 0 + slot 1 + ... + slot N-1, in that order, over this rank's part."""
         lo, hi = self.offsets[self.part.start], self.offsets[self.part.stop]
-        total = self.slots[0, lo:hi]
-        for r in range(1, self.world.size):
+        total = self.summed[lo:hi]
+        backend.numpy.add(self.slots[0, lo:hi], self.slots[1, lo:hi], out=total)
+        for r in range(2, self.world.size):
             total += self.slots[r, lo:hi]
 
     def clip_part(self, max_norm: float, has: list[bool]) -> None:
@@ -205,7 +249,7 @@ class SharedMemoryStep:
         for i in self.part:
             if has[i] and self.clipped[i]:
                 squares[i] = xp.vdot(grads[i].ravel(), grads[i].ravel())
-        self.world.comm.Allreduce(self.mpi.IN_PLACE, squares, op=self.mpi.SUM)
+        self.node.Allreduce(self.mpi.IN_PLACE, squares, op=self.mpi.SUM)
         order = [i for i in self.clip_order if has[i]]
         if not order:
             return
@@ -233,19 +277,39 @@ class SharedMemoryStep:
             steps = {self.optimizer.state[id(self.params[i])]["step"] for i in mine if has[i]}
             if all(has[i] for i in mine) and len(steps) == 1:  # one update over the whole run of them
                 sl = slice(o[mine.start], o[mine.stop])
-                adamw_update(self.weights[sl], self.slots[0, sl], self.m[sl], self.v[sl], group, steps.pop())
+                adamw_update(self.weights[sl], self.summed[sl], self.m[sl], self.v[sl], group, steps.pop())
                 continue
             for i in mine:  # some without a gradient, or at another step: one parameter at a time
                 if has[i]:
                     sl = slice(o[i], o[i + 1])
                     t = self.optimizer.state[id(self.params[i])]["step"]
-                    adamw_update(self.weights[sl], self.slots[0, sl], self.m[sl], self.v[sl], group, t)
+                    adamw_update(self.weights[sl], self.summed[sl], self.m[sl], self.v[sl], group, t)
 
-    def check_still_shared(self) -> None:
-        """Raise unless every parameter's data and moments are still views of the shared block."""
+    def changed(self) -> bool:
+        """Whether, on this rank, a parameter or its moments no longer view the shared block, or
+        a tensor was frozen or unfrozen since the start."""
+        for p, trains in self.watched:
+            if p.requires_grad != trains:
+                return True
         for i, p in enumerate(self.params[:self.n_opt]):
             state = self.optimizer.state.get(id(p))
             if p.data.base is not self.block or (state is not None and (state["exp_avg"].base is not self.block
                                                                         or state["exp_avg_sq"].base is not self.block)):
-                raise RuntimeError("a parameter or its AdamW state was given a new array during a data-parallel run "
-                                   "(load_state_dict, .to): the ranks no longer share their weights")
+                return True
+        return False
+
+    def close(self) -> None:
+        """Collective: every parameter, moment and gradient gets a private copy of its array again,
+        and the shared block is freed."""
+        xp = backend.numpy
+        for p in self.params[:self.n_opt]:
+            p.data = xp.array(p.data, copy=True)
+            p.grad = None if p.grad is None else xp.array(p.grad, copy=True)
+            state = self.optimizer.state.get(id(p))
+            if state is not None:
+                state.update(exp_avg=xp.array(state["exp_avg"], copy=True),
+                             exp_avg_sq=xp.array(state["exp_avg_sq"], copy=True))
+        self.sync()  # no rank frees the block while another still copies out of it
+        self.window.Unlock_all()
+        self.window.Free()
+        self.node.Free()
