@@ -114,6 +114,8 @@ def ranks_child(steps: int, warmup: int, start: int, plain: bool) -> None:
     cfg, mcfg = configs()
     batches = make_batches(cfg, 64)
     kinds = [ParallelStep(cfg, mcfg, world)] + ([ParallelStep(cfg, mcfg, world, plain=True)] if plain else [])
+    if (start // max(steps, 1)) % 2:  # odd rounds time the plain step first: no order bias between the two
+        kinds.reverse()
     times = {}
     for step in kinds:
         time_steps(step, batches, warmup, 0)

@@ -23,7 +23,7 @@ every rank after the same step).
 This file is the plain version of that step, the one to read. On one machine the training loop
 runs its fast twin, minigpt/fast/parallel.py: the same sum, clip and AdamW step with the ranks
 sharing one copy of the weights in shared memory and splitting that work between them (the same
-numbers, less work; train.data_parallel_step picks it). Across machines this file's all-reduce runs.
+numbers, bit for bit with 2 ranks, less work; train.data_parallel_step picks it). Across machines this file's all-reduce runs.
 
 Launched without ``mpiexec`` (or with ``-n 1``) this module is a no-op: :func:`world` is a single
 rank, nothing imports mpi4py, and the training loop runs exactly as it always has. With N > 1 it

@@ -235,7 +235,8 @@ def data_parallel_step(model: Module, optimizer: optim.AdamW, world: distributed
     """Collective: the data-parallel step this run takes, ``step(x, y, grad_clip, should_stop)``,
     and how it sums the gradients, in words. Where every rank runs on this machine with the fast
     twins on, :class:`fast.SharedMemoryStep` (the ranks share one copy of the weights and split
-    the work after backward; the same numbers), else :func:`parallel_train_step` (and why)."""
+    the work after backward; the same numbers, bit for bit with 2 ranks), else
+    :func:`parallel_train_step` (and why)."""
     twin = fast.SharedMemoryStep.start(world, model, optimizer, optimizer_order(model, optimizer))
     if isinstance(twin, fast.SharedMemoryStep):
         return twin, "shared memory"
@@ -441,6 +442,7 @@ def _train(cfg: TrainConfig, log: Callable[[str], None], should_stop: Callable[[
     ops = "fast twins" if fast.enabled(next(model.parameters())) else "reference ops"
     log(f"model: {cfg.model}, {n_params:,} parameters ({n_params / 1e6:.2f}M), device {device}, {cfg.dtype}, {ops}")
     log(f"data: {len(train_ids):,} training and {len(val_ids):,} validation tokens, vocabulary {tokenizer.vocab_size}")
+    parallel_step = None
     if world.size > 1:
         parallel_step, how = data_parallel_step(model, optimizer, world)
         log(f"data parallel: {world.size} ranks, {cfg.batch_size // world.size} of the {cfg.batch_size} rows of each "
@@ -458,7 +460,7 @@ def _train(cfg: TrainConfig, log: Callable[[str], None], should_stop: Callable[[
                         stream=None if world.rank == 0 else io.StringIO())
     interrupted = False
     # a diverging run is caught by its loss, below, with a clear message: no NumPy overflow warnings
-    with numpy.errstate(all="ignore"):
+    with numpy.errstate(all="ignore"), _freed_at_the_end(parallel_step):
         while True:
             lr = optim.cosine_lr(it, lr=cfg.learning_rate, min_lr=cfg.min_lr, warmup_iters=cfg.warmup_iters,
                                  lr_decay_iters=cfg.lr_decay_iters)
@@ -513,8 +515,6 @@ def _train(cfg: TrainConfig, log: Callable[[str], None], should_stop: Callable[[
         sample = generate_text(model, tokenizer, "\n", cfg.sample_chars if world.rank == 0 else 0)
         if cfg.sample_chars:
             log("sample:\n" + sample)
-    if world.size > 1 and isinstance(parallel_step, fast.SharedMemoryStep):
-        parallel_step.close()  # the weights private again, the shared block freed
     wall = time.time() - start
     log(f"done in {_fmt_time(wall)}; checkpoints and metrics in {out_dir}")
     return TrainResult(it, best_val, full_val, wall, sample or "", interrupted, out_dir)
@@ -562,6 +562,22 @@ def _restore(path: Path, model: Module, optimizer: optim.AdamW, tokenizer: CharT
             f"global batches follow, but sums split another way round differently, so the run is not bit-identical")
     metrics = [r for r in read_metrics(path.parent / "metrics.csv") if int(r["iter"]) <= it]
     return it, float(st["best_val_loss"]), it if st.get("evaluated") else -1, metrics
+
+
+@contextlib.contextmanager
+def _freed_at_the_end(step: Any) -> Iterator[None]:
+    """Close a shared-memory step (collective: the weights private again, the shared block freed)
+    when the training loop ends, or stops on an error every rank meets at the same step (a NaN
+    loss, a parameter that stopped being shared). An error of one rank alone aborts the run."""
+    if not isinstance(step, fast.SharedMemoryStep):
+        yield
+        return
+    try:
+        yield
+    except (TrainingError, distributed.EveryRankError):
+        step.close()
+        raise
+    step.close()
 
 
 def _silent(message: str) -> None:

@@ -209,9 +209,15 @@ def run_odd(out: Path) -> None:
     model, optimizer, _ = odd_models("odd", world.rank)
     step, _ = data_parallel_step(model, optimizer, world)
     step(*batches[0], 0.5, lambda: False)
-    before = {k: v.copy() for k, v in model.state_dict().items()}
+    before, block = {k: v.copy() for k, v in model.state_dict().items()}, step.block
     step.close()  # private arrays again, the same values; the plain step goes on from there
-    results["closed.private"] = numpy.array([p.data.base is not step.block for p in model.parameters()])
+    step.close()  # a second close does nothing
+    try:
+        step(*batches[1], 0.5, lambda: False)
+        results["after-close"] = numpy.array("")
+    except RuntimeError as e:
+        results["after-close"] = numpy.array(str(e))
+    results["closed.private"] = numpy.array([p.data.base is not block for p in model.parameters()])
     results["closed.same"] = numpy.array([numpy.array_equal(v, model.state_dict()[k]) for k, v in before.items()])
     parallel_train_step(model, optimizer, *batches[1], 0.5, world, lambda: False)
     from minigpt.fast import parallel  # noqa: PLC0415
@@ -292,19 +298,14 @@ def run_training(mode: str, out_dir: Path) -> int:
     cfg = TrainConfig.preset(**settings)
     calls = {"n": 0}
     if mode == "train-nan":  # the all-reduced loss of the third step is NaN, on every rank alike
-        make_step = train_module.data_parallel_step
+        shared_step = fast.SharedMemoryStep.__call__
 
-        def nan_on_third(model, optimizer, world):
-            step, how = make_step(model, optimizer, world)
+        def nan_on_third(self, *args):  # the shared-memory step's loss (training closes it on the error)
+            lossf, stop = shared_step(self, *args)
+            calls["n"] += 1
+            return (float("nan") if calls["n"] == 3 else lossf), stop
 
-            def stepped(*args):
-                lossf, stop = step(*args)
-                calls["n"] += 1
-                return (float("nan") if calls["n"] == 3 else lossf), stop
-
-            return stepped, how
-
-        train_module.data_parallel_step = nan_on_third
+        fast.SharedMemoryStep.__call__ = nan_on_third
 
     def should_stop() -> bool:
         calls["n"] += mode != "train-nan"

@@ -243,6 +243,7 @@ def test_the_uneven_parameters_get_what_one_process_gives_them(odd):
 
 def test_closing_the_shared_memory_step_leaves_private_weights_and_a_full_dev_shm_the_all_reduce(odd):
     assert odd["closed.private"].all() and odd["closed.same"].all()
+    assert "closed" in str(odd["after-close"])  # an error, not a read of freed memory
     assert odd["refused"][0] == "False" and "MPI all-reduce (/dev/shm has less than" in odd["refused"][1]
 
 

@@ -31,8 +31,8 @@ clip_grads_ adds them, and AdamW's update of an element reads only that element
 It runs where :meth:`SharedMemoryStep.start` says it can (else the plain all-reduce serves, and
 start says why): N > 1 ranks, all on this machine, the fast twins on (NumPy, not
 ``fast.disabled()``, decided at the start), the optimizer an ``optim.AdamW`` or ``fast.AdamW``,
-one dtype for every parameter, and room for the block in /dev/shm. Each of the optimizer's
-parameters' ``.data`` and AdamW moments becomes a view of the shared block: writing into one
+one dtype for every trainable parameter, and room for the block in /dev/shm. Each of the
+optimizer's trainable parameters' ``.data`` and AdamW moments becomes a view of the shared block: writing into one
 (``Module.load_state_dict`` copies in place) writes the one copy every rank reads. A parameter
 given a new array afterwards (``optimizer.load_state_dict``, a change of dtype or device), or
 frozen or unfrozen, is an error on every rank at the next step, never a silently private copy.
@@ -120,7 +120,7 @@ class SharedMemoryStep:
         nbytes = (world.size + 4) * n * trainable[0].dtype.itemsize  # at most: N + 1 slots, weights, m, v
         if not node.bcast(shared_memory_fits(nbytes) if node.Get_rank() == 0 else None, root=0):
             node.Free()
-            return f"{SHARED_MEMORY_DIR} has less than the {nbytes / 2**20:.0f} MiB the shared weights need"
+            return f"{SHARED_MEMORY_DIR} has less than the {nbytes / 2**20:.0f} MiB the shared block needs"
         return cls(world, node, model, optimizer, params)
 
     def __init__(self, world: World, node: Any, model: Module, optimizer: optim.AdamW, params: list[Tensor]) -> None:
@@ -187,6 +187,7 @@ class SharedMemoryStep:
         # per parameter: has a gradient; then the loss, the stop flag, and "something changed"
         self.flags = backend.numpy.zeros(len(params) + 3, dtype=dtype)
         self.squares = backend.numpy.zeros(len(params), dtype=backend.numpy.float64)
+        self.closed = False
 
     def sync(self) -> None:
         """Every rank's writes to the shared block so far are seen by every rank after this
@@ -198,6 +199,8 @@ class SharedMemoryStep:
     def __call__(self, x: Any, y: Any, grad_clip: float, should_stop: Callable[[], bool]) -> tuple[float, bool]:
         """One data-parallel step on the global batch (x, y): returns the global batch's loss and
         whether any rank's ``should_stop()`` said True, as ``train.parallel_train_step``."""
+        if self.closed:
+            raise RuntimeError("this shared-memory step was closed: its shared block is freed")
         world, xp = self.world, backend.numpy
         mine = world.shard(len(x))  # (B, T) -> (B/N, T): this rank's contiguous rows
         _, loss = self.model(x[mine], y[mine])
@@ -300,7 +303,9 @@ class SharedMemoryStep:
 
     def close(self) -> None:
         """Collective: every parameter, moment and gradient gets a private copy of its array again,
-        and the shared block is freed."""
+        and the shared block is freed (a second close does nothing; a step after it is an error)."""
+        if self.closed:
+            return
         xp = backend.numpy
         for p in self.params[:self.n_opt]:
             p.data = xp.array(p.data, copy=True)
@@ -310,6 +315,10 @@ class SharedMemoryStep:
                 state.update(exp_avg=xp.array(state["exp_avg"], copy=True),
                              exp_avg_sq=xp.array(state["exp_avg_sq"], copy=True))
         self.sync()  # no rank frees the block while another still copies out of it
+        self.closed = True
+        # no view of the block may outlive it: reading one after Free would read unmapped memory
+        self.block = self.slots = self.summed = self.weights = self.m = self.v = None
+        self.mine, self.handed, self.views = [], [], {}
         self.window.Unlock_all()
         self.window.Free()
         self.node.Free()
