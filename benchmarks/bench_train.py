@@ -101,7 +101,7 @@ class ParallelStep(MinigptStep):
         if plain:
             self.step = lambda x, y, clip, stop: parallel_train_step(self.model, self.opt, x, y, clip, world, stop)
         else:
-            self.step, self.how = data_parallel_step(self.model, self.opt, world)
+            self.step, _ = data_parallel_step(self.model, self.opt, world)
 
     def __call__(self, x, y) -> float:
         return self.step(x, y, self.cfg.grad_clip, lambda: False)[0]

@@ -170,6 +170,16 @@ def clip_grads_(params: Iterable[Tensor] | Tensor, max_norm: float, norm_type: f
     return total
 
 
+def optimizer_order(optimizer: AdamW, params: Iterable[Tensor]) -> list[Tensor]:
+    """The optimizer's parameters, group by group, then those of ``params`` it does not hold. Packed
+    in this order into a data-parallel step's flat gradient buffer (distributed.py, fast/parallel.py),
+    each group's gradients come back as one consecutive piece of it, which fast.AdamW updates from
+    without copying them into a buffer of its own."""
+    ordered = [p for group in optimizer.param_groups for p in group["params"]]
+    known = {id(p) for p in ordered}
+    return ordered + [p for p in params if id(p) not in known]
+
+
 def clip_coefficient(total: Any, max_norm: float) -> Any:
     """min(1, max_norm / (total + 1e-6)): what every gradient is multiplied by, given their total
     norm (a 0-d float64 array; the result is one too, on the same device; NaN for a NaN norm)."""

@@ -36,7 +36,7 @@ from minigpt import functional as F
 from minigpt.data import CharTokenizer, atomic_write_bytes, get_batch, load_source, train_val_split
 from minigpt.nn import GPT, BigramLanguageModel, GPTConfig, Module
 from minigpt.nn.gpt import check_settings
-from minigpt.tensor import Tensor, no_grad
+from minigpt.tensor import no_grad
 
 # nanoGPT's recipes. CPU: its README's laptop command for shakespeare_char (--preset nanogpt); GPU:
 # config/train_shakespeare_char.py. Neither sets `bias`, so both take nanoGPT train.py's default,
@@ -203,15 +203,6 @@ def train_step(model: Module, optimizer: optim.AdamW, x: Any, y: Any, grad_clip:
     return loss.item()
 
 
-def optimizer_order(model: Module, optimizer: optim.AdamW) -> list[Tensor]:
-    """The model's parameters, the optimizer's first, group by group. Packed in this order into
-    the all-reduce's buffer, each group's gradients come back as one consecutive piece of it,
-    which fast.AdamW updates from without copying them into a buffer of its own."""
-    ordered = [p for group in optimizer.param_groups for p in group["params"]]
-    known = {id(p) for p in ordered}
-    return ordered + [p for p in model.parameters() if id(p) not in known]
-
-
 def parallel_train_step(model: Module, optimizer: optim.AdamW, x: Any, y: Any, grad_clip: float,
                         world: distributed.World, should_stop: Callable[[], bool]) -> tuple[float, bool]:
     """:func:`train_step` of a data-parallel run: this rank's forward and backward on its slice of
@@ -223,7 +214,7 @@ def parallel_train_step(model: Module, optimizer: optim.AdamW, x: Any, y: Any, g
     _, loss = model(x[mine], y[mine])
     optimizer.zero_grad()
     loss.backward()
-    lossf, stop = world.average_gradients(optimizer_order(model, optimizer), loss, should_stop())
+    lossf, stop = world.average_gradients(optim.optimizer_order(optimizer, model.parameters()), loss, should_stop())
     if grad_clip > 0:
         optim.clip_grads_(model.parameters(), grad_clip)
     optimizer.step()
@@ -237,7 +228,7 @@ def data_parallel_step(model: Module, optimizer: optim.AdamW, world: distributed
     twins on, :class:`fast.SharedMemoryStep` (the ranks share one copy of the weights and split
     the work after backward; the same numbers, bit for bit with 2 ranks), else
     :func:`parallel_train_step` (and why)."""
-    twin = fast.SharedMemoryStep.start(world, model, optimizer, optimizer_order(model, optimizer))
+    twin = fast.SharedMemoryStep.start(world, model, optimizer)
     if isinstance(twin, fast.SharedMemoryStep):
         return twin, "shared memory"
 

@@ -20,7 +20,7 @@ import numpy
 import pytest
 
 import mpi_worker
-from minigpt import backend, checkpoint, distributed
+from minigpt import backend, checkpoint, distributed, optim
 from minigpt.tensor import Tensor
 from minigpt.train import TrainConfig, read_metrics, train
 
@@ -98,11 +98,11 @@ def test_adamw_updates_straight_from_the_all_reduce_buffer():
 
     from minigpt.fast import optim as fast_optim
     from minigpt.nn import GPT, GPTConfig
-    from minigpt.train import build_optimizer, optimizer_order, parallel_train_step
+    from minigpt.train import build_optimizer, parallel_train_step
 
     model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8))
     optimizer = build_optimizer(model, TrainConfig())
-    order = optimizer_order(model, optimizer)
+    order = optim.optimizer_order(optimizer, model.parameters())
     assert [id(p) for p in order] == [id(p) for g in optimizer.param_groups for p in g["params"]]
     assert {id(p) for p in order} == {id(p) for p in model.parameters()}
     world = distributed.World(SumOfTwoEqualRanks())
@@ -124,8 +124,7 @@ def test_adamw_updates_straight_from_the_all_reduce_buffer():
 
 
 def test_parameters_outside_the_optimizer_are_packed_after_its_own():
-    from minigpt import nn, optim
-    from minigpt.train import optimizer_order
+    from minigpt import nn
 
     class Two(nn.Module):
         def __init__(self):
@@ -134,7 +133,8 @@ def test_parameters_outside_the_optimizer_are_packed_after_its_own():
 
     model = Two()
     optimizer = optim.AdamW([{"params": [model.c]}, {"params": [model.a]}])
-    assert [id(p) for p in optimizer_order(model, optimizer)] == [id(model.c), id(model.a), id(model.b)]
+    assert [id(p) for p in optim.optimizer_order(optimizer, model.parameters())] == [id(model.c), id(model.a),
+                                                                                    id(model.b)]
 
 
 # ----------------------------------------------------------------------------- the step

@@ -84,30 +84,22 @@ def shared_memory_fits(nbytes: int) -> bool:
     return st.f_bavail * st.f_frsize >= nbytes
 
 
-def _in_optimizer_order(params: list[Tensor], optimizer: optim.AdamW) -> bool:
-    """Whether ``params`` lists the optimizer's trainable parameters first, group by group and in
-    each group's order, then the others: the layout the shared block's flat pieces assume."""
-    ordered = [id(p) for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
-    return [id(p) for p in params[:len(ordered)]] == ordered and len({id(p) for p in params}) == len(params)
-
-
 class SharedMemoryStep:
     """``train.parallel_train_step`` for ranks that share one machine (see the module docstring).
     Build it with :meth:`start`; call it as ``step(x, y, grad_clip, should_stop)``; ``close()``
     it (collective) to give the parameters private arrays again and free the shared block."""
 
     @classmethod
-    def start(cls, world: World, model: Module, optimizer: optim.AdamW, params: list[Tensor]) -> SharedMemoryStep | str:
+    def start(cls, world: World, model: Module, optimizer: optim.AdamW) -> SharedMemoryStep | str:
         """Collective (every rank calls it): the shared step for ``model`` and ``optimizer``, or
-        the reason the plain all-reduce must serve, as a short phrase. ``params`` is every
-        parameter, the optimizer's first, group by group (``train.optimizer_order``)."""
+        the reason the plain all-reduce must serve, as a short phrase."""
+        params = optim.optimizer_order(optimizer, model.parameters())  # the layout of the shared block
         trainable = [p for p in params if p.requires_grad]
         reason = ("one rank" if world.size == 1 or world.comm is None else
                   "no parameter to train" if not trainable else
                   "the fast twins are off" if not enabled(trainable[0].data) else
                   "the optimizer is not minigpt's AdamW" if type(optimizer) not in (optim.AdamW, AdamW) else
-                  "parameters of several dtypes" if len({p.dtype for p in trainable}) != 1 else
-                  "parameters not in the optimizer's order" if not _in_optimizer_order(trainable, optimizer) else "")
+                  "parameters of several dtypes" if len({p.dtype for p in trainable}) != 1 else "")
         if reason:
             return reason
         from mpi4py import MPI  # noqa: PLC0415 - only ever imported by a run of N > 1 ranks
@@ -124,12 +116,13 @@ class SharedMemoryStep:
         return cls(world, node, model, optimizer, params)
 
     def __init__(self, world: World, node: Any, model: Module, optimizer: optim.AdamW, params: list[Tensor]) -> None:
+        """Called by :meth:`start`: ``params`` is optim.optimizer_order(optimizer, model.parameters())."""
         from mpi4py import MPI  # noqa: PLC0415
 
         self.mpi, self.world, self.node, self.model, self.optimizer = MPI, world, node, model, optimizer
-        # what must not change while the weights are shared: which tensors train
-        self.watched = [(p, p.requires_grad) for p in
-                        list(params) + [p for g in optimizer.param_groups for p in g["params"]] + list(model.parameters())]
+        # what must not change while the weights are shared: which of the model's and the
+        # optimizer's tensors train
+        self.watched = [(p, p.requires_grad) for p in params]
         self.params = params = [p for p in params if p.requires_grad]
         n_ranks, rank = world.size, world.rank
         in_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
@@ -174,11 +167,10 @@ class SharedMemoryStep:
         self.mine = [piece(self.slots[rank], i).reshape(-1) for i in range(len(params))]
         bounds = split_evenly(sizes, n_ranks)
         self.part = range(bounds[rank], bounds[rank + 1])  # the parameters this rank sums, clips, updates
-        model_params = {id(p) for p in model.parameters()}
         # clip_grads_ adds the squared norms in the model's order, over the model's parameters
         index = {id(p): i for i, p in enumerate(params)}
         self.clip_order = [index[id(p)] for p in model.parameters() if id(p) in index]
-        self.clipped = [id(p) in model_params for p in params]
+        self.clipped = set(self.clip_order)
         self.groups = []  # (group, its trainable parameters' indices into params: consecutive)
         for group in optimizer.param_groups:
             members = [index[id(p)] for p in group["params"] if id(p) in index]
@@ -250,7 +242,7 @@ class SharedMemoryStep:
         xp, squares, grads = backend.numpy, self.squares, self.views["grad"]
         squares[:] = 0.0
         for i in self.part:
-            if has[i] and self.clipped[i]:
+            if has[i] and i in self.clipped:
                 squares[i] = xp.vdot(grads[i].ravel(), grads[i].ravel())
         self.node.Allreduce(self.mpi.IN_PLACE, squares, op=self.mpi.SUM)
         order = [i for i in self.clip_order if has[i]]
@@ -259,7 +251,7 @@ class SharedMemoryStep:
         total = xp.sqrt(xp.cumsum(squares[order])[-1])
         factor = optim.clip_coefficient(total, max_norm).astype(self.flags.dtype)
         for i in self.part:
-            if has[i] and self.clipped[i]:
+            if has[i] and i in self.clipped:
                 grads[i] *= factor
 
     def update_part(self, has: list[bool]) -> None:
