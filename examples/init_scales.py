@@ -1,4 +1,4 @@
-"""Two numbers docs/derivations.md argues from, measured rather than assumed:
+"""Measure two numbers docs/derivations.md argues from: attention's score scale, the residual stream's growth.
 
     python examples/init_scales.py                 # nanoGPT's CPU recipe's GPT (4 x 128) at GPT-2's init
     python examples/init_scales.py --out_dir out   # ... and a model trained with --preset nanogpt in out/
@@ -21,15 +21,15 @@ import numpy as np
 import minigpt
 from minigpt import checkpoint, cli, nn
 from minigpt.data import CharTokenizer, get_batch, load_text, train_val_split
-from minigpt.train import NANOGPT_CPU_PRESET as CPU_PRESET  # the shape the derivations quote: 4 x 128
+from minigpt.train import NANOGPT_CPU_PRESET  # the shape the derivations quote: 4 x 128
 
 # Shape letters: B batch, T time, C channels, nh heads, hs head size.
 
 
 def preset_gpt(seed: int = 1337) -> nn.GPT:
     minigpt.manual_seed(seed)
-    return nn.GPT(nn.GPTConfig(block_size=CPU_PRESET["block_size"], vocab_size=65, n_layer=CPU_PRESET["n_layer"],
-                               n_head=CPU_PRESET["n_head"], n_embd=CPU_PRESET["n_embd"], bias=False))
+    shape = {k: NANOGPT_CPU_PRESET[k] for k in ("block_size", "n_layer", "n_head", "n_embd")}
+    return nn.GPT(nn.GPTConfig(vocab_size=65, bias=False, **shape))
 
 
 @minigpt.no_grad()
@@ -80,7 +80,7 @@ def measurement_batch() -> np.ndarray:
     text = load_text()
     tok = CharTokenizer.from_text(text)
     _, val = train_val_split(tok.encode(text))
-    return get_batch(val, 32, CPU_PRESET["block_size"], np.random.default_rng(0))[0]
+    return get_batch(val, 32, NANOGPT_CPU_PRESET["block_size"], np.random.default_rng(0))[0]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,63 +1,13 @@
-"""Generate text from a trained checkpoint.
+"""``minigpt sample``, under the name nanoGPT's users know: the same flags, the same code.
 
-    python examples/sample.py --out_dir out --start "ROMEO:" --num_samples 3 --max_new_tokens 300
-    python examples/sample.py --out_dir out --start FILE:prompt.txt --temperature 0.8 --top_k 200
+    python examples/sample.py --out_dir out --start "ROMEO:"   # = minigpt sample --out_dir out ...
 
---out_dir is a run's directory (its best-val checkpoint is used) or a checkpoint file.
-Bad input ends with one line on stderr and exit status 2.
+See minigpt/commands/sample.py, or ``minigpt sample --help``.
 """
 
-from __future__ import annotations
-
-import argparse
 import sys
-from pathlib import Path
 
-import minigpt
-from minigpt import checkpoint, cli
-from minigpt.train import generate_text, resolve_device
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out_dir", default="out", help="run directory (uses best.npz) or checkpoint file")
-    p.add_argument("--start", default="\n", help='prompt text, or "FILE:path" to read it from a file')
-    p.add_argument("--num_samples", type=int, default=3)
-    p.add_argument("--max_new_tokens", type=int, default=500)
-    p.add_argument("--temperature", type=float, default=0.8, help="< 1 sharper, > 1 more random, 0 greedy")
-    p.add_argument("--top_k", type=int, default=200, help="sample among the k most likely tokens")
-    p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    return p.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    for flag, value, ok, rule in (("num_samples", args.num_samples, args.num_samples >= 1, ">= 1"),
-                                  ("max_new_tokens", args.max_new_tokens, args.max_new_tokens >= 0, ">= 0"),
-                                  ("temperature", args.temperature, args.temperature >= 0, ">= 0"),
-                                  ("top_k", args.top_k, args.top_k >= 1, ">= 1")):
-        if not ok:
-            raise ValueError(f"--{flag} must be {rule}, got {value}")
-    prompt = args.start
-    if prompt.startswith("FILE:"):
-        path = Path(prompt[len("FILE:"):])
-        try:
-            prompt = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise ValueError(f"cannot read the prompt file {path}: {e}") from e
-    ck = checkpoint.load(args.out_dir, device=resolve_device(args.device))
-    if ck.tokenizer is None:
-        raise ValueError(f"{ck.path} holds no tokenizer, so text cannot be encoded for it")
-    ck.tokenizer.encode(prompt)  # names any character the vocabulary lacks
-    minigpt.manual_seed(args.seed)
-    for i in range(args.num_samples):
-        print(generate_text(ck.model, ck.tokenizer, prompt, args.max_new_tokens,
-                            temperature=args.temperature, top_k=args.top_k))
-        if i + 1 < args.num_samples:
-            print("---------------")
-    return 0
-
+from minigpt import cli, commands
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main))
+    sys.exit(cli.run(lambda: commands.main(["sample", *sys.argv[1:]])))

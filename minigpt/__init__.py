@@ -13,6 +13,8 @@ The pieces, in the order to read them:
     backend.py     NumPy or CuPy (``xp``), devices, the random generator
     data.py        Tiny Shakespeare (shipped inside the package), CharTokenizer, batches
     fast/          the same math, faster on a CPU: a twin of each op, tested equal (read it last)
+    train.py       the training loop (``minigpt.TrainConfig()`` holds the ``minigpt train`` defaults)
+    commands/      the ``minigpt`` command and its subcommands
 """
 
 from minigpt import ops  # noqa: F401, I001 - first: it gives Tensor its operators
@@ -21,8 +23,10 @@ from minigpt.backend import available_devices, get_array_module, manual_seed
 from minigpt.gradcheck import GradcheckError, gradcheck
 from minigpt.ops import cat
 from minigpt.tensor import Tensor, is_grad_enabled, no_grad
+from minigpt.train import TrainConfig
 
 __version__ = "0.1.0"
 
 __all__ = ["Tensor", "cat", "no_grad", "is_grad_enabled", "manual_seed", "gradcheck", "GradcheckError",
-           "available_devices", "get_array_module", "backend", "data", "fast", "functional", "nn", "optim"]
+           "available_devices", "get_array_module", "backend", "data", "fast", "functional", "nn", "optim",
+           "TrainConfig"]

@@ -47,7 +47,49 @@ def _import_cupy() -> ModuleType:
         raise DeviceError(f"device 'cuda': CuPy is installed but no CUDA GPU is usable ({e})") from e
     if count < 1:
         raise DeviceError("device 'cuda': CuPy is installed but no CUDA GPU was found")
+    if id(cupy) not in _kernels_ran:
+        _probe_kernels(cupy)
+        _kernels_ran.add(id(cupy))
     return cupy
+
+
+_kernels_ran: set[int] = set()  # the CuPy modules (by id) whose probe passed in this process
+
+
+def _probe_kernels(cupy: ModuleType) -> None:
+    """Run three tiny kernels, or raise DeviceError saying why they cannot run.
+
+    Counting GPUs needs only the driver, but CuPy compiles its kernels when they are first used,
+    with NVRTC, and multiplies matrices with cuBLAS: libraries of the CUDA toolkit, which the
+    driver does not bring and the plain ``cupy-cuda12x`` wheel does not carry. Without them the
+    first op of a run would fail deep inside training; one elementwise kernel, one reduction and
+    one matrix product here make the choice of device fail (or ``"auto"`` fall back) instead."""
+    try:
+        a = cupy.arange(4, dtype=cupy.float32).reshape(2, 2)  # [[0, 1], [2, 3]]
+        got = float((a * 2 + a @ a).sum())  # elementwise (NVRTC), matmul (cuBLAS), reduction
+    except Exception as e:  # noqa: BLE001 - whatever CuPy raises, the GPU cannot be used
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise DeviceError(f"device 'cuda': CuPy found a GPU but cannot run a kernel on it ({reason}); CuPy "
+                          f"needs the CUDA toolkit's NVRTC and cuBLAS: pip install 'minigpt[cuda]' brings them "
+                          f"(cupy-cuda12x[ctk])") from e
+    if got != 34.0:  # 2 * 6 + (2 + 3 + 6 + 11)
+        raise DeviceError(f"device 'cuda': a test kernel computed {got} instead of 34.0")
+
+
+def forget_kernel_probe() -> None:
+    """Probe CuPy's kernels again at the next use of device "cuda" (after the CUDA libraries were
+    installed in a running process; tests use it to swap devices)."""
+    _kernels_ran.clear()
+
+
+def cuda_unavailable_reason() -> str | None:
+    """Why device "cuda" cannot be used here (CuPy missing, no GPU, its kernels cannot run), or
+    None when it can."""
+    try:
+        _import_cupy()
+    except DeviceError as e:
+        return str(e)
+    return None
 
 
 def check_device(device: str | None) -> str:
@@ -92,11 +134,7 @@ def device_of(array: Any) -> str:
 
 def available_devices() -> list[str]:
     """``["cpu"]``, or ``["cpu", "cuda"]`` where CuPy and a GPU are present."""
-    try:
-        _import_cupy()
-    except DeviceError:
-        return ["cpu"]
-    return ["cpu", "cuda"]
+    return ["cpu"] if cuda_unavailable_reason() else ["cpu", "cuda"]
 
 
 def to_numpy(array: Any) -> numpy.ndarray:

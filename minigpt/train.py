@@ -45,44 +45,47 @@ NANOGPT_CPU_PRESET = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_
                           lr_decay_iters=2000, dropout=0.0, eval_iters=20, bias=False, learning_rate=1e-3,
                           min_lr=1e-4, warmup_iters=100, weight_decay=0.1, beta1=0.9, beta2=0.99, grad_clip=1.0,
                           eval_interval=250)
-# The default on a CPU: our own recipe, found by benchmarks/sweep_recipe.py (docs/recipe.md). In the
-# wall time nanoGPT's train.py takes for its recipe, one layer trained for 2800 steps of 24 chunks
-# at lr 6e-3 learns more than four layers for 2000 steps of 12 at 1e-3: 1.67 against 1.92.
+# The default on a CPU (TrainConfig's defaults): our own recipe, found by benchmarks/sweep_recipe.py
+# (docs/recipe.md). In the wall time nanoGPT's train.py takes for its recipe, one layer trained for
+# 2800 steps of 24 chunks at a higher rate learns more than four layers for 2000 steps of 12.
 CPU_PRESET = dict(NANOGPT_CPU_PRESET, n_layer=1, batch_size=24, learning_rate=6e-3, min_lr=6e-4, max_iters=2800,
                   lr_decay_iters=2800, eval_interval=500)
-GPU_PRESET = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=64, max_iters=5000,
-                  lr_decay_iters=5000, dropout=0.2, eval_iters=200, bias=False)
+GPU_PRESET = dict(NANOGPT_CPU_PRESET, n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=64,
+                  max_iters=5000, lr_decay_iters=5000, dropout=0.2, eval_iters=200)
 # the notebook's bigram: a (V, V) table, short contexts, a higher rate for a table that starts at N(0, 1)
 BIGRAM_PRESET = dict(block_size=8, batch_size=32, max_iters=3000, lr_decay_iters=3000, learning_rate=1e-2,
                      min_lr=1e-3, warmup_iters=0, weight_decay=0.0, eval_iters=50, eval_interval=250)
+# the GPT's shape settings, which the bigram model (a table of V x V logits) has no use for
+BIGRAM_IGNORES = ("n_layer", "n_head", "n_embd", "dropout", "bias")
 
 
 @dataclass
 class TrainConfig:
-    """Every setting of a run; the field names are nanoGPT's (and the command-line flags)."""
+    """Every setting of a run; the field names are nanoGPT's (and the command-line flags). The
+    defaults are the command's: the CPU recipe (CPU_PRESET); :meth:`preset` gives the others."""
 
     device: str = "cpu"  # cpu | cuda | auto
     data: str | None = None  # text file or http(s) URL; else $MINIGPT_DATA; else the packaged Tiny Shakespeare
     out_dir: str = "out"
     resume: bool = False
     model: str = "gpt"  # gpt | bigram
-    n_layer: int = 4
+    n_layer: int = 1
     n_head: int = 4
     n_embd: int = 128
     block_size: int = 64
-    batch_size: int = 12
+    batch_size: int = 24
     dropout: float = 0.0
     bias: bool = False  # nanoGPT train.py's default
-    max_iters: int = 2000
-    learning_rate: float = 1e-3
-    min_lr: float = 1e-4
+    max_iters: int = 2800
+    learning_rate: float = 6e-3
+    min_lr: float = 6e-4
     warmup_iters: int = 100
-    lr_decay_iters: int = 2000
+    lr_decay_iters: int = 2800
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0  # 0 disables clipping
-    eval_interval: int = 250
+    eval_interval: int = 500
     eval_iters: int = 20
     log_interval: int = 100  # iterations between progress lines when stderr is not a terminal
     seed: int = 1337
@@ -142,11 +145,20 @@ class TrainConfig:
 MODEL_SHAPE_FLAGS = ("model", "n_layer", "n_head", "n_embd", "block_size", "bias", "dtype")
 
 
+def ignored_settings(model: str | None, given: dict[str, Any]) -> list[str]:
+    """The settings in ``given`` (those set, not None) that ``model`` has no use for, such as
+    ``n_layer`` for the bigram model: the run goes on without them, and the command says so."""
+    if (model or "gpt") != "bigram":
+        return []
+    return [k for k in BIGRAM_IGNORES if given.get(k) is not None]
+
+
 @dataclass
 class TrainResult:
     iterations: int
     best_val_loss: float
-    full_val_loss: float | None
+    full_val_loss: float | None  # nats per token over the whole validation split
+    full_val_bpc: float | None  # the same in bits per character of the validation text
     wall_time_s: float
     sample: str
     interrupted: bool
@@ -161,12 +173,21 @@ class TrainingError(RuntimeError):
 
 
 # ----------------------------------------------------------------------------- building blocks
-def resolve_device(device: str) -> str:
-    """"auto" -> "cuda" where CuPy finds a GPU, else "cpu"; "cuda" without one -> DeviceError."""
+def resolve_device(device: str, warn: Callable[[str], None] | None = None) -> str:
+    """"auto" -> "cuda" where CuPy finds a GPU that runs its kernels, else "cpu" (and ``warn`` is
+    told why); "cuda" where it cannot run -> DeviceError saying why."""
     if device == "auto":
-        return "cuda" if "cuda" in backend.available_devices() else "cpu"
-    backend.xp_for(device)  # a clear DeviceError when cuda is asked for and missing
+        reason = backend.cuda_unavailable_reason()
+        if reason and warn is not None:
+            warn(f"--device auto: running on the CPU ({reason})")
+        return "cpu" if reason else "cuda"
+    backend.xp_for(device)  # a clear DeviceError when cuda is asked for and cannot run
     return device
+
+
+def warn_on_stderr(message: str) -> None:
+    """A warning the run goes on after: one line on stderr."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 def build_model(cfg: TrainConfig, vocab_size: int) -> Module:
@@ -332,20 +353,41 @@ def _fmt_time(s: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
-METRICS_FIELDS = ["iter", "train_loss", "val_loss", "lr", "elapsed_s", "tokens_per_s"]
+METRICS_FIELDS = ["iter", "train_loss", "val_loss", "val_bpc", "lr", "elapsed_s", "tokens_per_s"]
 
 
 def write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=METRICS_FIELDS, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=METRICS_FIELDS, lineterminator="\n", restval="", extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_bytes(path, buf.getvalue().encode())
 
 
+def can_plot() -> bool:
+    """Whether matplotlib, which draws loss.png, is installed (the ``plot`` extra)."""
+    try:
+        import matplotlib  # noqa: F401, PLC0415 - optional
+    except ImportError:
+        return False
+    return True
+
+
+def overfitting(rows: list[dict[str, Any]], evaluations: int = 3) -> bool:
+    """Whether the val loss rose at each of the last ``evaluations`` evaluations of ``rows``
+    (metrics.csv's) while the train loss fell at each: the model learns its training text by
+    heart instead of the language, as a big model on a small text does."""
+    last = rows[-(evaluations + 1):]
+    if len(last) < evaluations + 1:
+        return False
+    pairs = [(float(a["train_loss"]), float(a["val_loss"]), float(b["train_loss"]), float(b["val_loss"]))
+             for a, b in zip(last, last[1:])]
+    return all(val_b > val_a and train_b < train_a for train_a, val_a, train_b, val_b in pairs)
+
+
 def plot_metrics(rows: list[dict[str, Any]], path: Path) -> bool:
     """Draw the train and val loss curves into a PNG at ``path``; False (and nothing written)
-    when matplotlib is not installed (pip install -e ".[plot]")."""
+    when matplotlib is not installed (pip install "minigpt[plot]")."""
     try:
         import matplotlib  # noqa: PLC0415 - optional
 
@@ -378,13 +420,16 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------- the run
-def train(cfg: TrainConfig, *, log: Callable[[str], None] = print,
+def train(cfg: TrainConfig, *, log: Callable[[str], None] = print, warn: Callable[[str], None] = warn_on_stderr,
           should_stop: Callable[[], bool] = lambda: False) -> TrainResult:
     """Train as ``cfg`` says, writing checkpoints and metrics into ``cfg.out_dir``.
 
-    ``should_stop`` is asked after every step; when it says True the run saves ``latest.npz``
-    and returns (``interrupted=True``); ``--resume`` continues from there. With ``cfg.reference``
-    every step runs the plain reference ops (``minigpt.fast.disabled()``).
+    ``log`` gets the progress report, ``warn`` what the user should know although the run goes on
+    (no matplotlib, so no loss.png; the val loss rising while the train loss falls). ``should_stop``
+    is asked after every step, and once more before the final whole-split loss and sample; when it
+    says True the run saves ``latest.npz`` and returns (``interrupted=True``); ``--resume``
+    continues from there. With ``cfg.reference`` every step runs the plain reference ops
+    (``minigpt.fast.disabled()``).
     """
     cfg.validate()
     ranks = distributed.launched_ranks()
@@ -392,18 +437,19 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print,
         raise ValueError(f"--batch_size {cfg.batch_size} is the global batch and must split evenly over the "
                          f"{ranks} ranks (each trains on batch_size / {ranks} rows)")
     with fast.disabled() if cfg.reference else contextlib.nullcontext():
-        return _train(cfg, log, should_stop)
+        return _train(cfg, log, warn, should_stop)
 
 
-def _train(cfg: TrainConfig, log: Callable[[str], None], should_stop: Callable[[], bool]) -> TrainResult:
+def _train(cfg: TrainConfig, log: Callable[[str], None], warn: Callable[[str], None],
+           should_stop: Callable[[], bool]) -> TrainResult:
     start = time.time()
     world = distributed.world()  # one process, or N ranks under mpiexec -n N
     if world.rank != 0:  # rank 0 alone prints and writes files
-        log = _silent
+        log = warn = _silent
     failure: BaseException | None = None
     try:  # the set-up: an error here is usually every rank's alike; the ranks agree on it below
         out_dir = Path(cfg.out_dir)
-        device = resolve_device(cfg.device)
+        device = resolve_device(cfg.device, warn)
         dtype = numpy.dtype(cfg.dtype)
         if device == "cpu" and not cfg.reference:
             fast.keep_freed_memory()  # each step reuses the last one's freed memory: no page faults
@@ -414,20 +460,27 @@ def _train(cfg: TrainConfig, log: Callable[[str], None], should_stop: Callable[[
         if len(val_ids) <= cfg.block_size:
             raise ValueError(f"the text is too short for block_size {cfg.block_size}: its validation split "
                              f"has {len(val_ids)} characters, it needs more than {cfg.block_size}")
+        # nats per token -> bits per character of the validation text: / ln 2, / characters per token
+        bits_per_char = 1 / (math.log(2) * len(tokenizer.decode(val_ids)) / len(val_ids))
 
         minigpt.manual_seed(cfg.seed)
         batch_rng = numpy.random.default_rng(cfg.seed)
         model = build_model(cfg, tokenizer.vocab_size).to(device, dtype)
         optimizer = build_optimizer(model, cfg)
-        it, best_val, evaluated_at, metrics = 0, math.inf, -1, []
+        it, best_val, evaluated_at, metrics, elapsed_before = 0, math.inf, -1, [], 0.0
 
         if cfg.resume:
-            it, best_val, evaluated_at, metrics = _restore(out_dir / checkpoint.LATEST, model, optimizer,
-                                                           tokenizer, batch_rng, device, log, world.size)
+            it, best_val, evaluated_at, metrics, elapsed_before = _restore(
+                out_dir / checkpoint.LATEST, model, optimizer, tokenizer, batch_rng, device, log, world.size)
     except (ValueError, RuntimeError, OSError) as e:
         failure = e
     world.raise_if_any_failed(failure)  # one process: re-raises it; N ranks: every rank raises one error
     world.check_same_parameters(model.parameters())
+    clock = start - elapsed_before  # metrics.csv's elapsed_s goes on from where a resumed run stopped
+    if not can_plot():
+        warn(f"matplotlib is not installed, so {out_dir / 'loss.png'} will not be drawn "
+             f"(pip install \"minigpt[plot]\")")
+    warned_overfitting = False
     model.train()
     n_params = model.num_params()
     ops = "fast twins" if fast.enabled(next(model.parameters())) else "reference ops"
@@ -445,7 +498,7 @@ def _train(cfg: TrainConfig, log: Callable[[str], None], should_stop: Callable[[
         checkpoint.save(out_dir / name, model, optimizer=optimizer, tokenizer=tokenizer,
                         iter_num=it, best_val_loss=best_val, evaluated=evaluated,
                         rng=backend.get_rng_state(), batch_rng=batch_rng.bit_generator.state,
-                        train_config=dataclasses.asdict(cfg), ranks=world.size)
+                        train_config=dataclasses.asdict(cfg), ranks=world.size, elapsed_s=time.time() - clock)
 
     progress = Progress(cfg.max_iters, cfg.batch_size * cfg.block_size, cfg.log_interval,
                         stream=None if world.rank == 0 else io.StringIO())
@@ -458,10 +511,12 @@ def _train(cfg: TrainConfig, log: Callable[[str], None], should_stop: Callable[[
             if (it % cfg.eval_interval == 0 or it == cfg.max_iters) and evaluated_at != it:
                 losses = {s: estimate_loss(model, ids, cfg, batch_rng, world) for s, ids in (("train", train_ids), ("val", val_ids))}
                 progress.end_line()
-                elapsed = time.time() - start
-                log(f"step {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+                elapsed = time.time() - clock
+                val_bpc = losses["val"] * bits_per_char
+                log(f"step {it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} "
+                    f"({val_bpc:.3f} bits per character)")
                 metrics.append({"iter": it, "train_loss": f"{losses['train']:.6f}", "val_loss": f"{losses['val']:.6f}",
-                                "lr": f"{lr:.6g}", "elapsed_s": f"{elapsed:.1f}",
+                                "val_bpc": f"{val_bpc:.6f}", "lr": f"{lr:.6g}", "elapsed_s": f"{elapsed:.1f}",
                                 "tokens_per_s": f"{cfg.batch_size * cfg.block_size / progress.step_time:.0f}"
                                 if progress.step_time else ""})
                 evaluated_at = it
@@ -472,6 +527,11 @@ def _train(cfg: TrainConfig, log: Callable[[str], None], should_stop: Callable[[
                 if world.rank == 0:
                     write_metrics(out_dir / "metrics.csv", metrics)
                     plot_metrics(metrics, out_dir / "loss.png")
+                if not warned_overfitting and overfitting(metrics):
+                    warned_overfitting = True
+                    warn(f"the val loss rose at each of the last 3 evaluations (to {losses['val']:.4f}) while the "
+                         f"train loss fell: the model is overfitting, {len(train_ids):,} training tokens are few for "
+                         f"{n_params:,} parameters (fewer --max_iters, a smaller model or --dropout help)")
             if it >= cfg.max_iters:
                 break
 
@@ -492,23 +552,29 @@ def _train(cfg: TrainConfig, log: Callable[[str], None], should_stop: Callable[[
                                     f"checkpoints are kept in {out_dir}")
             progress.update(it, lossf, time.time() - t0)
             it += 1
-            if stop and it < cfg.max_iters:
+            if stop:  # after the last step too: the final evaluation is then the resumed run's to do
                 progress.end_line()
                 save(checkpoint.LATEST, evaluated=False)
                 log(f"stopped at iteration {it}: saved {out_dir / checkpoint.LATEST}; continue with --resume")
                 interrupted = True
                 break
 
-    full_val = sample = None
+    full_val = full_bpc = sample = None
+    if not interrupted and world.sum(float(should_stop())) > 0:  # asked during the final evaluation
+        log(f"stopped at iteration {it}, before the whole-split loss: {out_dir / checkpoint.LATEST} is saved; "
+            f"--resume finishes the run")
+        interrupted = True
     if not interrupted:
         full_val = split_loss(model, val_ids, cfg.block_size, world=world)
-        log(f"val loss over the whole validation split ({len(val_ids) - 1:,} tokens): {full_val:.4f}")
+        full_bpc = full_val * bits_per_char
+        log(f"val loss over the whole validation split ({len(val_ids) - 1:,} tokens): {full_val:.4f} nats per "
+            f"token, {full_bpc:.4f} bits per character")
         sample = generate_text(model, tokenizer, "\n", cfg.sample_chars if world.rank == 0 else 0)
         if cfg.sample_chars:
             log("sample:\n" + sample)
     wall = time.time() - start
     log(f"done in {_fmt_time(wall)}; checkpoints and metrics in {out_dir}")
-    return TrainResult(it, best_val, full_val, wall, sample or "", interrupted, out_dir)
+    return TrainResult(it, best_val, full_val, full_bpc, wall, sample or "", interrupted, out_dir)
 
 
 def resume_config(out_dir: str | os.PathLike, **overrides: Any) -> TrainConfig:
@@ -552,7 +618,10 @@ def _restore(path: Path, model: Module, optimizer: optim.AdamW, tokenizer: CharT
         log(f"note: {path} was written by a run of {st.get('ranks', 1)} rank(s), this one has {ranks}: the same "
             f"global batches follow, but sums split another way round differently, so the run is not bit-identical")
     metrics = [r for r in read_metrics(path.parent / "metrics.csv") if int(r["iter"]) <= it]
-    return it, float(st["best_val_loss"]), it if st.get("evaluated") else -1, metrics
+    # time already trained: saved since metrics' elapsed_s continues across resumes; older checkpoints
+    # lack it, and then the last evaluation's time is the best estimate
+    elapsed = float(st.get("elapsed_s", metrics[-1]["elapsed_s"] if metrics else 0.0))
+    return it, float(st["best_val_loss"]), it if st.get("evaluated") else -1, metrics, elapsed
 
 
 @contextlib.contextmanager

@@ -66,7 +66,9 @@ class Recorder:
         self._events = {kind: collections.Counter() for kind in ("sync", "h2d", "call")}
 
     def record(self, kind: str) -> None:
-        """Count one event of ``kind`` at the caller's line."""
+        """Count one event of ``kind`` at the caller's line; a "call" raises while kernels fail."""
+        if kind == "call" and _kernel_failure is not None:
+            raise RuntimeError(_kernel_failure)
         self._events[kind][_caller()] += 1
 
     def reset(self) -> None:
@@ -84,16 +86,24 @@ class Recorder:
 
 
 recorder = Recorder()
+_kernel_failure: str | None = None  # while set, every kernel raises RuntimeError with this message
 
 
 @contextlib.contextmanager
-def installed() -> Iterator[ModuleType]:
-    """Put this module in ``sys.modules["cupy"]`` (where minigpt looks), restoring what was there."""
+def installed(kernel_failure: str | None = None) -> Iterator[ModuleType]:
+    """Put this module in ``sys.modules["cupy"]`` (where minigpt looks), restoring what was there.
+
+    With ``kernel_failure``, the GPU is found (getDeviceCount says 1) but every kernel raises
+    RuntimeError(kernel_failure), as CuPy does on a machine with the driver but without the CUDA
+    toolkit's NVRTC ("CuPy failed to load libnvrtc.so.12: ...")."""
+    global _kernel_failure
     before = sys.modules.get("cupy", _MISSING)
     sys.modules["cupy"] = sys.modules[__name__]
+    _kernel_failure = kernel_failure
     try:
         yield sys.modules[__name__]
     finally:
+        _kernel_failure = None
         if before is _MISSING:
             sys.modules.pop("cupy", None)
         else:

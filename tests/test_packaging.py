@@ -52,12 +52,27 @@ def test_the_wheel_carries_the_text_and_loads_it_from_anywhere(dists, tmp_path):
     assert count == "1115394" and Path(where).is_relative_to(tmp_path / "site")
 
 
+def test_the_wheel_carries_the_command_and_the_license(dists, tmp_path):
+    wheel, _ = dists
+    with zipfile.ZipFile(wheel) as z:
+        names = z.namelist()
+        entry_points = next(z.read(n).decode() for n in names if n.endswith(".dist-info/entry_points.txt"))
+        z.extractall(tmp_path / "site")
+    assert "minigpt = minigpt.commands:entry" in entry_points  # pip makes it the `minigpt` command
+    assert any(n.endswith("LICENSE") and ".dist-info/" in n for n in names)
+    # a wheel user trains with the command the wheel carries: python -m minigpt train
+    r = subprocess.run([sys.executable, "-m", "minigpt", "train", "--help"], cwd=tmp_path, capture_output=True,
+                       text=True, env=dict(os.environ, PYTHONPATH=str(tmp_path / "site")))
+    assert r.returncode == 0 and "--n_layer" in r.stdout, r.stderr
+
+
 def test_the_sdist_carries_the_text_and_the_examples(dists):
     _, sdist = dists
     with tarfile.open(sdist) as t:
         names = {n.split("/", 1)[1] for n in t.getnames() if "/" in n}
     assert ASSET in names
-    assert {"examples/train_shakespeare.py", "README.md", "setup.cfg", "minigpt/data.py"} <= names
+    assert {"examples/train_shakespeare.py", "README.md", "setup.cfg", "minigpt/data.py", "LICENSE",
+            "minigpt/commands/train.py"} <= names
 
 
 def test_nothing_reads_outside_the_repository():

@@ -149,11 +149,13 @@ def test_presets_follow_nanogpt_and_ours():
     assert TrainConfig.preset(n_layer=2, dropout=None).n_layer == 2
 
 
-@pytest.mark.parametrize("devices, n_layer", [(["cpu"], 1), (["cpu", "cuda"], 6)])
-def test_device_auto_takes_the_preset_of_the_device_it_resolves_to(devices, n_layer, monkeypatch):
-    monkeypatch.setattr(backend, "available_devices", lambda: devices)
+@pytest.mark.parametrize("reason, n_layer", [("no GPU here", 1), (None, 6)])
+def test_device_auto_takes_the_preset_of_the_device_it_resolves_to(reason, n_layer, monkeypatch):
+    monkeypatch.setattr(backend, "cuda_unavailable_reason", lambda: reason)
     cfg = TrainConfig.preset(device="auto")
-    assert cfg.device == "auto" and resolve_device(cfg.device) == devices[-1]
+    warnings = []
+    assert cfg.device == "auto" and resolve_device(cfg.device, warnings.append) == ("cpu" if reason else "cuda")
+    assert warnings == (["--device auto: running on the CPU (no GPU here)"] if reason else [])
     assert (cfg.n_layer, cfg.block_size) == ((1, 64) if n_layer == 1 else (6, 256))
     assert TrainConfig.preset(device="auto", model="bigram").block_size == 8  # the bigram's own preset
 
@@ -201,15 +203,13 @@ def test_generated_text_is_sampled_without_dropout():
 
 
 def test_the_command_line_preset_flag_selects_nanogpts_recipe():
-    import importlib.util  # noqa: PLC0415
+    from minigpt.commands import build_parser  # noqa: PLC0415
+    from minigpt.commands.train import config_from  # noqa: PLC0415
 
-    spec = importlib.util.spec_from_file_location("train_shakespeare", REPO / "examples" / "train_shakespeare.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
-    args = vars(script.parse_args(["--preset", "nanogpt", "--seed", "3"]))
-    args.pop("resume")
-    cfg = TrainConfig.preset(**args)
+    cfg = config_from(build_parser().parse_args(["train", "--preset", "nanogpt", "--seed", "3"]))
     assert (cfg.n_layer, cfg.batch_size, cfg.max_iters, cfg.learning_rate, cfg.min_lr, cfg.seed) == (4, 12, 2000, 1e-3, 1e-4, 3)
-    helps = subprocess.run([sys.executable, str(REPO / "examples" / "train_shakespeare.py"), "--help"],
+    assert config_from(build_parser().parse_args(["train"])) == TrainConfig()  # the command's defaults are Python's
+    helps = subprocess.run([sys.executable, "-m", "minigpt", "train", "--help"],
                            capture_output=True, text=True, check=True).stdout
-    assert "default 2800 (CPU preset)" in " ".join(helps.split()) and "--preset {nanogpt}" in helps
+    assert "default 2800; --preset nanogpt: 2000; GPU: 5000; bigram: 3000" in " ".join(helps.split())
+    assert "--preset {nanogpt}" in helps and "--dtype {float32,float64}" in helps

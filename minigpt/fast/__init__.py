@@ -14,8 +14,8 @@ reference at sizes where every tile, remainder and branch runs.
     parallel.py    the data-parallel step of ranks on one machine: shared weights, the work split
     memory.py      keep freed memory in malloc's heap between steps
 
-The speed-ups the docstrings quote come from benchmarks/bench_fast_ops.py: each twin against its
-reference, forward + backward in float32 at the shapes of nanoGPT's CPU recipe (--preset nanogpt), medians on a 2-core AMD EPYC VM.
+What each twin gains is measured by benchmarks/bench_fast_ops.py (each twin against its reference,
+forward + backward, at the shapes of nanoGPT's CPU recipe); the figures are in docs/performance.md.
 
 Functions here take the same arguments as their references, so ``minigpt.fast`` can stand
 where ``minigpt.functional`` stands (``dropout`` and ``log_softmax`` have no twin: the

@@ -46,11 +46,11 @@ def transposed_buffer(q: Any, k: Any, tile: Any) -> Any:
     """Room for one batch tile of k (.., S, hs) with its last two axes swapped, (.., hs, S), when
     q @ kᵀ runs faster on a contiguous copy of kᵀ than on a transposed view; else None.
 
-    Measured with NumPy's OpenBLAS on a 2-core x86 machine (q @ kᵀ, batched): for heads of up
-    to 48 channels, 32 or more query rows and at most 128 keys (the CPU preset: hs 32, T = S = 64)
-    the product on a transposed view runs 1.4-2x slower than on a contiguous copy, and the copy
-    costs less than the difference. For wider heads or longer rows the copy costs more than it
-    saves, for a single query row (generation with a cache) it is pure cost."""
+    With NumPy's OpenBLAS (q @ kᵀ, batched), for narrow heads, many query rows and few keys (the
+    CPU recipes: hs 32, T = S = 64) the product on a transposed view runs slower than on a
+    contiguous copy, by more than the copy costs; the thresholds below were timed on x86 CPUs.
+    For wider heads or longer rows the copy costs more than it saves, for a single query row
+    (generation with a cache) it is pure cost."""
     xp = backend.get_array_module(k)
     T, S, hs = q.shape[-2], k.shape[-2], k.shape[-1]
     if xp is not backend.numpy or not (T >= KT_COPY_MIN_T and S <= KT_COPY_MAX_S and hs <= KT_COPY_MAX_HS):
@@ -158,7 +158,7 @@ def attention_backward(dy: Any, q: Any, k: Any, v: Any, att: Any, drop: Any, sca
 class ScaledDotProductAttention(ref.ScaledDotProductAttention):
     """Twin of ``functional.ScaledDotProductAttention``: the same forward and backward, run per
     batch tile (attention_forward / attention_backward above). Saves q, k, v, att (B, nh, T, S)
-    and, with dropout, its mask. Measured (bench_fast_ops: 1.3x faster).
+    and, with dropout, its mask.
     When the batch axes of q, k and v differ (broadcasting), the reference runs instead."""
 
     def forward(self, q: Any, k: Any, v: Any, is_causal: bool = True, dropout_p: float = 0.0,
@@ -196,8 +196,7 @@ class CausalSelfAttentionQKV(Function):
 
     Fused, the heads are strided views of qkv (no copies), and backward writes dq, dk, dv
     straight into the one d(qkv) buffer, instead of three zero-filled slice gradients summed
-    together. Saves qkv and att (B, nh, T, T) (plus the dropout mask). Measured against the split,
-    attention and merge with the reference ops (bench_fast_ops: 1.6x faster).
+    together. Saves qkv and att (B, nh, T, T) (plus the dropout mask).
     """
 
     fresh_output = True  # y (the merged heads) is a new array, not saved

@@ -32,11 +32,10 @@ class Embedding(ref.Embedding):
     """Twin of ``functional.Embedding``: the backward's scatter-add as one matrix product.
 
     dweight = onehot(idx)ᵀ @ dout, (V, N) @ (N, C): BLAS instead of add.at's element-by-element
-    scatter, several times faster for a 65-token vocabulary. Above ONE_HOT_LIMIT elements the
+    scatter, much faster for a small vocabulary (65 characters). Above ONE_HOT_LIMIT elements the
     one-hot matrix costs more than it saves, and the scatter-add runs as in the reference. So it
     does when dout holds an inf or NaN: in the product, 0 * inf = NaN would reach every row of
     dweight, where the scatter-add sends it to its own row only (as torch).
-    Measured (bench_fast_ops: 4.5x faster).
     """
 
     def backward(self, dout: Any) -> tuple[None, Any]:
@@ -59,7 +58,7 @@ def embedding(idx: Any, weight: Tensor) -> Tensor:
 class Linear(ref.Linear):
     """Twin of ``functional.Linear``: one 2-D matrix product over the flattened rows, the bias
     added in place, and db as ones(N) @ dy (BLAS) instead of dy.sum(axis=0) (an unvectorised
-    loop over short rows in NumPy). Measured (bench_fast_ops: 1.05x faster without a bias)."""
+    loop over short rows in NumPy)."""
 
     def forward(self, x: Any, weight: Any, bias: Any = None) -> Any:
         self.saved = (x, weight)
@@ -89,9 +88,8 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
 
 
 # ----------------------------------------------------------------------------- softmax
-# Above this share of rows to redo, softmax_forward redoes every row (no gather and scatter: on
-# (4096, 64) float32 rows that all need it, 0.70 ms instead of 2.64, the reference's 0.65).
-# Tests patch it both ways.
+# Above this share of rows to redo, softmax_forward redoes every row: gathering and scattering many
+# rows costs more than redoing them all, as the reference does. Tests patch it both ways.
 REDO_ALL_ABOVE = 1 / 8
 
 
@@ -156,8 +154,7 @@ def softmax_backward(y: Any, dy: Any, axis: int, inplace: bool = False, scratch:
 
 
 class Softmax(ref.Softmax):
-    """Twin of ``functional.Softmax``: the unshifted forward and BLAS row sums above.
-    Measured on attention's (B, nh, T, T) (bench_fast_ops: 2.0x faster)."""
+    """Twin of ``functional.Softmax``: the unshifted forward and BLAS row sums above."""
 
     def forward(self, x: Any, axis: int = -1) -> Any:
         self.axis = axis
@@ -177,8 +174,7 @@ def softmax(x: Tensor, axis: int = -1) -> Tensor:
 class CrossEntropy(ref.CrossEntropy):
     """Twin of ``functional.CrossEntropy``: softmax computed once with the max tree and a BLAS
     row sum, -log p[t] taken from the shifted logits, and p's buffer reused for the gradient
-    (the reference builds logp, then exp(logp) in backward: two more (N, V) passes).
-    Measured (bench_fast_ops: 1.3x faster)."""
+    (the reference builds logp, then exp(logp) in backward: two more (N, V) passes)."""
 
     def forward(self, logits: Any, targets: Any, ignore_index: int = -100,
                 reduction: str = "mean") -> Any:
@@ -230,7 +226,7 @@ class LayerNorm(ref.LayerNorm):
     Each tile's chain (mean, center, square, mean, rsqrt, scale, shift) runs while the tile is
     in the L2 cache, writing into preallocated arrays (``out=``); row means are matrix-vector
     products with a vector of 1/C (reductions.row_mean). The reference makes a new array per
-    step, each pass over the whole (N, C) array. Measured (bench_fast_ops: 1.25x faster).
+    step, each pass over the whole (N, C) array.
     """
 
     fresh_output = True  # y has its own buffer, even without weight and bias
@@ -318,7 +314,6 @@ class GELU(ref.GELU):
     ``inplace=True`` writes y over x's array (each tile's x is read before its y is written),
     when nothing else needs x (the MLP's c_fc output; Function.apply grants the request only
     for an unshared x): one array fewer.
-    Measured on (B, T, 4C) (bench_fast_ops: 6.6x faster).
     """
 
     writes_over = 0  # inplace=True is granted only when x is unshared (Function.apply checks)
@@ -385,8 +380,7 @@ def gelu_(h: Tensor) -> Tensor:
 class ResidualAdd(Function):
     """x + branch, written over branch's array (``inplace``): the residual connection x + f(x),
     where the branch output f(x) (a linear layer's fresh output) is read by nothing else.
-    Its reference is x + branch (ops.Add), which allocates a new array per block half (about 1%
-    of a CPU-preset step saved, by the profile of benchmarks/profile_step.py).
+    Its reference is x + branch (ops.Add), which allocates a new array per block half.
     Backward: dx = dy, dbranch = dy. Saves nothing."""
 
     writes_over = 1  # inplace=True is granted only when branch is unshared (Function.apply checks)

@@ -2,10 +2,10 @@
 
 A training step allocates and frees the same few megabytes of activations every iteration.
 glibc's malloc hands large freed blocks back to the kernel (munmap, or trimming the heap's top),
-so the next step's arrays are fresh pages that fault in one by one, zeroed by the kernel: on the
-nanoGPT's CPU recipe about 640 page faults and 1 ms of system time per step. Kept in the heap instead,
-the blocks are simply reused (measured: ~2.5% of a CPU-preset training step, 1 ms of system
-time). The reference is simply malloc's default behaviour: nothing to call.
+so the next step's arrays are fresh pages that fault in one by one, zeroed by the kernel: hundreds
+of page faults per step of nanoGPT's CPU recipe. Kept in the heap instead, the blocks are simply
+reused (what it saves: docs/performance.md). The reference is simply malloc's default behaviour:
+nothing to call.
 """
 
 from __future__ import annotations

@@ -38,9 +38,8 @@ class AdamW(optim.AdamW):
     per-call overhead. Here each group's parameters (and their two moments) live in one flat
     buffer, every parameter's ``.data`` a view into it, and one update runs over the buffer,
     tile by tile so that each tile stays in cache through the chain. The formulas and their
-    order are the reference's, so the results are the same. Measured on nanoGPT's CPU recipe's 0.8M
-    parameters (bench_fast_ops: 1.03x faster; earlier sessions' Intel Xeon gained more from the
-    fewer NumPy calls).
+    order are the reference's, so the results are the same. What it gains is measured by
+    benchmarks/bench_fast_ops.py (docs/performance.md).
 
     A group where only some parameters have a gradient, whose step counts differ (after loading
     a partial state), or whose parameters differ in dtype (one flat buffer would cast them all to

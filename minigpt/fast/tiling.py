@@ -4,8 +4,7 @@ On a CPU, an elementwise pass over an array larger than the L2 cache runs at the
 the L3 cache or memory. A chain of such passes (GELU, layer norm, softmax, AdamW) is much
 faster done tile by tile, each tile staying in L2 for the whole chain. On a GPU tiling
 only adds kernel launches, so there each "tile" is the whole array. What it buys is measured per
-twin (README, "Each twin against its reference"): layer norm 1.25×, GELU with its derivative 6.6×
-(tiling and the derivative in the forward together), AdamW over flat buffers 1.03×.
+twin by benchmarks/bench_fast_ops.py (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -18,10 +17,9 @@ from minigpt import backend
 
 # Elements per tile: 256 KiB of float32 (tests patch it small to run many tiles). A chain's tiles
 # then fit in a 2 MiB L2: layer norm's and attention's two or three arrays, AdamW's five (p, g, m,
-# v and a scratch: 1.25 MiB; 2.5 MiB in float64, beyond it). Measured on a nanoGPT-recipe step
-# (2-core Intel Xeon VM, 2 MiB L2): 1 << 15 29.7 ms, 1 << 16 28.7, 1 << 17 28.6, 1 << 18 29.4 (one
-# rank's 6 rows, one thread); 41.0, 39.9, 40.0, 40.3 ms (12 rows, two threads). Fewer, larger
-# tiles cost fewer NumPy calls until a tile's chain no longer fits in L2. The tile size changes
+# v and a scratch: 1.25 MiB; 2.5 MiB in float64, beyond it). Fewer, larger tiles cost fewer NumPy
+# calls until a tile's chain no longer fits in L2; the size was chosen by timing whole training
+# steps with tiles of 2^15 to 2^18 elements (docs/performance.md). The tile size changes
 # the last bits of some results (a row sum's rounding depends on where its row falls in a tile's
 # matrix-vector product), never more than rounding: the tests hold every twin to the reference.
 TILE = 1 << 16

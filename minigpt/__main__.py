@@ -1,0 +1,5 @@
+"""``python -m minigpt``: the ``minigpt`` command (minigpt/commands/)."""
+
+from minigpt.commands import entry
+
+entry()
