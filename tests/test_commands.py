@@ -189,6 +189,14 @@ def test_attention_map_writes_into_the_run_folder(tmp_path, capsys):
     assert "1 layer(s) x 2 heads over 6 characters" in capsys.readouterr().out
 
 
+def test_attention_map_without_matplotlib_is_one_clear_error(tmp_path, monkeypatch, capsys):
+    train(TrainConfig.preset(out_dir=str(tmp_path), max_iters=1, **TINY), log=quiet, warn=quiet)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    status = cli.run(lambda: commands.main(["attention-map", "--out_dir", str(tmp_path)]))
+    assert status == 2 and capsys.readouterr().err.strip() == 'error: drawing needs matplotlib: pip install "minigpt[plot]"'
+    assert not (tmp_path / "attention.png").exists()
+
+
 # ----------------------------------------------------------------------------- a GPU that cannot run kernels
 NVRTC_MISSING = "CuPy failed to load libnvrtc.so.12: OSError: libnvrtc.so.12: cannot open shared object file"
 
