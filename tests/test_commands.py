@@ -192,6 +192,7 @@ def test_attention_map_writes_into_the_run_folder(tmp_path, capsys):
 def test_attention_map_without_matplotlib_is_one_clear_error(tmp_path, monkeypatch, capsys):
     train(TrainConfig.preset(out_dir=str(tmp_path), max_iters=1, **TINY), log=quiet, warn=quiet)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    capsys.readouterr()  # the training's progress line
     status = cli.run(lambda: commands.main(["attention-map", "--out_dir", str(tmp_path)]))
     assert status == 2 and capsys.readouterr().err.strip() == 'error: drawing needs matplotlib: pip install "minigpt[plot]"'
     assert not (tmp_path / "attention.png").exists()
