@@ -78,6 +78,8 @@ def run_minigpt(name: str, model: str, flags: list[str], keep: Path) -> dict[str
     flags = flags[len(launcher):]
     wall, peak, text = timed([*launcher, sys.executable, "-m", "minigpt", "train", *flags, "--out_dir", str(out_dir)])
     found = re.search(r"whole validation split \([\d,]+ tokens\): ([\d.]+) nats per token, ([\d.]+) bits", text)
+    if found is None:
+        raise RuntimeError(f"{name}: no whole-split loss in its output:\n{text[-2000:]}")
     iters = re.findall(r"iter (\d+)/\d+", text)
     sample = text.split("sample:\n", 1)[1].rsplit("\ndone in", 1)[0] if "sample:\n" in text else ""
     (out_dir / "sample.txt").write_text(sample)

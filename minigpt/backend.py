@@ -39,7 +39,7 @@ def _import_cupy() -> ModuleType:
     except ImportError as e:
         raise DeviceError(
             "device 'cuda' needs CuPy, which is not installed "
-            "(pip install 'minigpt[cuda]' or a cupy-cudaXXx wheel matching your CUDA)"
+            "(pip install \"cupy-cuda12x[ctk]>=14\": minigpt's cuda extra, docs/gpu.md)"
         ) from e
     try:
         count = cupy.cuda.runtime.getDeviceCount()
@@ -69,9 +69,9 @@ def _probe_kernels(cupy: ModuleType) -> None:
         got = float((a * 2 + a @ a).sum())  # elementwise (NVRTC), matmul (cuBLAS), reduction
     except Exception as e:  # noqa: BLE001 - whatever CuPy raises, the GPU cannot be used
         reason = " ".join(str(e).split()) or type(e).__name__
-        raise DeviceError(f"device 'cuda': CuPy found a GPU but cannot run a kernel on it ({reason}); CuPy "
-                          f"needs the CUDA toolkit's NVRTC and cuBLAS: pip install 'minigpt[cuda]' brings them "
-                          f"(cupy-cuda12x[ctk])") from e
+        raise DeviceError(f"device 'cuda': CuPy found a GPU but cannot run a kernel on it ({reason}); where a "
+                          f"CUDA library (NVRTC, cuBLAS) is missing, pip install \"cupy-cuda12x[ctk]>=14\" brings "
+                          f"them (minigpt's cuda extra, docs/gpu.md)") from e
     if got != 34.0:  # 2 * 6 + (2 + 3 + 6 + 11)
         raise DeviceError(f"device 'cuda': a test kernel computed {got} instead of 34.0")
 

@@ -387,7 +387,7 @@ def overfitting(rows: list[dict[str, Any]], evaluations: int = 3) -> bool:
 
 def plot_metrics(rows: list[dict[str, Any]], path: Path) -> bool:
     """Draw the train and val loss curves into a PNG at ``path``; False (and nothing written)
-    when matplotlib is not installed (pip install "minigpt[plot]")."""
+    when matplotlib is not installed (pip install matplotlib: the plot extra)."""
     try:
         import matplotlib  # noqa: PLC0415 - optional
 
@@ -479,8 +479,8 @@ def _train(cfg: TrainConfig, log: Callable[[str], None], warn: Callable[[str], N
     clock = start - elapsed_before  # metrics.csv's elapsed_s goes on from where a resumed run stopped
     if not can_plot():
         warn(f"matplotlib is not installed, so {out_dir / 'loss.png'} will not be drawn "
-             f"(pip install \"minigpt[plot]\")")
-    warned_overfitting = False
+             f"(pip install matplotlib: minigpt's plot extra)")
+    warned_overfitting = overfitting(metrics)  # a resumed run that already was: warned before
     model.train()
     n_params = model.num_params()
     ops = "fast twins" if fast.enabled(next(model.parameters())) else "reference ops"
@@ -559,19 +559,26 @@ def _train(cfg: TrainConfig, log: Callable[[str], None], warn: Callable[[str], N
                 interrupted = True
                 break
 
-    full_val = full_bpc = sample = None
-    if not interrupted and world.sum(float(should_stop())) > 0:  # asked during the final evaluation
-        log(f"stopped at iteration {it}, before the whole-split loss: {out_dir / checkpoint.LATEST} is saved; "
+    def stopped_in_the_final_evaluation() -> bool:  # collective: every rank stops, or none
+        if interrupted or world.sum(float(should_stop())) == 0:
+            return interrupted
+        log(f"stopped at iteration {it}, in the final evaluation: {out_dir / checkpoint.LATEST} is saved; "
             f"--resume finishes the run")
-        interrupted = True
+        return True
+
+    full_val = full_bpc = sample = None
+    interrupted = stopped_in_the_final_evaluation()
     if not interrupted:
         full_val = split_loss(model, val_ids, cfg.block_size, world=world)
         full_bpc = full_val * bits_per_char
         log(f"val loss over the whole validation split ({len(val_ids) - 1:,} tokens): {full_val:.4f} nats per "
             f"token, {full_bpc:.4f} bits per character")
+        interrupted = stopped_in_the_final_evaluation()
+    if not interrupted:
         sample = generate_text(model, tokenizer, "\n", cfg.sample_chars if world.rank == 0 else 0)
         if cfg.sample_chars:
             log("sample:\n" + sample)
+        interrupted = stopped_in_the_final_evaluation()
     wall = time.time() - start
     log(f"done in {_fmt_time(wall)}; checkpoints and metrics in {out_dir}")
     return TrainResult(it, best_val, full_val, full_bpc, wall, sample or "", interrupted, out_dir)

@@ -211,5 +211,5 @@ def test_the_command_line_preset_flag_selects_nanogpts_recipe():
     assert config_from(build_parser().parse_args(["train"])) == TrainConfig()  # the command's defaults are Python's
     helps = subprocess.run([sys.executable, "-m", "minigpt", "train", "--help"],
                            capture_output=True, text=True, check=True).stdout
-    assert "default 2800; --preset nanogpt: 2000; GPU: 5000; bigram: 3000" in " ".join(helps.split())
+    assert "default: 2800; --preset nanogpt: 2000; GPU: 5000; bigram: 3000" in " ".join(helps.split())
     assert "--preset {nanogpt}" in helps and "--dtype {float32,float64}" in helps

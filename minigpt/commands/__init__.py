@@ -48,8 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.print_help(sys.stderr)
-        return cli.EXIT_BAD_INPUT
+        parser.error(f"a command is needed: {', '.join(COMMANDS)}")
     return args.run(args)
 
 

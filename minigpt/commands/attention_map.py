@@ -5,7 +5,7 @@
 Writes attention.png into --out_dir (beside the checkpoint file, when one is given there): one panel per head
 (rows: layers, columns: heads). In each panel, row t is the position reading and column s the
 position read from; brighter means more weight. Everything above the diagonal is 0: a position
-never looks at the future. Needs matplotlib (pip install "minigpt[plot]").
+never looks at the future. Needs matplotlib (minigpt's plot extra).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt  # noqa: PLC0415
     except ImportError:
-        raise ValueError('drawing needs matplotlib: pip install "minigpt[plot]"') from None
+        raise ValueError("drawing needs matplotlib: pip install matplotlib (minigpt's plot extra)") from None
     ck = checkpoint.load(args.out_dir)
     if not isinstance(ck.model, nn.GPT):
         raise ValueError(f"{ck.path} holds a {type(ck.model).__name__}, which has no attention")

@@ -64,8 +64,8 @@ CHOICES = {"device": ["cpu", "cuda", "auto"], "model": ["gpt", "bigram"], "dtype
 
 
 def defaults_text(name: str, default: Any) -> str:
-    """"default 1; --preset nanogpt: 4; GPU: 6": the value of each preset where they differ."""
-    parts = [f"default {default}"]
+    """"default: 1; --preset nanogpt: 4; GPU: 6": the value of each preset where they differ."""
+    parts = [f"default: {default}"]
     for label, preset in (("--preset nanogpt", NANOGPT_CPU_PRESET), ("GPU", GPU_PRESET),
                           ("bigram", BIGRAM_PRESET)):
         if name in preset and preset[name] != default:
@@ -78,11 +78,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter  # the defaults are written out below
     p.add_argument("--preset", choices=["nanogpt"], default=None,
                    help="nanogpt: nanoGPT's CPU recipe exactly (4 layers, 128 wide, block 64, batch 12, 2000 "
-                        "iterations, lr 1e-3 -> 1e-4); other flags still override it")
+                        "iterations, lr 1e-3 -> 1e-4); other flags still override it (default: none, the CPU "
+                        "recipe, or the GPU preset with --device cuda)")
     for f in dataclasses.fields(TrainConfig):
         flag, text = f"--{f.name}", FLAG_HELP[f.name]
         if f.name == "resume":
-            p.add_argument(flag, action="store_true", help=text)
+            p.add_argument(flag, action="store_true", help=text + " (default: a new run)")
         elif f.type in (bool, "bool"):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                            help=f"{text} ({defaults_text(f.name, f.default)})")
@@ -105,6 +106,7 @@ def config_from(args: argparse.Namespace) -> TrainConfig:
 
 def run(args: argparse.Namespace) -> int:
     cfg = config_from(args)
+    cfg.validate()  # a bad flag is an error before anything is said about the others
     ignored = ignored_settings(cfg.model, {k: getattr(args, k, None) for k in TrainConfig.__dataclass_fields__})
     if ignored and distributed.launched_rank() == 0:
         warn_on_stderr(f"{', '.join('--' + k for k in ignored)}: the {cfg.model} model has no use for "
@@ -119,7 +121,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"\n{stop['signal']}: stopping after this step, with a checkpoint to --resume from "
                   f"(again to stop at once)", file=sys.stderr)
 
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
-    result = train(cfg, should_stop=lambda: stop["signal"] is not None)
+    before = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        result = train(cfg, should_stop=lambda: stop["signal"] is not None)
+    finally:  # called from Python (a test, a notebook), the caller's handlers come back
+        for s, handler in before.items():
+            signal.signal(s, handler)
     return cli.EXIT_INTERRUPTED if result.interrupted else 0

@@ -4,7 +4,7 @@ A training step allocates and frees the same few megabytes of activations every 
 glibc's malloc hands large freed blocks back to the kernel (munmap, or trimming the heap's top),
 so the next step's arrays are fresh pages that fault in one by one, zeroed by the kernel: hundreds
 of page faults per step of nanoGPT's CPU recipe. Kept in the heap instead, the blocks are simply
-reused (what it saves: docs/performance.md). The reference is simply malloc's default behaviour:
+reused, without the faults or the zeroing. The reference is simply malloc's default behaviour:
 nothing to call.
 """
 

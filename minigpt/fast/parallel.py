@@ -25,8 +25,8 @@ but with nothing to gather: the shards are one block), and no gradient travels t
 numbers are the plain step's: the slots hold what the all-reduce's buffers held, added in rank
 order (for N = 2, a + b, exactly the all-reduce's sum), the squared norms are added in the order
 clip_grads_ adds them, and AdamW's update of an element reads only that element
-(fast.optim.adamw_update), so updating it in a part changes nothing. Measured with
-``python benchmarks/bench_train.py --ranks 2 --ranks-plain`` (README, "Training on all your cores").
+(fast.optim.adamw_update), so updating it in a part changes nothing. Timed against the plain
+all-reduce by ``python benchmarks/bench_train.py --ranks 2 --ranks-plain`` (docs/performance.md).
 
 It runs where :meth:`SharedMemoryStep.start` says it can (else the plain all-reduce serves, and
 start says why): N > 1 ranks, all on this machine, the fast twins on (NumPy, not
