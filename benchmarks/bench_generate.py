@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import minigpt  # noqa: E402
 from bench_train import machine  # noqa: E402
+from minigpt import fast  # noqa: E402
 from minigpt.nn import GPT, GPTConfig  # noqa: E402
 
 
@@ -45,7 +46,7 @@ def main() -> None:
     p.add_argument("--block_size", type=int, default=256)
     args = p.parse_args()
     minigpt.manual_seed(0)
-    model = GPT(GPTConfig(block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head,
+    model = fast.GPT(GPTConfig(block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head,
                           n_embd=args.n_embd)).eval()
     print(f"machine: {machine()}")
     print(f"model: {model.num_params():,} parameters, block {args.block_size}, batch {args.batch}")

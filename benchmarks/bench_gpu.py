@@ -34,7 +34,9 @@ sys.path.insert(0, str(HERE))
 import minigpt  # noqa: E402
 from bench_train import have_torch, make_batches  # noqa: E402
 from minigpt import backend  # noqa: E402
-from minigpt.train import TrainConfig, build_model, build_optimizer, train_step  # noqa: E402
+from minigpt.train import build_model, build_optimizer  # noqa: E402
+from minigpt.training.config import TrainConfig  # noqa: E402
+from minigpt.training.steps import train_step  # noqa: E402
 
 Batch = tuple[np.ndarray, np.ndarray]
 

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_train.py                 # nanoGPT's CPU recipe: 4 layers, 4 heads, 128 wide, block 64, batch 12
     python benchmarks/bench_train.py --rounds 9 --steps 20
-    python benchmarks/bench_train.py --reference     # also the plain reference ops (fast.disabled())
+    python benchmarks/bench_train.py --reference     # also the plain reference (nn.GPT, optim.AdamW)
     python benchmarks/bench_train.py --ranks 2       # also data parallel: mpiexec -n 2, one BLAS thread per rank
 
 Reports, as medians over many steps after warm-up: ms/iter, tokens/s, and the share of the
@@ -22,7 +22,7 @@ on rank 0 after warm-up, between the in-process rounds (pip install -e ".[mpi]")
 from __future__ import annotations
 
 import argparse
-import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -43,7 +43,9 @@ sys.path.insert(0, str(HERE))
 import minigpt  # noqa: E402
 from minigpt import distributed, fast, optim  # noqa: E402
 from minigpt.nn import GPT, GPTConfig  # noqa: E402
-from minigpt.train import TrainConfig, build_optimizer, data_parallel_step, parallel_train_step  # noqa: E402
+from minigpt.train import build_optimizer  # noqa: E402
+from minigpt.training.config import TrainConfig  # noqa: E402
+from minigpt.training.steps import data_parallel_step, parallel_train_step  # noqa: E402
 
 
 def have_torch() -> bool:
@@ -72,27 +74,25 @@ class MinigptStep:
         # as minigpt.train does; process-wide, so PyTorch's steps in this process gain from it too
         fast.keep_freed_memory()
         minigpt.manual_seed(0)
-        self.model = GPT(model_cfg)
-        self.opt = build_optimizer(self.model, cfg)
+        self.model = GPT(model_cfg) if reference else fast.GPT(model_cfg)  # as minigpt.train.build_model
+        self.opt = build_optimizer(self.model, dataclasses.replace(cfg, reference=reference))
         self.cfg = cfg
-        self.reference = reference
         if reference:
-            self.name = "reference"  # the plain ops of minigpt.functional / optim (fast.disabled())
+            self.name = "reference"  # the plain reference: nn.GPT and optim.AdamW
 
     def __call__(self, x, y) -> float:
-        with fast.disabled() if self.reference else contextlib.nullcontext():
-            _, loss = self.model(x, y)
-            self.opt.zero_grad()
-            loss.backward()
-            optim.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-            self.opt.step()
+        _, loss = self.model(x, y)
+        self.opt.zero_grad()
+        loss.backward()
+        optim.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.opt.step()
         return loss.item()
 
 
 class ParallelStep(MinigptStep):
     """MinigptStep on this rank's share of each global batch (run under mpiexec, one per rank): the
-    step a training run takes (train.data_parallel_step: on one machine, fast.SharedMemoryStep), or
-    with ``plain`` the plain all-reduce of every gradient (train.parallel_train_step)."""
+    step a training run takes (training.steps.data_parallel_step: on one machine, fast.SharedMemoryStep),
+    or with ``plain`` the plain all-reduce of every gradient (training.steps.parallel_train_step)."""
 
     def __init__(self, cfg: TrainConfig, model_cfg: GPTConfig, world: distributed.World, plain: bool = False):
         super().__init__(cfg, model_cfg)
@@ -254,7 +254,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="PyTorch intra-op threads")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
-    p.add_argument("--reference", action="store_true", help="also time the reference ops (fast.disabled())")
+    p.add_argument("--reference", action="store_true", help="also time the plain reference (nn.GPT, optim.AdamW)")
     p.add_argument("--ranks", type=int, default=1, help="also time data parallelism over this many MPI ranks")
     p.add_argument("--ranks-plain", action="store_true",
                    help="with --ranks, also time the plain all-reduce step (without fast.SharedMemoryStep)")

@@ -61,7 +61,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--reference", action="store_true", help="profile the reference ops (fast.disabled())")
+    p.add_argument("--reference", action="store_true", help="profile the plain reference (nn.GPT, optim.AdamW)")
     args = p.parse_args()
     cfg, mcfg = configs()
     batches = make_batches(cfg, args.steps + args.warmup)

@@ -31,7 +31,7 @@ from torch_gpt import TorchGPT, adamw_like_nanogpt  # noqa: E402
 from minigpt.data import CharTokenizer, get_batch, load_source, train_val_split  # noqa: E402
 from minigpt.nn import GPTConfig  # noqa: E402
 from minigpt.optim import cosine_lr  # noqa: E402
-from minigpt.train import TrainConfig  # noqa: E402
+from minigpt.training.config import TrainConfig  # noqa: E402
 
 
 def main() -> None:

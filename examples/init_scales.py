@@ -21,7 +21,7 @@ import numpy as np
 import minigpt
 from minigpt import checkpoint, cli, nn
 from minigpt.data import CharTokenizer, get_batch, load_text, train_val_split
-from minigpt.train import NANOGPT_CPU_PRESET  # the shape the derivations quote: 4 x 128
+from minigpt.training.config import NANOGPT_CPU_PRESET  # the shape the derivations quote: 4 x 128
 
 # Shape letters: B batch, T time, C channels, nh heads, hs head size.
 

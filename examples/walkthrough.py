@@ -41,7 +41,7 @@ from minigpt import Tensor, cli, nn, optim
 from minigpt import functional as F
 from minigpt.data import CharTokenizer, get_batch, load_source, train_val_split
 from minigpt.nn.gpt import generate_loop
-from minigpt.train import split_loss
+from minigpt.training.evaluate import split_loss
 
 # Shape letters: B batch, T time, C channels (n_embd), V vocab, nh heads, hs head size.
 BLOCK_SIZE, BATCH_SIZE, N_EMBD, N_HEAD, N_LAYER = 32, 16, 64, 4, 4

@@ -23,7 +23,7 @@ from minigpt.backend import available_devices, get_array_module, manual_seed
 from minigpt.gradcheck import GradcheckError, gradcheck
 from minigpt.ops import cat
 from minigpt.tensor import Tensor, is_grad_enabled, no_grad
-from minigpt.train import TrainConfig
+from minigpt.training.config import TrainConfig
 
 __version__ = "0.1.0"
 

@@ -237,3 +237,13 @@ def _abort_on_uncaught(kind: type, error: BaseException, tb: Any) -> None:
     sys.__excepthook__(kind, error, tb)
     if _world is not None:
         _world.abort(1)
+
+
+def optimizer_order(optimizer: Any, params: Iterable[Tensor]) -> list[Tensor]:
+    """The optimizer's parameters, group by group, then those of ``params`` it does not hold. Packed
+    in this order into a data-parallel step's flat gradient buffer (distributed.py, fast/parallel.py),
+    each group's gradients come back as one consecutive piece of it, which fast.AdamW updates from
+    without copying them into a buffer of its own."""
+    ordered = [p for group in optimizer.param_groups for p in group["params"]]
+    known = {id(p) for p in ordered}
+    return ordered + [p for p in params if id(p) not in known]

@@ -60,8 +60,6 @@ class Embedding(Function):
     idx gets no gradient. Saves idx (the int array, *).
     """
 
-    fresh_output = True  # a new array, not saved
-
     def forward(self, idx: Any, weight: Any) -> Any:
         idx = checked_indices(idx, weight.shape[0], "embedding indices")
         idx = backend.move(idx, backend.device_of(weight))  # checked where they were, now beside weight
@@ -93,8 +91,6 @@ class Linear(Function):
         db = sum_n dy[n]                        -> (out,)
     Saves x and W (references, no copies).
     """
-
-    fresh_output = True  # a new array, not saved
 
     def forward(self, x: Any, weight: Any, bias: Any = None) -> Any:
         self.saved = (x, weight)
@@ -152,13 +148,18 @@ class Softmax(Function):
     dx = y * (dy - sum(y * dy)) along ``axis``. Saves y (same shape as x).
     """
 
+    # the math on arrays, the two functions above; fast.Softmax swaps in its own pair
+    forward_fn = staticmethod(softmax_forward)
+    backward_fn = staticmethod(softmax_backward)
+
     def forward(self, x: Any, axis: int = -1) -> Any:
         self.axis = axis
-        self.saved = softmax_forward(x, axis)
+        self.saved = self.forward_fn(x, axis)
         return self.saved
 
     def backward(self, dy: Any) -> Any:
-        return softmax_backward(self.saved, dy, self.axis)
+        # forward: y = softmax(x)  =>  dx = y * (dy - sum(y * dy))
+        return self.backward_fn(self.saved, dy, self.axis)
 
 
 def softmax(x: Tensor, axis: int = -1) -> Tensor:
@@ -190,6 +191,7 @@ class LogSoftmax(Function):
         return self.saved
 
     def backward(self, dy: Any) -> Any:
+        # forward: y = x - logsumexp(x)  =>  dx = dy - softmax(x) * sum(dy), softmax(x) = exp(y)
         xp = backend.get_array_module(dy)
         return dy - xp.exp(self.saved) * dy.sum(axis=self.axis, keepdims=True)
 
@@ -212,8 +214,6 @@ class CrossEntropy(Function):
     ``reduction`` "sum" drops the 1/M; "none" returns the per-row losses (shape of targets).
     No target counted gives NaN for "mean", as torch does. Saves logp (N, V) and the targets.
     """
-
-    fresh_output = True  # a new array, not saved
 
     def forward(self, logits: Any, targets: Any, ignore_index: int = -100,
                 reduction: str = "mean") -> Any:
@@ -306,7 +306,6 @@ class LayerNorm(Function):
             y = y + bias
         self.saved = (xhat, rstd, weight)
         self.has_bias = bias is not None
-        self.fresh_output = y is not xhat  # without weight and bias, y is the saved xhat
         return y
 
     def backward(self, dy: Any) -> tuple[Any, Any, Any]:
@@ -343,8 +342,6 @@ class GELU(Function):
         dx = dy * gelu′(x)
     Saves x (the backward recomputes tanh u from it).
     """
-
-    fresh_output = True  # a new array, not saved
 
     def forward(self, x: Any) -> Any:
         xp = backend.get_array_module(x)
@@ -386,13 +383,12 @@ class Dropout(Function):
     dx = dy * mask. Saves mask (shape of x).
     """
 
-    fresh_output = True  # a new array, not saved
-
     def forward(self, x: Any, p: float) -> Any:
         self.saved = dropout_mask(x, p)
         return x * self.saved
 
     def backward(self, dy: Any) -> Any:
+        # forward: y = x * mask  =>  dx = dy * mask
         return dy * self.saved
 
 
@@ -441,8 +437,6 @@ class ScaledDotProductAttention(Function):
     and v shared by every head, say); each gradient is then summed back to its input's shape.
     Saves q, k, v, att (B, nh, T, S) and, with dropout, its mask (B, nh, T, S).
     """
-
-    fresh_output = True  # a new array, not saved
 
     def forward(self, q: Any, k: Any, v: Any, is_causal: bool = True, dropout_p: float = 0.0,
                 scale: float | None = None) -> Any:

@@ -20,8 +20,6 @@ def _shape(x: Any) -> tuple[int, ...]:
 class Add(Function):
     """y = a + b.   da = dy, db = dy (each summed back to its input's shape)."""
 
-    fresh_output = True  # a new array, not saved
-
     def forward(self, a: Any, b: Any) -> Any:
         self.shapes = (_shape(a), _shape(b))
         return a + b
@@ -32,8 +30,6 @@ class Add(Function):
 
 class Sub(Function):
     """y = a - b.   da = dy, db = -dy."""
-
-    fresh_output = True  # a new array, not saved
 
     def forward(self, a: Any, b: Any) -> Any:
         self.shapes = (_shape(a), _shape(b))
@@ -46,8 +42,6 @@ class Sub(Function):
 
 class Mul(Function):
     """y = a * b.   da = dy * b, db = dy * a.   Saves a and b."""
-
-    fresh_output = True  # a new array, not saved
 
     def forward(self, a: Any, b: Any) -> Any:
         self.saved = (a, b)
@@ -79,8 +73,6 @@ class Div(Function):
 class Neg(Function):
     """y = -x.   dx = -dy."""
 
-    fresh_output = True  # a new array, not saved
-
     def forward(self, x: Any) -> Any:
         return -x
 
@@ -93,8 +85,6 @@ class Pow(Function):
 
     For p = 0, y = 1 whatever x is, so dx = 0 (as torch), even at x = 0 where the formula
     would give 0 * inf = NaN."""
-
-    fresh_output = True  # a new array, not saved
 
     def forward(self, x: Any, exponent: float) -> Any:
         self.saved, self.p = x, exponent
@@ -116,8 +106,6 @@ class MatMul(Function):
     is a row (a) or a column (b) vector whose size-1 axis matmul drops from y: backward puts
     that axis back into dy first (vector @ vector gives a 0-d y, so dy gets both). Saves a and b.
     """
-
-    fresh_output = True  # a new array, not saved
 
     def forward(self, a: Any, b: Any) -> Any:
         self.saved = (a, b)
@@ -246,8 +234,6 @@ class Exp(Function):
 class Log(Function):
     """y = log(x).   dx = dy / x.   Saves x."""
 
-    fresh_output = True  # a new array, not saved
-
     def forward(self, x: Any) -> Any:
         self.saved = x
         return backend.get_array_module(x).log(x)
@@ -310,8 +296,6 @@ class To(Function):
 
 class Concatenate(Function):
     """y = the inputs side by side along ``axis``.   Each input's gradient is its own slice of dy."""
-
-    fresh_output = True  # a new array, not saved
 
     def forward(self, *arrays: Any, axis: int = -1) -> Any:
         xp = backend.get_array_module(arrays[0])

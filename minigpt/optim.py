@@ -126,30 +126,25 @@ class AdamW:
         self.state = new_state
 
 
-def clip_grad_norm_(params: Iterable[Tensor] | Tensor, max_norm: float, norm_type: float = 2.0) -> float:
+def clip_grad_norm_(params: Iterable[Tensor] | Tensor, max_norm: float, norm_type: float = 2.0, *,
+                    read_back: bool = True) -> Any:
     """Scale all gradients together so that their global norm is at most ``max_norm``.
 
     total = (sum over every gradient element of |g|^norm_type)^(1/norm_type)
-    (the max of |g| for norm_type inf); gradients are multiplied by
-    min(1, max_norm / (total + 1e-6)), as torch (a NaN or inf gradient makes every gradient NaN,
-    as torch's). Returns ``total`` before clipping, as a float (reading it back stops a GPU until
-    it is known: the training loop uses :func:`clip_grads_`).
-    """
-    total = clip_grads_(params, max_norm, norm_type)
-    return 0.0 if total is None else float(total)
+    (the max of |g| for norm_type inf); every gradient is multiplied by
+    min(1, max_norm / (total + 1e-6)), as torch. A NaN gradient makes the factor, and so every
+    gradient, NaN; an infinite one makes the factor 0, so every other gradient becomes 0 and the
+    infinite entries NaN (inf · 0), as torch's. Returns ``total`` before clipping, as a float.
 
-
-def clip_grads_(params: Iterable[Tensor] | Tensor, max_norm: float, norm_type: float = 2.0) -> Any:
-    """:func:`clip_grad_norm_` without reading anything back: returns the total norm as a 0-d
-    array on the gradients' device (None when no parameter has a gradient).
-
-    The clip factor is computed on the device too, and every gradient multiplied by it, 1.0
-    included (x * 1.0 == x exactly), so a GPU never waits for the host to decide whether to clip.
-    The squared norms add up in float64, one parameter after another: exactly as a Python sum
-    of floats, so the numbers of a CPU run are the ones the float version gave."""
+    ``read_back=False`` returns it as a 0-d array on the gradients' device instead (None when no
+    parameter has a gradient): reading a GPU's value stops the host until the GPU gets there, so
+    the training loop does not. The factor is computed on the device too, and every gradient
+    multiplied by it, 1.0 included (x · 1.0 == x exactly), so nothing waits to decide whether to
+    clip. The squared norms add up in float64, one parameter after another: exactly as a Python
+    sum of floats would."""
     grads = [p.grad for p in iter_tensors(params) if p.grad is not None]
     if not grads:
-        return None
+        return 0.0 if read_back else None
     xp = backend.get_array_module(grads[0])
     if norm_type == math.inf:
         per_param = [xp.abs(g).max() for g in grads]
@@ -167,17 +162,7 @@ def clip_grads_(params: Iterable[Tensor] | Tensor, max_norm: float, norm_type: f
         if g.dtype not in factor:
             factor[g.dtype] = coef.astype(g.dtype)
         g *= factor[g.dtype]
-    return total
-
-
-def optimizer_order(optimizer: AdamW, params: Iterable[Tensor]) -> list[Tensor]:
-    """The optimizer's parameters, group by group, then those of ``params`` it does not hold. Packed
-    in this order into a data-parallel step's flat gradient buffer (distributed.py, fast/parallel.py),
-    each group's gradients come back as one consecutive piece of it, which fast.AdamW updates from
-    without copying them into a buffer of its own."""
-    ordered = [p for group in optimizer.param_groups for p in group["params"]]
-    known = {id(p) for p in ordered}
-    return ordered + [p for p in params if id(p) not in known]
+    return float(total) if read_back else total
 
 
 def clip_coefficient(total: Any, max_norm: float) -> Any:

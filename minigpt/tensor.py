@@ -103,7 +103,6 @@ class Tensor:
     def __init__(self, data: Any, requires_grad: bool = False, device: str | None = None,
                  dtype: Any = None) -> None:
         if isinstance(data, Tensor):
-            data._unshared = False  # the new tensor may share its array
             data = data.data
         if device is None:
             device = backend.device_of(data)
@@ -121,14 +120,13 @@ class Tensor:
         self.grad: Any = None
         self.requires_grad = bool(requires_grad)
         self._ctx: Function | None = None  # the op that made this tensor (None for leaves)
-        self._unshared = False  # see the property unshared
 
     @classmethod
     def _wrap(cls, data: Any) -> Tensor:
         """A Tensor around an op's output array, without __init__'s conversions."""
         t = cls.__new__(cls)
         t.data = backend.ensure_array(data)
-        t.grad, t.requires_grad, t._ctx, t._unshared = None, False, None, False
+        t.grad, t.requires_grad, t._ctx = None, False, None
         return t
 
     # ------------------------------------------------------------------ basic attributes
@@ -138,16 +136,6 @@ class Tensor:
     device = property(lambda self: backend.device_of(self.data))
     size = property(lambda self: self.data.size)
     is_leaf = property(lambda self: self._ctx is None)
-
-    @property
-    def unshared(self) -> bool:
-        """Whether an in-place op may write over this tensor's array: True only for the fresh
-        output of an op that keeps no reference to it (``Function.fresh_output``), as long as no
-        other op has used this tensor as an input (which may have saved it for backward, or made
-        a view of it) and no ``detach()`` shares it. Never for a leaf: a parameter or a tensor the
-        caller made. (Reading ``.data`` directly is not tracked: a caller who keeps the array of a
-        tensor it hands to an in-place op sees it change.)"""
-        return self._unshared
 
     def __repr__(self) -> str:
         grad = ", requires_grad=True" if self.requires_grad else ""
@@ -169,7 +157,6 @@ class Tensor:
 
     def detach(self) -> Tensor:
         """The same data, cut off from the graph."""
-        self._unshared = False  # the detached tensor shares the array
         return Tensor(self.data)
 
     @property
@@ -273,16 +260,6 @@ class Function:
     inputs: tuple[Tensor | None, ...]
     needs_input_grad: tuple[bool, ...]
     saved: Any = None
-    # True when forward returns a new array that shares memory with no input and that the op
-    # does not keep (not saved for backward): an in-place op may then write over it (see
-    # Tensor.unshared). False, the safe default, for views and for outputs saved for backward
-    # (exp, tanh, softmax). An op may set it per call in forward. tests/test_edges.py checks
-    # every op that says True.
-    fresh_output: bool = False
-    # For an op whose forward takes ``inplace=True`` (the fast GELU, the residual add): the index
-    # of the input it then writes its output over. ``apply`` grants the request only when that
-    # input is ``unshared``, and otherwise passes inplace=False: one check, here, for every op.
-    writes_over: int | None = None
 
     @classmethod
     def apply(cls, *args: Any, **options: Any) -> Tensor:
@@ -291,14 +268,7 @@ class Function:
         tensors = tuple(a if isinstance(a, Tensor) else None for a in args)
         ctx.needs_input_grad = tuple(_grad_enabled and t is not None and t.requires_grad for t in tensors)
         arrays = [t.data if t is not None else a for t, a in zip(tensors, args)]
-        if options.get("inplace"):
-            target = tensors[cls.writes_over] if cls.writes_over is not None else None
-            options["inplace"] = target is not None and target.unshared
-        for t in tensors:
-            if t is not None:
-                t._unshared = False  # this op may keep t's array (saved for backward, or a view)
         out = Tensor._wrap(ctx.forward(*arrays, **options))
-        out._unshared = ctx.fresh_output
         if _grad_enabled and any(ctx.needs_input_grad):
             out.requires_grad = True
             out._ctx = ctx

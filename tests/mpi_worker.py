@@ -37,8 +37,9 @@ from minigpt import backend, checkpoint, cli, distributed, fast, nn
 from minigpt import train as train_module
 from minigpt.data import get_batch
 from minigpt.tensor import Tensor
-from minigpt.train import (TrainConfig, build_model, build_optimizer, data_parallel_step, parallel_train_step, train,
-                           train_step)
+from minigpt.train import build_model, build_optimizer, train
+from minigpt.training.config import TrainConfig
+from minigpt.training.steps import data_parallel_step, parallel_train_step, train_step
 
 STEPS, BATCH, BLOCK = 5, 6, 8
 
@@ -132,7 +133,7 @@ class Odd(nn.Module):
     rows (rank 1 has no gradient for it), ``c`` by every rank but outside the optimizer (clipped,
     never updated), ``d`` by nobody (no gradient anywhere: AdamW leaves it and its step count
     alone), ``e`` frozen (requires_grad False) in the middle of an optimizer group. ``f``, in the
-    optimizer but not in the model, is not clipped (clip_grads_ clips the model's parameters)."""
+    optimizer but not in the model, is not clipped (the clip takes the model's parameters)."""
 
     def __init__(self, rank: int) -> None:
         super().__init__()

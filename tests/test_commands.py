@@ -13,8 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minigpt import backend, checkpoint, cli, commands, train as training
-from minigpt.train import TrainConfig, overfitting, read_metrics, train
+from minigpt import backend, checkpoint, cli, commands
+from minigpt.train import train
+from minigpt.training.config import TrainConfig, ignored_settings, resolve_device, resume_config
+from minigpt.training.metrics import overfitting, read_metrics
 from tests import fakecupy
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,8 +102,8 @@ def test_a_flag_the_bigram_model_ignores_is_named(tmp_path, capsys):
     err = capsys.readouterr().err
     assert status == 0
     assert "warning: --n_layer, --dropout: the bigram model has no use for these settings (ignored)" in err
-    assert training.ignored_settings("gpt", {"n_layer": 4}) == []
-    assert training.ignored_settings("bigram", {"n_layer": None, "block_size": 8}) == []
+    assert ignored_settings("gpt", {"n_layer": 4}) == []
+    assert ignored_settings("bigram", {"n_layer": None, "block_size": 8}) == []
 
 
 def test_no_matplotlib_is_a_warning_and_no_picture(tmp_path, monkeypatch):
@@ -148,7 +150,7 @@ def test_metrics_time_and_bits_per_character_continue_across_resume(tmp_path):
     before = read_metrics(out / "metrics.csv")
     state = checkpoint.read_state(out / "latest.npz")
     assert state["elapsed_s"] >= float(before[-1]["elapsed_s"]) - 0.05  # metrics.csv rounds to 0.1 s
-    done = train(training.resume_config(out), log=quiet, warn=quiet)
+    done = train(resume_config(out), log=quiet, warn=quiet)
     after = read_metrics(out / "metrics.csv")
     assert [r["iter"] for r in after] == ["0", "10", "20", "30"] and after[:2] == before
     times = [float(r["elapsed_s"]) for r in after]
@@ -166,7 +168,7 @@ def test_a_stop_during_the_last_step_saves_and_exits_as_interrupted(tmp_path):
     assert result.interrupted and result.full_val_loss is None  # no whole-split evaluation after Ctrl-C
     assert checkpoint.read_state(out / "latest.npz")["iter_num"] == 6
     assert [r["iter"] for r in read_metrics(out / "metrics.csv")] == ["0", "3"]
-    resumed = train(training.resume_config(out), log=quiet, warn=quiet)  # the final evaluation, no step
+    resumed = train(resume_config(out), log=quiet, warn=quiet)  # the final evaluation, no step
     assert not resumed.interrupted and resumed.iterations == 6 and resumed.full_val_loss is not None
     straight = train(TrainConfig.preset(out_dir=str(tmp_path / "straight"), max_iters=6, eval_interval=3, **TINY),
                      log=quiet, warn=quiet)
@@ -232,7 +234,7 @@ def driver_only_gpu():
 
 def test_auto_falls_back_to_the_cpu_saying_why(driver_only_gpu):
     warnings = []
-    assert training.resolve_device("auto", warnings.append) == "cpu"
+    assert resolve_device("auto", warnings.append) == "cpu"
     assert len(warnings) == 1 and "libnvrtc.so.12" in warnings[0] and "cupy-cuda12x[ctk]" in warnings[0]
     assert TrainConfig.preset(device="auto").n_layer == 1  # and so the CPU preset
     assert backend.available_devices() == ["cpu"]
@@ -240,7 +242,7 @@ def test_auto_falls_back_to_the_cpu_saying_why(driver_only_gpu):
 
 def test_cuda_fails_at_once_with_the_reason(driver_only_gpu, capsys):
     with pytest.raises(backend.DeviceError, match="cannot run a kernel.*libnvrtc"):
-        training.resolve_device("cuda")
+        resolve_device("cuda")
     status = cli.run(lambda: commands.main(["train", "--device", "cuda"]))
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and len(err) == 1 and "libnvrtc.so.12" in err[0]
@@ -251,7 +253,7 @@ def test_a_gpu_that_runs_its_kernels_is_chosen():
     try:
         with fakecupy.installed():
             warnings = []
-            assert training.resolve_device("auto", warnings.append) == "cuda" and warnings == []
+            assert resolve_device("auto", warnings.append) == "cuda" and warnings == []
     finally:
         backend.forget_kernel_probe()
 
@@ -262,7 +264,7 @@ def test_the_kernel_probe_fails_on_a_wrong_result(monkeypatch):
         with fakecupy.installed():
             monkeypatch.setattr(fakecupy.ndarray, "__matmul__", lambda a, b: a)  # a broken product
             with pytest.raises(backend.DeviceError, match="computed 18.0 instead of 34.0"):
-                training.resolve_device("cuda")
+                resolve_device("cuda")
     finally:
         backend.forget_kernel_probe()
 

@@ -22,7 +22,9 @@ import pytest
 import mpi_worker
 from minigpt import backend, checkpoint, distributed, optim
 from minigpt.tensor import Tensor
-from minigpt.train import TrainConfig, read_metrics, train
+from minigpt.train import train
+from minigpt.training.config import TrainConfig
+from minigpt.training.metrics import read_metrics
 
 pytest.importorskip("mpi4py", reason="the mpi extra is not installed (pip install -e \".[mpi]\")")
 
@@ -98,11 +100,12 @@ def test_adamw_updates_straight_from_the_all_reduce_buffer():
 
     from minigpt.fast import optim as fast_optim
     from minigpt.nn import GPT, GPTConfig
-    from minigpt.train import build_optimizer, parallel_train_step
+    from minigpt.train import build_optimizer
+    from minigpt.training.steps import parallel_train_step
 
     model = GPT(GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=8))
     optimizer = build_optimizer(model, TrainConfig())
-    order = optim.optimizer_order(optimizer, model.parameters())
+    order = distributed.optimizer_order(optimizer, model.parameters())
     assert [id(p) for p in order] == [id(p) for g in optimizer.param_groups for p in g["params"]]
     assert {id(p) for p in order} == {id(p) for p in model.parameters()}
     world = distributed.World(SumOfTwoEqualRanks())
@@ -133,7 +136,7 @@ def test_parameters_outside_the_optimizer_are_packed_after_its_own():
 
     model = Two()
     optimizer = optim.AdamW([{"params": [model.c]}, {"params": [model.a]}])
-    assert [id(p) for p in optim.optimizer_order(optimizer, model.parameters())] == [id(model.c), id(model.a),
+    assert [id(p) for p in distributed.optimizer_order(optimizer, model.parameters())] == [id(model.c), id(model.a),
                                                                                     id(model.b)]
 
 
@@ -198,7 +201,7 @@ def test_the_shared_memory_step_is_the_step_of_one_process(tmp_path, one_process
 
 
 def test_the_shared_memory_step_of_two_ranks_is_the_all_reduce_bit_for_bit(tmp_path):
-    # slot 0 + slot 1 is the all-reduce's a + b; the squared norms add up in clip_grads_'s order
+    # slot 0 + slot 1 is the all-reduce's a + b; the squared norms add up in clip_grad_norm_'s order
     shared = two_rank_steps(tmp_path / "shared", shared=True)
     plain = two_rank_steps(tmp_path / "plain")
     assert shared[0] == plain[0]
@@ -225,7 +228,7 @@ def odd(tmp_path_factory):
 def test_the_shared_memory_step_takes_the_all_reduce_step_bit_for_bit(odd, model):
     # odd: a parameter used by one rank, one by nobody, one outside the optimizer, one frozen in
     # the middle of a group, one in the optimizer outside the model; ordered: squared norms whose
-    # sum depends on the order they are added in (clip_grads_ adds them in the model's order)
+    # sum depends on the order they are added in (clip_grad_norm_ adds them in the model's order)
     plain = sorted(k for k in odd if k.startswith(f"{model}.plain."))
     assert {k.replace(".plain.", ".shared.", 1) for k in plain} == {k for k in odd if k.startswith(f"{model}.shared.")}
     for k in plain:

@@ -13,7 +13,10 @@ import pytest
 from minigpt import backend, checkpoint, fast, nn
 from minigpt.fast import optim as fast_optim
 from minigpt.data import CharTokenizer
-from minigpt.train import TrainConfig, read_metrics, resolve_device, resume_config, split_loss, train
+from minigpt.train import train
+from minigpt.training.config import TrainConfig, resolve_device, resume_config
+from minigpt.training.evaluate import split_loss
+from minigpt.training.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -189,7 +192,7 @@ def test_command_lines_train_and_sample(tmp_path, shakespeare_path):
 
 def test_generated_text_is_sampled_without_dropout():
     import minigpt
-    from minigpt.train import generate_text
+    from minigpt.training.evaluate import generate_text
 
     tok = CharTokenizer.from_text("abcdefgh\n")
     m = nn.GPT(nn.GPTConfig(block_size=8, vocab_size=tok.vocab_size, n_layer=1, n_head=2, n_embd=8, dropout=0.5))
@@ -213,3 +216,13 @@ def test_the_command_line_preset_flag_selects_nanogpts_recipe():
                            capture_output=True, text=True, check=True).stdout
     assert "default: 2800; --preset nanogpt: 2000; GPU: 5000; bigram: 3000" in " ".join(helps.split())
     assert "--preset {nanogpt}" in helps and "--dtype {float32,float64}" in helps
+
+
+def test_the_model_and_optimizer_are_chosen_where_they_are_built():
+    from minigpt import fast, optim  # noqa: PLC0415
+    from minigpt.train import build_model, build_optimizer  # noqa: PLC0415
+
+    for reference, (model_type, optimizer_type) in ((False, (fast.GPT, fast.AdamW)), (True, (nn.GPT, optim.AdamW))):
+        cfg = TrainConfig.preset(reference=reference)
+        model = build_model(cfg, 65)
+        assert type(model) is model_type and type(build_optimizer(model, cfg)) is optimizer_type

@@ -10,7 +10,7 @@ import pytest
 
 from minigpt import nn
 from minigpt import functional as F
-from minigpt.train import plot_metrics
+from minigpt.training.metrics import plot_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "examples"))

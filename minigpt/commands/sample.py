@@ -13,7 +13,9 @@ from pathlib import Path
 
 import minigpt
 from minigpt import checkpoint
-from minigpt.train import generate_text, resolve_device, warn_on_stderr
+from minigpt.training.config import resolve_device
+from minigpt.training.evaluate import generate_text
+from minigpt.training.metrics import warn_on_stderr
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -22,8 +22,10 @@ import sys
 from typing import Any
 
 from minigpt import cli, distributed
-from minigpt.train import (BIGRAM_PRESET, GPU_PRESET, NANOGPT_CPU_PRESET, TrainConfig, ignored_settings,
-                           resume_config, train, warn_on_stderr)
+from minigpt.train import train
+from minigpt.training.config import (BIGRAM_PRESET, GPU_PRESET, NANOGPT_CPU_PRESET, TrainConfig, ignored_settings,
+                                     resume_config)
+from minigpt.training.metrics import warn_on_stderr
 
 # one line per setting; the defaults of each preset are added from the presets themselves
 FLAG_HELP = {

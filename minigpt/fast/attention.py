@@ -16,7 +16,7 @@ import math
 from typing import Any
 
 from minigpt import backend
-from minigpt import functional as ref
+from minigpt import functional as reference
 from minigpt.fast import tiling
 from minigpt.fast.functional import softmax_backward, softmax_forward
 from minigpt.tensor import Function, Tensor
@@ -31,7 +31,7 @@ def additive_causal_mask(T: int, S: int, xp: Any, dtype: Any) -> Any:
     does what the reference's where(causal_mask, scores, -inf) does, in place. Cached."""
     key = (T, S, xp.__name__, str(dtype))
     if key not in _MASKS:
-        _MASKS[key] = xp.where(ref.causal_mask(T, S, xp), 0.0, -math.inf).astype(dtype)
+        _MASKS[key] = xp.where(reference.causal_mask(T, S, xp), 0.0, -math.inf).astype(dtype)
     return _MASKS[key]
 
 
@@ -103,7 +103,7 @@ def attention_forward(q: Any, k: Any, v: Any, is_causal: bool, dropout_p: float,
     T, S = q.shape[-2], k.shape[-2]
     att = xp.empty(q.shape[:-2] + (T, S), dtype=q.dtype)  # (B, nh, T, S)
     y = xp.empty(q.shape[:-1] + (v.shape[-1],), dtype=q.dtype)  # (B, nh, T, hs)
-    drop = ref.dropout_mask(att, dropout_p) if dropout_p > 0.0 else None
+    drop = reference.dropout_mask(att, dropout_p) if dropout_p > 0.0 else None
     mask = additive_causal_mask(T, S, xp, att.dtype) if is_causal else None
     tiles = batch_tiles(xp, att.shape)
     scores = xp.empty_like(att[tiles[0]])  # one tile's scores; softmax writes att
@@ -155,7 +155,7 @@ def attention_backward(dy: Any, q: Any, k: Any, v: Any, att: Any, drop: Any, sca
     return dq, dk, dv
 
 
-class ScaledDotProductAttention(ref.ScaledDotProductAttention):
+class ScaledDotProductAttention(reference.ScaledDotProductAttention):
     """Twin of ``functional.ScaledDotProductAttention``: the same forward and backward, run per
     batch tile (attention_forward / attention_backward above). Saves q, k, v, att (B, nh, T, S)
     and, with dropout, its mask.
@@ -181,7 +181,7 @@ class ScaledDotProductAttention(ref.ScaledDotProductAttention):
 def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, is_causal: bool = True,
                                  dropout_p: float = 0.0, scale: float | None = None) -> Tensor:
     """Twin of ``functional.scaled_dot_product_attention``."""
-    ref.check_p(dropout_p)
+    reference.check_p(dropout_p)
     return ScaledDotProductAttention.apply(q, k, v, is_causal=is_causal, dropout_p=dropout_p, scale=scale)
 
 
@@ -199,12 +199,10 @@ class CausalSelfAttentionQKV(Function):
     together. Saves qkv and att (B, nh, T, T) (plus the dropout mask).
     """
 
-    fresh_output = True  # y (the merged heads) is a new array, not saved
-
     def forward(self, qkv: Any, n_head: int, dropout_p: float = 0.0) -> Any:
         B, T, C3 = qkv.shape
         C = C3 // 3
-        q, k, v = ref.split_heads(qkv, n_head)  # 3 × (B, nh, T, hs), views
+        q, k, v = reference.split_heads(qkv, n_head)  # 3 × (B, nh, T, hs), views
         self.scale = 1.0 / math.sqrt(C // n_head)
         y, att, drop = attention_forward(q, k, v, True, dropout_p, self.scale)
         self.saved = (qkv, att, drop)
@@ -216,16 +214,16 @@ class CausalSelfAttentionQKV(Function):
         xp = backend.get_array_module(dy)
         B, T, C3 = qkv.shape
         nh, hs = self.n_head, C3 // 3 // self.n_head
-        q, k, v = ref.split_heads(qkv, nh)
+        q, k, v = reference.split_heads(qkv, nh)
         # forward: y = merged heads  =>  dy viewed per head
         dy_heads = dy.reshape(B, T, nh, hs).transpose(0, 2, 1, 3)  # (B, nh, T, hs)
         dqkv = xp.empty((B, T, C3), dtype=qkv.dtype)
-        dq, dk, dv = ref.split_heads(dqkv, nh)  # views: dq, dk, dv are written straight in
+        dq, dk, dv = reference.split_heads(dqkv, nh)  # views: dq, dk, dv are written straight in
         attention_backward(dy_heads, q, k, v, att, drop, self.scale, out=(dq, dk, dv))
         return dqkv
 
 
 def causal_self_attention(qkv: Tensor, n_head: int, dropout_p: float = 0.0) -> Tensor:
     """Causal multi-head attention from packed qkv (B, T, 3C) to merged heads (B, T, C)."""
-    ref.check_p(dropout_p)
+    reference.check_p(dropout_p)
     return CausalSelfAttentionQKV.apply(qkv, n_head=n_head, dropout_p=dropout_p)

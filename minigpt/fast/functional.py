@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from minigpt import backend
-from minigpt import functional as ref
+from minigpt import functional as reference
 from minigpt.fast import tiling
 from minigpt.fast.reductions import column_sum, row_max, row_mean, row_sum
 from minigpt.tensor import Function, Tensor, unbroadcast
@@ -28,7 +28,7 @@ def scatter_add(dweight: Any, idx: Any, rows: Any) -> Any:
     return dweight
 
 
-class Embedding(ref.Embedding):
+class Embedding(reference.Embedding):
     """Twin of ``functional.Embedding``: the backward's scatter-add as one matrix product.
 
     dweight = onehot(idx)ᵀ @ dout, (V, N) @ (N, C): BLAS instead of add.at's element-by-element
@@ -55,7 +55,7 @@ def embedding(idx: Any, weight: Tensor) -> Tensor:
 
 
 # ----------------------------------------------------------------------------- linear
-class Linear(ref.Linear):
+class Linear(reference.Linear):
     """Twin of ``functional.Linear``: one 2-D matrix product over the flattened rows, the bias
     added in place, and db as ones(N) @ dy (BLAS) instead of dy.sum(axis=0) (an unvectorised
     loop over short rows in NumPy)."""
@@ -153,16 +153,12 @@ def softmax_backward(y: Any, dy: Any, axis: int, inplace: bool = False, scratch:
     return dx
 
 
-class Softmax(ref.Softmax):
-    """Twin of ``functional.Softmax``: the unshifted forward and BLAS row sums above."""
+class Softmax(reference.Softmax):
+    """Twin of ``functional.Softmax``: the unshifted forward and BLAS row sums above, in place
+    of the reference's pair (its forward and backward are the reference's)."""
 
-    def forward(self, x: Any, axis: int = -1) -> Any:
-        self.axis = axis
-        self.saved = softmax_forward(x, axis)
-        return self.saved
-
-    def backward(self, dy: Any) -> Any:
-        return softmax_backward(self.saved, dy, self.axis)
+    forward_fn = staticmethod(softmax_forward)
+    backward_fn = staticmethod(softmax_backward)
 
 
 def softmax(x: Tensor, axis: int = -1) -> Tensor:
@@ -171,7 +167,7 @@ def softmax(x: Tensor, axis: int = -1) -> Tensor:
 
 
 # ----------------------------------------------------------------------------- cross-entropy
-class CrossEntropy(ref.CrossEntropy):
+class CrossEntropy(reference.CrossEntropy):
     """Twin of ``functional.CrossEntropy``: softmax computed once with the max tree and a BLAS
     row sum, -log p[t] taken from the shifted logits, and p's buffer reused for the gradient
     (the reference builds logp, then exp(logp) in backward: two more (N, V) passes)."""
@@ -179,7 +175,7 @@ class CrossEntropy(ref.CrossEntropy):
     def forward(self, logits: Any, targets: Any, ignore_index: int = -100,
                 reduction: str = "mean") -> Any:
         xp = backend.get_array_module(logits)
-        t, counted = ref.check_targets(logits, targets, ignore_index, reduction)
+        t, counted = reference.check_targets(logits, targets, ignore_index, reduction)
         z = logits.reshape(-1, logits.shape[-1])  # (N, V)
         if not counted.all():
             z = xp.where(counted[:, None], z, 0.0)  # an ignored row may hold inf or NaN: keep it out of the math
@@ -195,7 +191,7 @@ class CrossEntropy(ref.CrossEntropy):
             return nll.reshape(self.targets_shape)
         if reduction == "sum":
             return nll.sum()
-        loss, self.count = ref.mean_over_counted(nll, counted)
+        loss, self.count = reference.mean_over_counted(nll, counted)
         return loss
 
     def backward(self, dloss: Any) -> tuple[Any, None]:
@@ -220,7 +216,7 @@ def cross_entropy(logits: Tensor, targets: Any, ignore_index: int = -100, reduct
 
 
 # ----------------------------------------------------------------------------- layer norm
-class LayerNorm(ref.LayerNorm):
+class LayerNorm(reference.LayerNorm):
     """Twin of ``functional.LayerNorm``: the same formulas, tile by tile over the rows.
 
     Each tile's chain (mean, center, square, mean, rsqrt, scale, shift) runs while the tile is
@@ -228,8 +224,6 @@ class LayerNorm(ref.LayerNorm):
     products with a vector of 1/C (reductions.row_mean). The reference makes a new array per
     step, each pass over the whole (N, C) array.
     """
-
-    fresh_output = True  # y has its own buffer, even without weight and bias
 
     def forward(self, x: Any, weight: Any = None, bias: Any = None, eps: float = 1e-5) -> Any:
         xp = backend.get_array_module(x)
@@ -303,7 +297,7 @@ def layer_norm(x: Tensor, weight: Tensor | None = None, bias: Tensor | None = No
 
 
 # ----------------------------------------------------------------------------- GELU
-class GELU(ref.GELU):
+class GELU(reference.GELU):
     """Twin of ``functional.GELU``: gelu′(x) computed in the forward pass, tile by tile, in 15
     array passes, so that backward is one multiply.
 
@@ -311,16 +305,14 @@ class GELU(ref.GELU):
     while x and tanh u are in cache, forward also writes gelu′(x) in the factored form
         gelu′(x) = (1 + tanh u) (0.5 + 0.5 x k (1 + 3 a x²) (1 - tanh u))     (1 - t² = (1 + t)(1 - t))
     which shares (1 + tanh u) with y. Saves gelu′(x) (shape of x), nothing in no_grad.
-    ``inplace=True`` writes y over x's array (each tile's x is read before its y is written),
-    when nothing else needs x (the MLP's c_fc output; Function.apply grants the request only
-    for an unshared x): one array fewer.
+    ``inplace=True`` writes y over x's array (each tile's x is read before its y is written):
+    one array fewer, for a caller that knows nothing else reads x, in the forward or the backward
+    pass: fast.GPT, for the MLP's c_fc output (a linear layer saves its input, not its output).
     """
-
-    writes_over = 0  # inplace=True is granted only when x is unshared (Function.apply checks)
 
     def forward(self, x: Any, inplace: bool = False) -> Any:
         xp = backend.get_array_module(x)
-        K, A = ref.GELU_K, ref.GELU_A
+        K, A = reference.GELU_K, reference.GELU_A
         contiguous = xp.ascontiguousarray(x)
         y = contiguous if inplace and contiguous is x and backend.writeable(x) else xp.empty_like(contiguous)
         x = contiguous
@@ -353,7 +345,6 @@ class GELU(ref.GELU):
             if df is not None:
                 xp.multiply(s, t, out=dc)
         self.saved = deriv
-        self.fresh_output = y is not x  # written over x: not a new array
         return y
 
     def backward(self, dy: Any) -> Any:
@@ -368,39 +359,21 @@ def gelu(x: Tensor) -> Tensor:
     return GELU.apply(x)
 
 
-def gelu_(h: Tensor) -> Tensor:
-    """GELU written over h's array when nothing else needs that array (``h.unshared``: h is the
-    fresh output of an op that keeps no reference to it, and no other op has used h); else into
-    a new array, as ``gelu``. For the MLP, whose c_fc output nothing else reads. h is consumed:
-    do not read it afterwards."""
-    return GELU.apply(h, inplace=True)
-
-
 # ----------------------------------------------------------------------------- residual add
 class ResidualAdd(Function):
     """x + branch, written over branch's array (``inplace``): the residual connection x + f(x),
-    where the branch output f(x) (a linear layer's fresh output) is read by nothing else.
+    for a caller that knows nothing else reads the branch output f(x), in the forward or the
+    backward pass: fast.GPT, whose branches end in a linear layer (or dropout after one).
     Its reference is x + branch (ops.Add), which allocates a new array per block half.
     Backward: dx = dy, dbranch = dy. Saves nothing."""
-
-    writes_over = 1  # inplace=True is granted only when branch is unshared (Function.apply checks)
 
     def forward(self, x: Any, branch: Any, inplace: bool = False) -> Any:
         xp = backend.get_array_module(x)
         self.shapes = (x.shape, branch.shape)
         if not inplace or branch.shape != x.shape or branch.dtype != x.dtype or not backend.writeable(branch):
-            self.fresh_output = True
             return x + branch  # broadcasting, or a branch not ours to write: a new array, as ops.Add
         return xp.add(branch, x, out=branch)  # a + b = b + a exactly, in floating point too
 
     def backward(self, dy: Any) -> tuple[Any, Any]:
         # forward: y = x + branch  =>  dx = dy, dbranch = dy (summed back over broadcast axes)
         return unbroadcast(dy, self.shapes[0]), unbroadcast(dy, self.shapes[1])
-
-
-def residual_add(x: Tensor, branch: Tensor) -> Tensor:
-    """x + branch for the residual stream, written over branch's array when nothing else needs
-    it (``branch.unshared``: the fresh output of an op that keeps no reference to it, used by no
-    other op; never a leaf, a view of one, or an output saved for backward such as exp's or
-    softmax's); else a new array, as ``x + branch``. branch is consumed: do not read it afterwards."""
-    return ResidualAdd.apply(x, branch, inplace=True)

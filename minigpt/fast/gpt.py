@@ -1,6 +1,9 @@
-"""Fast twin of ``GPT.forward`` (minigpt/nn/gpt.py): the same network, run with the fast ops.
+"""``fast.GPT``, the twin of ``nn.GPT`` (minigpt/nn/gpt.py): the same model, run with the fast ops.
 
-Line for line the model's forward with its modules unrolled, three differences:
+It is an ``nn.GPT`` (the same constructor, parameters, init, ``state_dict`` and generation) whose
+``forward`` is :func:`gpt_forward` on NumPy arrays, and the reference forward on CuPy arrays or
+inside ``fast.disabled()``. :func:`gpt_forward` is, line for line, the model's forward with its
+modules unrolled, three differences:
 - every op is its twin from fast/functional.py and fast/attention.py;
 - attention runs fused from c_attn's packed output (fast.attention.CausalSelfAttentionQKV):
   no split into three head tensors and no merge copy;
@@ -16,10 +19,26 @@ from __future__ import annotations
 
 from typing import Any
 
+from minigpt import backend, nn
 from minigpt.fast.attention import causal_self_attention
-from minigpt.fast.functional import cross_entropy, embedding, gelu_, layer_norm, linear, residual_add
+from minigpt.fast.functional import GELU, ResidualAdd, cross_entropy, embedding, layer_norm, linear
+from minigpt.fast.switch import enabled
 from minigpt.functional import dropout
+from minigpt.nn.gpt import check_length
 from minigpt.tensor import Tensor
+
+
+class GPT(nn.GPT):
+    """Twin of ``nn.GPT``: ``GPT(config)`` builds the same model (same parameters, init and
+    ``state_dict``); its forward gives the same numbers to float32 rounding, faster on a CPU."""
+
+    def forward(self, idx: Any, targets: Any = None) -> tuple[Tensor, Tensor | None]:
+        """idx (B, T) int, T <= block_size -> (logits (B, T, V), mean cross-entropy or None)."""
+        if not enabled(self.lm_head.weight):  # CuPy, or inside fast.disabled(): the reference
+            return super().forward(idx, targets)
+        idx = backend.unwrap(idx)
+        check_length(idx.shape[1], self.config.block_size)
+        return gpt_forward(self, idx, targets)
 
 
 def _layer_norm(ln: Any, x: Tensor) -> Tensor:
@@ -39,7 +58,7 @@ def _attention(attn: Any, x: Tensor) -> Tensor:
 
 def _mlp(mlp: Any, x: Tensor) -> Tensor:
     """MLP.forward: c_fc -> GELU -> c_proj."""
-    h = gelu_(_linear(mlp.c_fc, x))  # (B, T, C) -> (B, T, 4C), GELU over c_fc's own output
+    h = GELU.apply(_linear(mlp.c_fc, x), inplace=True)  # (B, T, C) -> (B, T, 4C), over c_fc's output
     return dropout(_linear(mlp.c_proj, h), mlp.dropout.p, mlp.dropout.training)  # (B, T, 4C) -> (B, T, C)
 
 
@@ -52,8 +71,9 @@ def gpt_forward(model: Any, idx: Any, targets: Any = None) -> tuple[Tensor, Tens
     pos_emb = tr.wpe.weight[:idx.shape[1]]  # (T, C), broadcast over B: rows 0..T-1, as GPT._embed
     x = dropout(tok_emb + pos_emb, tr.drop.p, tr.drop.training)
     for block in tr.h:
-        x = residual_add(x, _attention(block.attn, _layer_norm(block.ln_1, x)))  # x + attn(ln_1(x))
-        x = residual_add(x, _mlp(block.mlp, _layer_norm(block.ln_2, x)))  # x + mlp(ln_2(x))
+        # x + attn(ln_1(x)), then x + mlp(ln_2(x)), each written over its branch's output
+        x = ResidualAdd.apply(x, _attention(block.attn, _layer_norm(block.ln_1, x)), inplace=True)
+        x = ResidualAdd.apply(x, _mlp(block.mlp, _layer_norm(block.ln_2, x)), inplace=True)
     x = _layer_norm(tr.ln_f, x)
     logits = linear(x, w)  # (B, T, C) -> (B, T, V)
     loss = cross_entropy(logits, targets, ignore_index=-1) if targets is not None else None

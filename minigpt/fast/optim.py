@@ -7,7 +7,7 @@ from typing import Any
 
 from minigpt import backend, optim
 from minigpt.fast import tiling
-from minigpt.fast.switch import on_every_device
+from minigpt.fast.switch import is_disabled
 
 
 def consecutive_pieces(arrays: list[Any]) -> Any:
@@ -58,7 +58,7 @@ class AdamW(optim.AdamW):
     def step(self) -> None:
         """One AdamW update of every parameter that has a gradient."""
         params = [p for group in self.param_groups for p in group["params"]]
-        if not params or not on_every_device():
+        if not params or is_disabled():
             return super().step()
         for gi, group in enumerate(self.param_groups):
             params = [p for p in group["params"] if p.grad is not None]

@@ -24,13 +24,13 @@ summed, clipped and updated once on the machine instead of N times (as ZeRO's sh
 but with nothing to gather: the shards are one block), and no gradient travels through MPI. The
 numbers are the plain step's: the slots hold what the all-reduce's buffers held, added in rank
 order (for N = 2, a + b, exactly the all-reduce's sum), the squared norms are added in the order
-clip_grads_ adds them, and AdamW's update of an element reads only that element
+clip_grad_norm_ adds them, and AdamW's update of an element reads only that element
 (fast.optim.adamw_update), so updating it in a part changes nothing. Timed against the plain
 all-reduce by ``python benchmarks/bench_train.py --ranks 2 --ranks-plain`` (docs/performance.md).
 
 It runs where :meth:`SharedMemoryStep.start` says it can (else the plain all-reduce serves, and
 start says why): N > 1 ranks, all on this machine, the fast twins on (NumPy, not
-``fast.disabled()``, decided at the start), the optimizer an ``optim.AdamW`` or ``fast.AdamW``,
+``fast.disabled()``, decided at the start), the optimizer ``fast.AdamW`` (not the reference ``optim.AdamW`` of ``--reference``),
 one dtype for every trainable parameter, and room for the block in /dev/shm. Each of the
 optimizer's trainable parameters' ``.data`` and AdamW moments becomes a view of the shared block: writing into one
 (``Module.load_state_dict`` copies in place) writes the one copy every rank reads. A parameter
@@ -45,7 +45,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any, Callable
 
-from minigpt import backend, optim
+from minigpt import backend, distributed, optim
 from minigpt.distributed import EveryRankError
 from minigpt.fast.optim import AdamW, adamw_update
 from minigpt.fast.switch import enabled
@@ -93,12 +93,12 @@ class SharedMemoryStep:
     def start(cls, world: World, model: Module, optimizer: optim.AdamW) -> SharedMemoryStep | str:
         """Collective (every rank calls it): the shared step for ``model`` and ``optimizer``, or
         the reason the plain all-reduce must serve, as a short phrase."""
-        params = optim.optimizer_order(optimizer, model.parameters())  # the layout of the shared block
+        params = distributed.optimizer_order(optimizer, model.parameters())  # the layout of the shared block
         trainable = [p for p in params if p.requires_grad]
         reason = ("one rank" if world.size == 1 or world.comm is None else
                   "no parameter to train" if not trainable else
                   "the fast twins are off" if not enabled(trainable[0].data) else
-                  "the optimizer is not minigpt's AdamW" if type(optimizer) not in (optim.AdamW, AdamW) else
+                  "the optimizer is not fast.AdamW" if type(optimizer) is not AdamW else
                   "parameters of several dtypes" if len({p.dtype for p in trainable}) != 1 else "")
         if reason:
             return reason
@@ -116,7 +116,7 @@ class SharedMemoryStep:
         return cls(world, node, model, optimizer, params)
 
     def __init__(self, world: World, node: Any, model: Module, optimizer: optim.AdamW, params: list[Tensor]) -> None:
-        """Called by :meth:`start`: ``params`` is optim.optimizer_order(optimizer, model.parameters())."""
+        """Called by :meth:`start`: ``params`` is distributed.optimizer_order(optimizer, model.parameters())."""
         from mpi4py import MPI  # noqa: PLC0415
 
         self.mpi, self.world, self.node, self.model, self.optimizer = MPI, world, node, model, optimizer
@@ -167,7 +167,7 @@ class SharedMemoryStep:
         self.mine = [piece(self.slots[rank], i).reshape(-1) for i in range(len(params))]
         bounds = split_evenly(sizes, n_ranks)
         self.part = range(bounds[rank], bounds[rank + 1])  # the parameters this rank sums, clips, updates
-        # clip_grads_ adds the squared norms in the model's order, over the model's parameters
+        # clip_grad_norm_ adds the squared norms in the model's order, over the model's parameters
         index = {id(p): i for i, p in enumerate(params)}
         self.clip_order = [index[id(p)] for p in model.parameters() if id(p) in index]
         self.clipped = set(self.clip_order)
@@ -236,9 +236,9 @@ class SharedMemoryStep:
             total += self.slots[r, lo:hi]
 
     def clip_part(self, max_norm: float, has: list[bool]) -> None:
-        """clip_grads_ (optim.py) over the summed gradient: each rank squares its own parameters'
+        """clip_grad_norm_ (optim.py) over the summed gradient: each rank squares its own parameters'
         gradients, a small all-reduce hands every rank all of them (each is non-zero on one rank
-        only: x + 0 = x), they are added in clip_grads_'s order, and each rank scales its part."""
+        only: x + 0 = x), they are added in clip_grad_norm_'s order, and each rank scales its part."""
         xp, squares, grads = backend.numpy, self.squares, self.views["grad"]
         squares[:] = 0.0
         for i in self.part:

@@ -1,12 +1,17 @@
-"""The one switch between the fast twins and the reference ops.
+"""When a twin runs its fast path: ``fast.disabled()`` and ``fast.enabled(array)``.
 
-    fast.enabled(array)   True on NumPy arrays, unless inside ``fast.disabled()``
-    with fast.disabled(): ...   everything inside runs the plain reference ops
+Which model and optimizer run is chosen where they are built (``fast.GPT`` or ``nn.GPT``,
+``fast.AdamW`` or ``optim.AdamW``). A twin then checks here, each call, whether to run its
+tricks or hand over to its reference:
 
-On CuPy the reference ops run: the twins' tricks (tiles that fit a CPU cache, BLAS row sums,
-copies that suit OpenBLAS) are CPU tricks, and a GPU runs the plain ops well. One twin serves
-both: AdamW over flat buffers (``on_every_device()``), since on a GPU too one update over one
-buffer is a dozen kernel launches where the reference's is a dozen per parameter.
+    with fast.disabled(): ...   inside, every twin runs the plain reference ops (tests, debugging)
+    fast.is_disabled()          True inside ``fast.disabled()``
+    fast.enabled(array)         True on NumPy arrays, unless inside ``fast.disabled()``
+
+On CuPy the GPT twin runs the reference ops: its tricks (tiles that fit a CPU cache, BLAS row
+sums, copies that suit OpenBLAS) are CPU tricks, and a GPU runs the plain ops well. AdamW's flat
+buffers serve every device (``is_disabled()`` alone decides), since on a GPU too one update over
+one buffer is a dozen kernel launches where the reference's is a dozen per parameter.
 """
 
 from __future__ import annotations
@@ -38,11 +43,11 @@ class disabled:
         return wrapper
 
 
+def is_disabled() -> bool:
+    """Whether this runs inside ``fast.disabled()``."""
+    return _disabled_depth > 0
+
+
 def enabled(array: Any) -> bool:
-    """Whether the fast twins should run for ``array``: NumPy, and not inside ``disabled()``."""
-    return on_every_device() and backend.get_array_module(backend.unwrap(array)) is backend.numpy
-
-
-def on_every_device() -> bool:
-    """Whether a twin that serves every device (AdamW's flat buffers) should run: not inside ``disabled()``."""
-    return _disabled_depth == 0
+    """Whether a CPU twin should run its fast path for ``array``: NumPy, and not inside ``disabled()``."""
+    return not is_disabled() and backend.get_array_module(backend.unwrap(array)) is backend.numpy

@@ -10,9 +10,9 @@ Legend: B batch, T time, C channels (n_embd), V vocab, nh heads (n_head), hs hea
 
 Parameter names match nanoGPT's, so state_dicts move between the two.
 
-Everything below is written with the reference ops of minigpt.functional. On NumPy,
-``GPT.forward`` hands the same network to its fast twin (minigpt/fast/gpt.py: the same math,
-faster on a CPU) unless inside ``minigpt.fast.disabled()``: that one ``if`` is the switch.
+Everything below is written with the reference ops of minigpt.functional: this is the model a
+learner reads and steps through. ``minigpt.fast.GPT`` (minigpt/fast/gpt.py) is its twin, the same
+model with a faster forward on a CPU; the training command builds that one unless ``--reference``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from minigpt import backend, fast
+from minigpt import backend
 from minigpt import functional as F
 from minigpt.nn.layers import Dropout, Embedding, LayerNorm, Linear
 from minigpt.nn.module import Module, ModuleDict, ModuleList
@@ -129,6 +129,12 @@ def _normal_(p: Any, std: float) -> None:
     p.data[...] = backend.generator().standard_normal(p.shape) * std
 
 
+def check_length(T: int, block_size: int) -> None:
+    """A model with a position table of block_size rows reads at most block_size tokens."""
+    if T > block_size:
+        raise ValueError(f"cannot forward a sequence of length {T}: block_size is {block_size}")
+
+
 class GPT(Module):
     """GPT-2 as nanoGPT builds it (see the module docstring), with weight tying:
     ``lm_head.weight`` IS ``transformer.wte.weight``, so reading a token in and writing one
@@ -178,11 +184,7 @@ class GPT(Module):
         # idx and targets stay where they are (a GPU run's batches on the host): embedding and
         # cross-entropy check them there, for free, and only then copy them to the device
         idx = backend.unwrap(idx)
-        B, T = idx.shape
-        if T > self.config.block_size:
-            raise ValueError(f"cannot forward a sequence of length {T}: block_size is {self.config.block_size}")
-        if fast.enabled(self.lm_head.weight):  # the same math, faster on a CPU: minigpt/fast/gpt.py
-            return fast.gpt_forward(self, idx, targets)
+        check_length(idx.shape[1], self.config.block_size)
         x = self._embed(idx)  # (B, T, C)
         for block in self.transformer.h:
             x = block(x)

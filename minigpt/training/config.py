@@ -1,0 +1,163 @@
+"""The settings of a training run: nanoGPT's recipes and ours, ``TrainConfig``, and resuming them.
+
+A run's settings are one dataclass, ``TrainConfig``, whose field names are nanoGPT's and the
+command line's flags. Its defaults are the command's (the CPU recipe); ``TrainConfig.preset``
+gives the others: nanoGPT's CPU recipe, the GPU preset, the bigram model's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from minigpt import backend, checkpoint
+from minigpt.nn.gpt import check_settings
+
+# nanoGPT's recipes. CPU: its README's laptop command for shakespeare_char (--preset nanogpt); GPU:
+# config/train_shakespeare_char.py. Neither sets `bias`, so both take nanoGPT train.py's default,
+# bias=False (no biases in Linear and LayerNorm), although its GPTConfig dataclass (and ours) defaults to True.
+NANOGPT_CPU_PRESET = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, max_iters=2000,
+                          lr_decay_iters=2000, dropout=0.0, eval_iters=20, bias=False, learning_rate=1e-3,
+                          min_lr=1e-4, warmup_iters=100, weight_decay=0.1, beta1=0.9, beta2=0.99, grad_clip=1.0,
+                          eval_interval=250)
+# The default on a CPU (TrainConfig's defaults): our own recipe, found by benchmarks/sweep_recipe.py
+# (docs/recipe.md). In the wall time nanoGPT's train.py takes for its recipe, one layer trained for
+# 2800 steps of 24 chunks at a higher rate learns more than four layers for 2000 steps of 12.
+CPU_PRESET = dict(NANOGPT_CPU_PRESET, n_layer=1, batch_size=24, learning_rate=6e-3, min_lr=6e-4, max_iters=2800,
+                  lr_decay_iters=2800, eval_interval=500)
+GPU_PRESET = dict(NANOGPT_CPU_PRESET, n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=64,
+                  max_iters=5000, lr_decay_iters=5000, dropout=0.2, eval_iters=200)
+# the notebook's bigram: a (V, V) table, short contexts, a higher rate for a table that starts at N(0, 1)
+BIGRAM_PRESET = dict(block_size=8, batch_size=32, max_iters=3000, lr_decay_iters=3000, learning_rate=1e-2,
+                     min_lr=1e-3, warmup_iters=0, weight_decay=0.0, eval_iters=50, eval_interval=250)
+# the GPT's shape settings, which the bigram model (a table of V x V logits) has no use for
+BIGRAM_IGNORES = ("n_layer", "n_head", "n_embd", "dropout", "bias")
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a run; the field names are nanoGPT's (and the command-line flags). The
+    defaults are the command's: the CPU recipe (CPU_PRESET); :meth:`preset` gives the others."""
+
+    device: str = "cpu"  # cpu | cuda | auto
+    data: str | None = None  # text file or http(s) URL; else $MINIGPT_DATA; else the packaged Tiny Shakespeare
+    out_dir: str = "out"
+    resume: bool = False
+    model: str = "gpt"  # gpt | bigram
+    n_layer: int = 1
+    n_head: int = 4
+    n_embd: int = 128
+    block_size: int = 64
+    batch_size: int = 24
+    dropout: float = 0.0
+    bias: bool = False  # nanoGPT train.py's default
+    max_iters: int = 2800
+    learning_rate: float = 6e-3
+    min_lr: float = 6e-4
+    warmup_iters: int = 100
+    lr_decay_iters: int = 2800
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.99
+    grad_clip: float = 1.0  # 0 disables clipping
+    eval_interval: int = 500
+    eval_iters: int = 20
+    log_interval: int = 100  # iterations between progress lines when stderr is not a terminal
+    seed: int = 1337
+    dtype: str = "float32"  # float32 | float64
+    sample_chars: int = 500  # characters of text generated at the end
+    reference: bool = False  # train with the plain reference ops instead of the fast twins (same math)
+
+    @classmethod
+    def preset(cls, device: str | None = None, model: str | None = None, preset: str | None = None,
+               **overrides: Any) -> TrainConfig:
+        """The CPU preset, the GPU preset (device "cuda", or "auto" where it resolves to CUDA), or
+        with ``preset="nanogpt"`` nanoGPT's CPU recipe exactly; then the bigram preset's values for
+        the bigram model; then the ``overrides`` that are not None."""
+        device, model = device or "cpu", model or "gpt"
+        if preset not in (None, "nanogpt"):
+            raise ValueError(f"--preset must be nanogpt, got {preset!r}")
+        runs_on = resolve_device(device) if device == "auto" else device
+        values: dict[str, Any] = dict(NANOGPT_CPU_PRESET if preset == "nanogpt" else
+                                      GPU_PRESET if runs_on == "cuda" else CPU_PRESET)
+        if model == "bigram":
+            values.update(BIGRAM_PRESET)
+        values.update(device=device, model=model)
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if "learning_rate" in given and "min_lr" not in given:  # the floor follows the rate: a tenth of it
+            given["min_lr"] = given["learning_rate"] / 10
+        values.update(given)
+        return cls(**values)
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first setting that is out of range or inconsistent."""
+        check_settings(dataclasses.asdict(self), prefix="--")  # the model's settings, as GPTConfig checks them
+        for name in ("batch_size", "max_iters", "eval_interval", "eval_iters", "log_interval"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"--{name} must be a positive integer, got {getattr(self, name)}")
+        for name in ("learning_rate", "min_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name} must be positive, got {getattr(self, name)}")
+        if self.min_lr > self.learning_rate:
+            raise ValueError(f"--min_lr {self.min_lr} is above --learning_rate {self.learning_rate}: the schedule "
+                             f"decays from the rate down to the floor")
+        for name in ("warmup_iters", "lr_decay_iters", "sample_chars"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"--{name} must not be negative, got {getattr(self, name)}")
+        if self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError("--weight_decay and --grad_clip must not be negative")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"--{name} must lie in [0, 1), got {getattr(self, name)}")
+        if self.model not in ("gpt", "bigram"):
+            raise ValueError(f"--model must be gpt or bigram, got {self.model!r}")
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"--dtype must be float32 or float64, got {self.dtype!r}")
+        if self.device not in ("cpu", "cuda", "auto"):
+            raise ValueError(f"--device must be cpu, cuda or auto, got {self.device!r}")
+
+
+MODEL_SHAPE_FLAGS = ("model", "n_layer", "n_head", "n_embd", "block_size", "bias", "dtype")
+
+
+def ignored_settings(model: str | None, given: dict[str, Any]) -> list[str]:
+    """The settings in ``given`` (those set, not None) that ``model`` has no use for, such as
+    ``n_layer`` for the bigram model: the run goes on without them, and the command says so."""
+    if (model or "gpt") != "bigram":
+        return []
+    return [k for k in BIGRAM_IGNORES if given.get(k) is not None]
+
+
+def resolve_device(device: str, warn: Callable[[str], None] | None = None) -> str:
+    """"auto" -> "cuda" where CuPy finds a GPU that runs its kernels, else "cpu" (and ``warn`` is
+    told why); "cuda" where it cannot run -> DeviceError saying why."""
+    if device == "auto":
+        reason = backend.cuda_unavailable_reason()
+        if reason and warn is not None:
+            warn(f"--device auto: running on the CPU ({reason})")
+        return "cpu" if reason else "cuda"
+    backend.xp_for(device)  # a clear DeviceError when cuda is asked for and cannot run
+    return device
+
+
+def resume_config(out_dir: str | os.PathLike, **overrides: Any) -> TrainConfig:
+    """The settings a run in ``out_dir`` was started with (from its latest.npz), with
+    ``overrides`` (the flags given again, such as a larger --max_iters) on top."""
+    state = checkpoint.read_state(Path(out_dir) / checkpoint.LATEST)  # the weights are read later, once
+    saved = {k: v for k, v in state.get("train_config", {}).items() if k in TrainConfig.__dataclass_fields__}
+    if not saved:
+        raise checkpoint.CheckpointError(f"{Path(out_dir) / checkpoint.LATEST} holds no training settings to resume")
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if given.get("block_size") is not None and given["block_size"] > saved.get("block_size", 0):
+        raise ValueError(f"--block_size {given['block_size']} is larger than the checkpoint's "
+                         f"{saved.get('block_size')}: a model cannot attend further than it was built for")
+    changed = [k for k in MODEL_SHAPE_FLAGS if k in given and given[k] != saved.get(k)]
+    if changed:
+        raise ValueError("--resume continues the same model; these flags differ from the checkpoint's: " +
+                         ", ".join(f"--{k} {given[k]} (checkpoint: {saved.get(k)})" for k in changed))
+    saved.update(given)
+    saved.update(out_dir=str(out_dir), resume=True)
+    return TrainConfig(**saved)
