@@ -153,7 +153,7 @@ def main() -> None:
             samples[name].append(median_ms(fn, args.repeats))
     print(f"machine: {machine()}")
     share = f", one of {args.ranks} ranks' share, {args.threads} thread(s)" if args.ranks > 1 else ""
-    print(f"the matrix products of one CPU-preset training step ({mcfg.n_layer} layers, {mcfg.n_embd} wide, "
+    print(f"the matrix products of one training step of nanoGPT's CPU recipe ({mcfg.n_layer} layers, {mcfg.n_embd} wide, "
           f"block {cfg.block_size}, batch {cfg.batch_size}{share}), nothing else:")
     for name, s in samples.items():
         print(f"{name:8s}: {statistics.median(s):6.2f} ms per step  (rounds: {' '.join(f'{x:.2f}' for x in s)})")

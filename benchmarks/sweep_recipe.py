@@ -202,7 +202,7 @@ def main() -> None:
     args = p.parse_args()
     if args.plot:
         old, new_run, png = args.plot
-        plot([("nanoGPT's recipe (--preset nanogpt)", old), ("minigpt's CPU preset (the default)", new_run)], png)
+        plot([("nanoGPT's recipe (--preset nanogpt)", old), ("minigpt's CPU recipe (the default)", new_run)], png)
         return
     if args.list:
         for name, spec in CANDIDATES.items():

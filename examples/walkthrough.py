@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 import minigpt
-from minigpt import Tensor, cli, nn, optim
+from minigpt import Tensor, cli, fast, nn, optim
 from minigpt import functional as F
 from minigpt.data import CharTokenizer, get_batch, load_source, train_val_split
 from minigpt.nn.gpt import generate_loop
@@ -229,7 +229,8 @@ def build(step: str, vocab_size: int, seed: int = SEED) -> nn.Module:
     if step == "bigram":
         return nn.BigramLanguageModel(vocab_size)
     if step == "gpt":  # bias=True: c_attn, c_proj, c_fc and layer norm all have biases
-        return nn.GPT(nn.GPTConfig(block_size=BLOCK_SIZE, vocab_size=vocab_size, n_layer=N_LAYER,
+        # nn.GPT's twin, as `minigpt train` builds it: the same model and numbers, trained faster
+        return fast.GPT(nn.GPTConfig(block_size=BLOCK_SIZE, vocab_size=vocab_size, n_layer=N_LAYER,
                                    n_head=N_HEAD, n_embd=N_EMBD, dropout=0.0, bias=True))
     return LanguageModel(vocab_size, step)
 

@@ -6,6 +6,7 @@
 The pieces, in the order to read them:
     tensor.py      Tensor, the op base class Function, backward, no_grad
     ops.py         the Tensor operators (+ - * / @ sum ...) with their backward, given to Tensor
+                   when ops.py is imported, as ``import minigpt`` does, in any order
     functional.py  the neural-net ops with hand-written backward passes (the reference)
     nn/            Module, the layers, the GPT and the bigram model
     optim.py       AdamW, gradient clipping, the learning-rate schedule
@@ -13,12 +14,12 @@ The pieces, in the order to read them:
     backend.py     NumPy or CuPy (``xp``), devices, the random generator
     data.py        Tiny Shakespeare (shipped inside the package), CharTokenizer, batches
     fast/          the same math, faster on a CPU: a twin of each op, tested equal (read it last)
-    train.py       the training loop (``minigpt.TrainConfig()`` holds the ``minigpt train`` defaults)
+    train.py       the training loop, in nanoGPT's shape; training/ holds its rooms: the settings
+                   (``minigpt.TrainConfig()`` is the ``minigpt train`` defaults), the step, evaluation
     commands/      the ``minigpt`` command and its subcommands
 """
 
-from minigpt import ops  # noqa: F401, I001 - first: it gives Tensor its operators
-from minigpt import backend, data, fast, functional, nn, optim
+from minigpt import backend, data, fast, functional, nn, ops, optim
 from minigpt.backend import available_devices, get_array_module, manual_seed
 from minigpt.gradcheck import GradcheckError, gradcheck
 from minigpt.ops import cat
@@ -28,5 +29,5 @@ from minigpt.training.config import TrainConfig
 __version__ = "0.1.0"
 
 __all__ = ["Tensor", "cat", "no_grad", "is_grad_enabled", "manual_seed", "gradcheck", "GradcheckError",
-           "available_devices", "get_array_module", "backend", "data", "fast", "functional", "nn", "optim",
+           "available_devices", "get_array_module", "backend", "data", "fast", "functional", "nn", "ops", "optim",
            "TrainConfig"]

@@ -162,7 +162,7 @@ def clip_grad_norm_(params: Iterable[Tensor] | Tensor, max_norm: float, norm_typ
         if g.dtype not in factor:
             factor[g.dtype] = coef.astype(g.dtype)
         g *= factor[g.dtype]
-    return float(total) if read_back else total
+    return float(total) if read_back else backend.ensure_array(total)  # NumPy gives a scalar: a 0-d array
 
 
 def clip_coefficient(total: Any, max_norm: float) -> Any:
@@ -176,6 +176,7 @@ def cosine_lr(it: int, *, lr: float, min_lr: float, warmup_iters: int, lr_decay_
 
         it < warmup_iters:              lr · (it + 1) / (warmup_iters + 1)
         it > lr_decay_iters:            min_lr
+        lr_decay_iters <= warmup_iters: min_lr (no room to decay: the floor once warmup ends)
         otherwise, with r = (it - warmup_iters) / (lr_decay_iters - warmup_iters) in [0, 1]:
                                         min_lr + ½ (1 + cos(π r)) (lr - min_lr)
     """

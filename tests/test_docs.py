@@ -30,7 +30,7 @@ def formula(name):
 
 def test_every_op_has_its_formula_block():
     assert sorted(n for n, _ in BLOCKS) == sorted(
-        ["linear", "embedding", "softmax", "log_softmax", "cross_entropy", "layer_norm", "gelu", "split_heads",
+        ["linear", "embedding", "softmax", "log_softmax", "cross_entropy", "layer_norm", "gelu", "heads",
          "attention", "dropout", "adamw"])
 
 
@@ -113,7 +113,7 @@ def test_the_tanh_gelu_is_within_what_the_doc_says_of_x_phi_x():
 
 def test_split_heads_as_the_gpt_does_it():
     """The doc's split into heads and its backward against CausalSelfAttention's reshape and transpose ops."""
-    doc = formula("split_heads")
+    doc = formula("heads")
     x = leaf((2, 5, 12))
     heads = x.reshape(2, 5, 3, 4).transpose(0, 2, 1, 3)  # as nn/gpt.py's CausalSelfAttention.forward
     np.testing.assert_array_equal(heads.data, doc["forward"](x.data, 3))

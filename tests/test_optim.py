@@ -137,6 +137,30 @@ def test_clip_grad_norm_with_a_nan_gradient_makes_every_gradient_nan_as_torch():
     assert np.isnan(a.grad).all() and np.isnan(b.grad).all()  # torch: the factor is NaN, and so is g * NaN
 
 
+def test_clip_grad_norm_with_an_inf_gradient_zeroes_the_others_as_torch():
+    a, b = nn.Parameter(np.zeros(2)), nn.Parameter(np.zeros(1))
+    a.grad, b.grad = np.array([np.inf, 1.0]), np.array([4.0])
+    with np.errstate(invalid="ignore"):  # inf * 0
+        assert optim.clip_grad_norm_([a, b], 1.0) == math.inf
+    # torch: the factor is max_norm / (inf + 1e-6) = 0, so inf * 0 = NaN and every finite entry 0
+    assert np.isnan(a.grad[0]) and a.grad[1] == 0.0 and b.grad[0] == 0.0
+
+
+def test_clip_grad_norm_without_read_back_returns_the_norm_as_an_array():
+    a = nn.Parameter(np.zeros(2))
+    a.grad = np.array([3.0, 4.0])
+    total = optim.clip_grad_norm_([a], 1.0, read_back=False)
+    assert isinstance(total, np.ndarray) and total.shape == () and float(total) == 5.0
+    np.testing.assert_allclose(a.grad, [0.6, 0.8], rtol=1e-6)
+    assert optim.clip_grad_norm_([nn.Parameter(np.zeros(1))], 1.0, read_back=False) is None  # no gradient
+
+
+def test_cosine_lr_with_no_room_to_decay_is_the_floor_after_warmup():
+    kw = dict(lr=1e-3, min_lr=1e-4, warmup_iters=100, lr_decay_iters=50)
+    assert optim.cosine_lr(99, **kw) == pytest.approx(1e-3 * 100 / 101)
+    assert optim.cosine_lr(100, **kw) == optim.cosine_lr(75, **dict(kw, warmup_iters=0)) == 1e-4
+
+
 def test_cosine_lr_schedule():
     kw = dict(lr=1e-3, min_lr=1e-4, warmup_iters=100, lr_decay_iters=2000)
     assert optim.cosine_lr(0, **kw) == pytest.approx(1e-3 * 1 / 101)

@@ -74,9 +74,9 @@ class TrainConfig:
     @classmethod
     def preset(cls, device: str | None = None, model: str | None = None, preset: str | None = None,
                **overrides: Any) -> TrainConfig:
-        """The CPU preset, the GPU preset (device "cuda", or "auto" where it resolves to CUDA), or
-        with ``preset="nanogpt"`` nanoGPT's CPU recipe exactly; then the bigram preset's values for
-        the bigram model; then the ``overrides`` that are not None."""
+        """The CPU recipe (CPU_PRESET, the defaults), the GPU preset (device "cuda", or "auto" where
+        it resolves to CUDA), or with ``preset="nanogpt"`` nanoGPT's CPU recipe exactly; then the
+        bigram preset's values for the bigram model; then the ``overrides`` that are not None."""
         device, model = device or "cpu", model or "gpt"
         if preset not in (None, "nanogpt"):
             raise ValueError(f"--preset must be nanogpt, got {preset!r}")
