@@ -3,7 +3,7 @@
     import minigpt
     from minigpt import functional as F, nn, optim
 
-The pieces, in the order to read them:
+The pieces, in the order to read them (the README's):
     tensor.py      Tensor, the op base class Function, backward, no_grad
     ops.py         the Tensor operators (+ - * / @ sum ...) with their backward, given to Tensor
                    when ops.py is imported, as ``import minigpt`` does, in any order
@@ -11,15 +11,18 @@ The pieces, in the order to read them:
     nn/            Module, the layers, the GPT and the bigram model
     optim.py       AdamW, gradient clipping, the learning-rate schedule
     gradcheck.py   numerical gradient checks
+    viz.py         the graph behind a tensor, as Graphviz DOT text or a picture
     backend.py     NumPy or CuPy (``xp``), devices, the random generator
     data.py        Tiny Shakespeare (shipped inside the package), CharTokenizer, batches
-    fast/          the same math, faster on a CPU: a twin of each op, tested equal (read it last)
     train.py       the training loop, in nanoGPT's shape; training/ holds its rooms: the settings
-                   (``minigpt.TrainConfig()`` is the ``minigpt train`` defaults), the step, evaluation
+                   (``minigpt.TrainConfig()`` is the ``minigpt train`` defaults), the step,
+                   evaluation, metrics
+    fast/          the same math, faster on a CPU: fast.GPT, fast.AdamW and a twin of each op
+    distributed.py data parallel over MPI
     commands/      the ``minigpt`` command and its subcommands
 """
 
-from minigpt import backend, data, fast, functional, nn, ops, optim
+from minigpt import backend, data, fast, functional, nn, ops, optim, viz
 from minigpt.backend import available_devices, get_array_module, manual_seed
 from minigpt.gradcheck import GradcheckError, gradcheck
 from minigpt.ops import cat
@@ -30,4 +33,4 @@ __version__ = "0.1.0"
 
 __all__ = ["Tensor", "cat", "no_grad", "is_grad_enabled", "manual_seed", "gradcheck", "GradcheckError",
            "available_devices", "get_array_module", "backend", "data", "fast", "functional", "nn", "ops", "optim",
-           "TrainConfig"]
+           "viz", "TrainConfig"]

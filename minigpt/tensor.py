@@ -136,10 +136,18 @@ class Tensor:
     device = property(lambda self: backend.device_of(self.data))
     size = property(lambda self: self.data.size)
     is_leaf = property(lambda self: self._ctx is None)
+    # the op that made this tensor (None for a leaf): a Function, whose .inputs are the tensors it read
+    grad_fn = property(lambda self: self._ctx)
 
     def __repr__(self) -> str:
-        grad = ", requires_grad=True" if self.requires_grad else ""
-        return f"Tensor({self.data!r}, device={self.device!r}{grad})"
+        """The values, then shape, dtype, device and how the tensor was made: ``grad_fn=<Op>`` for
+        the result of an op that records a graph (as torch's grad_fn), ``requires_grad=True`` for a
+        leaf that collects a gradient. Large arrays are summarised, as NumPy prints them."""
+        values = backend.to_numpy(self.data)
+        body = backend.numpy.array2string(values, separator=", ", prefix="Tensor(", threshold=100, edgeitems=3)
+        made = (f", grad_fn=<{type(self.grad_fn).__name__}>" if self.grad_fn is not None else
+                ", requires_grad=True" if self.requires_grad else "")
+        return f"Tensor({body}, shape={self.shape}, dtype={self.dtype}, device={self.device!r}{made})"
 
     def __len__(self) -> int:
         return len(self.data)

@@ -38,13 +38,18 @@ import numpy
 import minigpt
 from minigpt import backend, checkpoint, distributed, fast, nn, optim
 from minigpt.data import CharTokenizer, get_batch, load_source, train_val_split
-from minigpt.training.config import TrainConfig, resolve_device
+from minigpt.training.config import (CPU_PRESET, GPU_PRESET, NANOGPT_CPU_PRESET, TrainConfig, resolve_device,
+                                     resume_config)
 from minigpt.training.evaluate import estimate_loss, generate_text, split_loss
 from minigpt.training.metrics import (Progress, can_plot, fmt_time, overfitting, plot_metrics, read_metrics,
                                       warn_on_stderr, write_metrics)
-from minigpt.training.steps import TrainingError, closed_at_the_end, data_parallel_step, train_step
+from minigpt.training.steps import (TrainingError, asked_to_stop, data_parallel_step, parallel_train_step,
+                                    train_step, training_step)
 
-__all__ = ["train", "TrainConfig", "TrainResult", "TrainingError", "build_model", "build_optimizer"]
+__all__ = ["train", "TrainConfig", "TrainResult", "TrainingError", "build_model", "build_optimizer",
+           # the rooms' names a training script reaches for, also here as before the loop had rooms
+           "resolve_device", "resume_config", "split_loss", "generate_text", "read_metrics", "train_step",
+           "data_parallel_step", "parallel_train_step", "CPU_PRESET", "NANOGPT_CPU_PRESET", "GPU_PRESET"]
 
 
 @dataclass
@@ -123,16 +128,14 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print, warn: Callabl
         log = warn = _silent
     run = _set_up(cfg, world, log, warn)
     model, optimizer = run.model, run.optimizer
-    parallel_step = None
-    if world.size > 1:
-        parallel_step, how = data_parallel_step(model, optimizer, world)
-        log(f"data parallel: {world.size} ranks, {cfg.batch_size // world.size} of the {cfg.batch_size} rows of each "
-            f"batch per rank, {distributed.blas_threads} BLAS thread(s) each, gradients summed by {how}")
     progress = Progress(cfg.max_iters, cfg.batch_size * cfg.block_size, cfg.log_interval,
                         stream=None if world.rank == 0 else io.StringIO())
     interrupted = False
     # a diverging run is caught by its loss, below, with a clear message: no NumPy overflow warnings
-    with numpy.errstate(all="ignore"), closed_at_the_end(parallel_step):
+    with numpy.errstate(all="ignore"), training_step(model, optimizer, cfg.grad_clip, world, should_stop) as (step, how):
+        if world.size > 1:
+            log(f"data parallel: {world.size} ranks, {cfg.batch_size // world.size} of the {cfg.batch_size} rows of "
+                f"each batch per rank, {distributed.blas_threads} BLAS thread(s) each, gradients summed by {how}")
         while True:
             lr = optim.cosine_lr(run.it, lr=cfg.learning_rate, min_lr=cfg.min_lr, warmup_iters=cfg.warmup_iters,
                                  lr_decay_iters=cfg.lr_decay_iters)
@@ -147,12 +150,7 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print, warn: Callabl
                 group["lr"] = lr
             x, y = get_batch(run.train_ids, cfg.batch_size, cfg.block_size, run.batch_rng)
             backend.start_device_stream(run.it * world.size + world.rank)  # a GPU's dropout masks of step it
-            if world.size == 1:
-                lossf = train_step(model, optimizer, x, y, cfg.grad_clip)  # forward, backward, clip, AdamW
-                stop = should_stop()
-            else:
-                backend.start_host_stream(run.it, world.rank)  # this rank's own dropout masks of step it
-                lossf, stop = parallel_step(x, y, cfg.grad_clip, should_stop)
+            lossf, stop = step(run.it, x, y)  # forward, backward, clip, AdamW (training/steps.py)
             if not math.isfinite(lossf):
                 progress.end_line()
                 raise TrainingError(f"the loss became {lossf} at iteration {run.it}; stopping. The last good "
@@ -167,7 +165,7 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print, warn: Callabl
                 break
 
     def stopped_in_the_final_evaluation() -> bool:  # collective: every rank stops, or none
-        if interrupted or world.sum(float(should_stop())) == 0:
+        if interrupted or not asked_to_stop(world, should_stop):
             return interrupted
         log(f"stopped at iteration {run.it}, in the final evaluation: {run.out_dir / checkpoint.LATEST} is saved; "
             f"--resume finishes the run")
@@ -263,7 +261,8 @@ def _set_up(cfg: TrainConfig, world: distributed.World, log: Callable[[str], Non
              f"(pip install matplotlib: minigpt's plot extra)")
     run.model.train()
     n_params = run.model.num_params()
-    ops = "reference ops" if cfg.reference else "fast twins"
+    runs_twin = isinstance(run.model, fast.GPT) and fast.enabled(next(run.model.parameters()))
+    ops = "fast twins" if runs_twin else "reference ops"  # on CuPy fast.GPT runs the reference forward
     log(f"model: {cfg.model}, {n_params:,} parameters ({n_params / 1e6:.2f}M), device {device}, {cfg.dtype}, {ops}")
     log(f"data: {len(run.train_ids):,} training and {len(run.val_ids):,} validation tokens, "
         f"vocabulary {run.tokenizer.vocab_size}")

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from minigpt import backend, checkpoint, fast, nn
+from minigpt.fast import gpt as fast_gpt
 from minigpt.fast import optim as fast_optim
 from minigpt.data import CharTokenizer
 from minigpt.train import train
@@ -111,7 +112,9 @@ def test_reference_flag_trains_with_the_reference_ops_to_the_same_loss(tmp_path,
     def no_fast_forward(*args, **kwargs):
         raise AssertionError("the fast twin ran under --reference")
 
-    monkeypatch.setattr(fast, "gpt_forward", no_fast_forward)
+    monkeypatch.setattr(fast_gpt, "gpt_forward", no_fast_forward)  # where fast.GPT.forward finds it
+    with pytest.raises(AssertionError, match="the fast twin ran"):  # the guard can fire
+        fast.GPT(nn.GPTConfig(block_size=4, vocab_size=5, n_layer=1, n_head=1, n_embd=4))(np.zeros((1, 4), int))
     monkeypatch.setattr(fast_optim, "adamw_update", no_fast_forward)
     ref_run = train(tiny(tmp_path / "ref", None, max_iters=20, sample_chars=0, reference=True), log=lines.append)
     assert any("reference ops" in line for line in lines)

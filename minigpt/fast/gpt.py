@@ -24,7 +24,7 @@ from minigpt.fast.attention import causal_self_attention
 from minigpt.fast.functional import GELU, ResidualAdd, cross_entropy, embedding, layer_norm, linear
 from minigpt.fast.switch import enabled
 from minigpt.functional import dropout
-from minigpt.nn.gpt import check_length
+from minigpt.nn.gpt import check_ids
 from minigpt.tensor import Tensor
 
 
@@ -37,7 +37,7 @@ class GPT(nn.GPT):
         if not enabled(self.lm_head.weight):  # CuPy, or inside fast.disabled(): the reference
             return super().forward(idx, targets)
         idx = backend.unwrap(idx)
-        check_length(idx.shape[1], self.config.block_size)
+        check_ids(idx, self.config.block_size)
         return gpt_forward(self, idx, targets)
 
 

@@ -98,7 +98,7 @@ class SharedMemoryStep:
         reason = ("one rank" if world.size == 1 or world.comm is None else
                   "no parameter to train" if not trainable else
                   "the fast twins are off" if not enabled(trainable[0].data) else
-                  "the optimizer is not fast.AdamW" if type(optimizer) is not AdamW else
+                  "the optimizer is the reference optim.AdamW" if not isinstance(optimizer, AdamW) else
                   "parameters of several dtypes" if len({p.dtype for p in trainable}) != 1 else "")
         if reason:
             return reason

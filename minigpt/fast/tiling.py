@@ -18,8 +18,8 @@ from minigpt import backend
 # Elements per tile: 256 KiB of float32 (tests patch it small to run many tiles). A chain's tiles
 # then fit in a 2 MiB L2: layer norm's and attention's two or three arrays, AdamW's five (p, g, m,
 # v and a scratch: 1.25 MiB; 2.5 MiB in float64, beyond it). Fewer, larger tiles cost fewer NumPy
-# calls until a tile's chain no longer fits in L2; timing whole training steps with tiles of 2^15
-# to 2^18 elements found 2^16 and 2^17 the fastest, within the noise of each other. The tile size changes
+# calls until a tile's chain no longer fits in L2; the size was chosen by timing whole training
+# steps over tile sizes from 2^15 to 2^18 elements. The tile size changes
 # the last bits of some results (a row sum's rounding depends on where its row falls in a tile's
 # matrix-vector product), never more than rounding: the tests hold every twin to the reference.
 TILE = 1 << 16

@@ -129,10 +129,12 @@ def _normal_(p: Any, std: float) -> None:
     p.data[...] = backend.generator().standard_normal(p.shape) * std
 
 
-def check_length(T: int, block_size: int) -> None:
-    """A model with a position table of block_size rows reads at most block_size tokens."""
-    if T > block_size:
-        raise ValueError(f"cannot forward a sequence of length {T}: block_size is {block_size}")
+def check_ids(idx: Any, block_size: int) -> None:
+    """idx must be (B, T) token ids with T <= block_size: the position table has block_size rows."""
+    if idx.ndim != 2:
+        raise ValueError(f"idx must be (B, T) token ids, got shape {tuple(idx.shape)}")
+    if idx.shape[1] > block_size:
+        raise ValueError(f"cannot forward a sequence of length {idx.shape[1]}: block_size is {block_size}")
 
 
 class GPT(Module):
@@ -184,7 +186,7 @@ class GPT(Module):
         # idx and targets stay where they are (a GPU run's batches on the host): embedding and
         # cross-entropy check them there, for free, and only then copy them to the device
         idx = backend.unwrap(idx)
-        check_length(idx.shape[1], self.config.block_size)
+        check_ids(idx, self.config.block_size)
         x = self._embed(idx)  # (B, T, C)
         for block in self.transformer.h:
             x = block(x)

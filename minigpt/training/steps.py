@@ -1,9 +1,10 @@
 """One optimisation step: in one process, or split over the ranks of a data-parallel run.
 
+    training_step         what the loop calls: step(it, x, y) -> (loss, stop), the right one of these
     train_step            forward, backward, clip, AdamW: the step of one process
     parallel_train_step   the same on N ranks: each rank's slice of the batch, one all-reduce
     data_parallel_step    the data-parallel step a run takes: the shared-memory twin where it can
-    closed_at_the_end     frees the shared-memory step's block when the loop ends
+    asked_to_stop         whether any rank was asked to stop (one process: whether it was)
 
 Legend: B batch, T time, N ranks.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Callable, Iterator
 
-from minigpt import distributed, fast, optim
+from minigpt import backend, distributed, fast, optim
 from minigpt.nn import Module
 
 
@@ -74,8 +75,37 @@ def data_parallel_step(model: Module, optimizer: optim.AdamW, world: distributed
     return step, f"MPI all-reduce ({twin})"
 
 
+Step = Callable[[int, Any, Any], "tuple[float, bool]"]  # step(it, x, y) -> (the loss, whether to stop)
+
+
 @contextlib.contextmanager
-def closed_at_the_end(step: Any) -> Iterator[None]:
+def training_step(model: Module, optimizer: optim.AdamW, grad_clip: float, world: distributed.World,
+                  should_stop: Callable[[], bool]) -> Iterator[tuple[Step, str]]:
+    """Collective (every rank enters it): the step the training loop takes, ``step(it, x, y)`` ->
+    (the batch's loss, whether to stop after it), and how it sums the gradients, in words. One
+    process: :func:`train_step`, then ``should_stop()``. N ranks: :func:`data_parallel_step`, each
+    rank drawing its own dropout masks for step ``it``; leaving the block frees a shared-memory
+    step's block (also when every rank stops on the same error)."""
+    if world.size == 1:
+        yield (lambda it, x, y: (train_step(model, optimizer, x, y, grad_clip), should_stop())), "one process"
+        return
+    parallel_step, how = data_parallel_step(model, optimizer, world)
+
+    def step(it: int, x: Any, y: Any) -> tuple[float, bool]:
+        backend.start_host_stream(it, world.rank)  # this rank's own dropout masks of step it
+        return parallel_step(x, y, grad_clip, should_stop)
+
+    with shared_block_freed_at_the_end(parallel_step):
+        yield step, how
+
+
+def asked_to_stop(world: distributed.World, should_stop: Callable[[], bool]) -> bool:
+    """Collective: whether ``should_stop()`` says True on any rank (so that every rank stops, or none)."""
+    return world.sum(float(should_stop())) > 0
+
+
+@contextlib.contextmanager
+def shared_block_freed_at_the_end(step: Any) -> Iterator[None]:
     """Close a shared-memory step (collective: the weights private again, the shared block freed)
     when the training loop ends, or stops on an error every rank meets at the same step (a NaN
     loss, a parameter that stopped being shared). An error of one rank alone aborts the run."""
