@@ -38,6 +38,7 @@ import numpy
 import minigpt
 from minigpt import backend, checkpoint, distributed, fast, nn, optim
 from minigpt.data import CharTokenizer, get_batch, load_source, train_val_split
+from minigpt.training import expected
 from minigpt.training.config import (CPU_PRESET, GPU_PRESET, NANOGPT_CPU_PRESET, TrainConfig, resolve_device,
                                      resume_config)
 from minigpt.training.evaluate import estimate_loss, generate_text, split_loss
@@ -105,6 +106,7 @@ class Run:
     metrics: list[dict[str, Any]] = field(default_factory=list)
     clock: float = 0.0  # time.time() when training started, resumes included
     warned_overfitting: bool = False
+    preset: str | None = None  # the preset whose expected curve the run should follow (training/expected.py)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -197,7 +199,9 @@ def _evaluate(run: Run, world: distributed.World, lr: float, progress: Progress,
     losses = {s: estimate_loss(run.model, ids, cfg, run.batch_rng, world)
               for s, ids in (("train", run.train_ids), ("val", run.val_ids))}
     val_bpc = losses["val"] * run.bits_per_char
-    log(f"step {run.it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} ({val_bpc:.3f} bits per character)")
+    verdict = expected.judge(run.preset, run.it, losses["val"]) if run.preset else None  # is my loss right?
+    log(f"step {run.it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} ({val_bpc:.3f} bits per "
+        f"character{'; ' + verdict + ' for ' + expected.NAMES[run.preset] if verdict else ''})")
     run.metrics.append({"iter": run.it, "train_loss": f"{losses['train']:.6f}", "val_loss": f"{losses['val']:.6f}",
                         "val_bpc": f"{val_bpc:.6f}", "lr": f"{lr:.6g}", "elapsed_s": f"{time.time() - run.clock:.1f}",
                         "tokens_per_s": f"{cfg.batch_size * cfg.block_size / progress.step_time:.0f}"
@@ -249,6 +253,7 @@ def _set_up(cfg: TrainConfig, world: distributed.World, log: Callable[[str], Non
         model = build_model(cfg, tokenizer.vocab_size).to(device, numpy.dtype(cfg.dtype))
         run = Run(cfg, Path(cfg.out_dir), tokenizer, train_ids, val_ids, 1 / (math.log(2) * chars_per_token),
                   model, build_optimizer(model, cfg), numpy.random.default_rng(cfg.seed), clock=time.time())
+        run.preset = expected.preset_of(cfg)
         if cfg.resume:
             _restore(run, device, log, world.size)
     except (ValueError, RuntimeError, OSError) as e:

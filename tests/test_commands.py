@@ -39,7 +39,7 @@ def test_python_m_minigpt_lists_the_subcommands_and_no_subcommand_is_bad_input()
     for name in ("train", "sample", "attention-map"):
         assert name in r.stdout
     r = run_minigpt()
-    assert r.returncode == 2 and r.stderr.strip() == "error: a command is needed: train, sample, attention-map (see --help)"
+    assert r.returncode == 2 and r.stderr.strip() == "error: a command is needed: train, sample, attention-map, exercises, check (see --help)"
     r = run_minigpt("fly")
     assert r.returncode == 2 and "invalid choice: 'fly'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
@@ -60,7 +60,7 @@ def test_every_flag_of_every_subcommand_has_help_and_shows_its_default(name):
         assert len(shown) > 20 and shown in text, a.option_strings
         if a.choices:
             assert "{" + ",".join(a.choices) + "}" in text, a.option_strings
-        if not isinstance(a, argparse._StoreTrueAction) and a.dest != "preset":
+        if not isinstance(a, argparse._StoreTrueAction) and a.dest != "preset" and a.default != argparse.SUPPRESS:
             assert "default" in shown and "default: None" not in shown, (a.option_strings, shown)
 
 

@@ -19,6 +19,8 @@ ABOVE = {
                   "minigpt.cli", "minigpt.checkpoint"],
     "fast": ["minigpt.train", "minigpt.training", "minigpt.commands", "minigpt.cli"],
     "training": ["minigpt.train", "minigpt.commands", "minigpt.cli"],
+    "exercises": ["minigpt.fast", "minigpt.distributed", "minigpt.train", "minigpt.training", "minigpt.commands",
+                  "minigpt.cli"],
 }
 FAST_ONLY_NAMES = ["unshared", "fresh_output", "writes_over", "on_every_device", "SharedMemoryStep", "mpi4py",
                    "blas_threads", "allreduce", "Allreduce", "keep_freed_memory", "tiling"]
@@ -48,7 +50,8 @@ def upward(source, forbidden):
 
 
 def layer_modules():
-    for layer, prefixes in (("reference", REFERENCE), ("fast", ["fast"]), ("training", ["training"])):
+    for layer, prefixes in (("reference", REFERENCE), ("fast", ["fast"]), ("training", ["training"]),
+                            ("exercises", ["exercises"])):
         for prefix in prefixes:
             for name, source in modules(prefix):
                 yield layer, name, source

@@ -59,6 +59,7 @@ def test_the_wheel_carries_the_command_and_the_license(dists, tmp_path):
         entry_points = next(z.read(n).decode() for n in names if n.endswith(".dist-info/entry_points.txt"))
         z.extractall(tmp_path / "site")
     assert "minigpt = minigpt.commands:entry" in entry_points  # pip makes it the `minigpt` command
+    assert "minigpt/exercises/blanks/linear.py" in names and "minigpt/assets/expected_curves.json" in names
     assert any(n.endswith("LICENSE") and ".dist-info/" in n for n in names)
     # a wheel user trains with the command the wheel carries: python -m minigpt train
     r = subprocess.run([sys.executable, "-m", "minigpt", "train", "--help"], cwd=tmp_path, capture_output=True,

@@ -3,6 +3,8 @@
     minigpt train            train a GPT (or the bigram model) on Tiny Shakespeare or your text
     minigpt sample           generate text from a trained run
     minigpt attention-map    draw where each attention head looks
+    minigpt exercises        copy the blank exercises out, to write backward passes yourself
+    minigpt check            check an exercise, or a finished run against its expected curve
 
 ``python -m minigpt`` is the same command. Each subcommand is a module here with
 ``add_arguments(parser)`` and ``run(args) -> exit status``; this one parses the command line
@@ -17,9 +19,10 @@ from types import ModuleType
 
 import minigpt
 from minigpt import cli
-from minigpt.commands import attention_map, sample, train
+from minigpt.commands import attention_map, check, exercises, sample, train
 
-COMMANDS: dict[str, ModuleType] = {"train": train, "sample": sample, "attention-map": attention_map}
+COMMANDS: dict[str, ModuleType] = {"train": train, "sample": sample, "attention-map": attention_map,
+                                   "exercises": exercises, "check": check}
 DESCRIPTION = ("minigpt: a from-scratch deep-learning engine that trains a GPT.\n\n"
                "    minigpt train && minigpt sample --start \"ROMEO:\"")
 
@@ -39,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=summary.rstrip("."), description=module.__doc__,
                                   formatter_class=HelpFormatter)
         module.add_arguments(sub)
-        sub.set_defaults(run=module.run)
+        sub.set_defaults(handler=module.run)
     return parser
 
 
@@ -49,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:
         parser.error(f"a command is needed: {', '.join(COMMANDS)}")
-    return args.run(args)
+    return args.handler(args)
 
 
 def entry() -> None:

@@ -1,0 +1,110 @@
+"""How an exercise is checked: run the learner's functions, compare them with minigpt's reference
+ops and with the project's gradcheck, and say precisely what is wrong.
+
+A check is a function of the learner's module that raises :class:`Mistake` at the first thing
+wrong, with a message a learner can act on: not implemented yet; a wrong shape (expected against
+got); a wrong value (the largest error and where); and, where the wrong answer is one that
+learners often give, its name ("the gradient is transposed").
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from minigpt.gradcheck import GradcheckError, gradcheck
+from minigpt.tensor import Function, Tensor
+
+
+class Mistake(Exception):
+    """What is wrong with the learner's answer, in words."""
+
+
+class BadInput(Exception):
+    """The exercise file cannot be checked at all: missing, or not Python that imports."""
+
+
+def load(path: Path) -> ModuleType:
+    """The learner's file as a module (run afresh at every check)."""
+    if not path.is_file():
+        raise BadInput(f"no exercise file at {path} (minigpt exercises copies the blanks out)")
+    spec = importlib.util.spec_from_file_location(f"minigpt_exercise_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # noqa: BLE001 - any error in the learner's file is bad input, said in one line
+        raise BadInput(f"{path} does not import: {type(e).__name__}: {e}") from e
+    return module
+
+
+def call(module: ModuleType, name: str, *args: Any) -> Any:
+    """``module.name(*args)``; a Mistake that says so when it is not written yet or raises."""
+    fn = getattr(module, name, None)
+    if fn is None:
+        raise Mistake(f"{name} is missing: the file must define def {name}(...)")
+    try:
+        with np.errstate(all="ignore"):
+            return fn(*[a.copy() if isinstance(a, np.ndarray) else a for a in args])
+    except NotImplementedError:
+        raise Mistake(f"{name} is not implemented yet: write its body where the file says") from None
+    except Exception as e:  # noqa: BLE001 - the learner's bug, reported as a finding
+        raise Mistake(f"{name} raised {type(e).__name__}: {e}") from e
+
+
+def where(index: tuple[int, ...]) -> str:
+    return "[" + ", ".join(str(int(i)) for i in index) + "]"
+
+
+def same(what: str, got: Any, expected: np.ndarray, known: Sequence[tuple[str, Any]] = (),
+         rtol: float = 1e-6, atol: float = 1e-8) -> None:
+    """Raise a Mistake unless ``got`` equals ``expected`` (shape, then values). ``known`` pairs the
+    name of a common mistake with the answer it gives: a wrong ``got`` equal to one is named."""
+    got_arr = np.asarray(got, dtype=np.float64) if got is not None else None
+    named = next((name for name, wrong in known if wrong is not None and got_arr is not None
+                  and np.shape(wrong) == got_arr.shape and np.allclose(got_arr, wrong, rtol=1e-6, atol=1e-9)), None)
+    hint = f": {named}" if named else ""
+    if got_arr is None:
+        raise Mistake(f"{what} is None")
+    if got_arr.shape != expected.shape:
+        raise Mistake(f"{what} has shape {got_arr.shape}, expected {expected.shape}{hint}")
+    if not np.all(np.isfinite(got_arr)) and np.all(np.isfinite(expected)):
+        bad = np.argwhere(~np.isfinite(got_arr))[0]
+        raise Mistake(f"{what} holds {got_arr[tuple(bad)]} at {where(tuple(bad))}, expected {expected[tuple(bad)]:.6g}"
+                      f"{hint}")
+    err = np.abs(got_arr - expected)
+    if not np.all(err <= atol + rtol * np.abs(expected)):
+        worst = np.unravel_index(np.argmax(err), err.shape) if err.ndim else ()
+        raise Mistake(f"{what} is wrong: the largest error is {err[worst]:.3g} at {where(worst)} "
+                      f"(got {got_arr[worst]:.6g}, expected {expected[worst]:.6g}){hint}")
+
+
+def consistent(forward: Callable[..., Any], backward: Callable[..., Any], inputs: list[np.ndarray],
+               grad_of: Sequence[int], names: Sequence[str]) -> None:
+    """minigpt.gradcheck of the learner's backward against central differences of the learner's
+    forward (float64, a random upstream gradient): the two must be one function and its derivative."""
+
+    class Learner(Function):
+        def forward(self, *arrays: Any) -> Any:
+            self.saved = arrays
+            return np.asarray(forward(*arrays), dtype=np.float64)
+
+        def backward(self, dy: Any) -> Any:
+            grads = backward(*self.saved, dy)
+            grads = grads if isinstance(grads, tuple) else (grads,)
+            out: list[Any] = [None] * len(self.saved)
+            for i, g in zip(grad_of, grads):
+                out[i] = np.asarray(g, dtype=np.float64)
+            return tuple(out)
+
+    tensors = [Tensor(a, requires_grad=i in grad_of) if a.dtype.kind == "f" else a for i, a in enumerate(inputs)]
+    try:
+        gradcheck(lambda *ts: Learner.apply(*ts), [t for t in tensors])
+    except GradcheckError as e:
+        message = str(e)
+        for i, name in enumerate(names):
+            message = message.replace(f"input {i}", name)
+        raise Mistake(f"gradcheck: {message}") from None

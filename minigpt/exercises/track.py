@@ -1,0 +1,144 @@
+"""The exercises, in the lecture's order, each with its check.
+
+A check runs the learner's functions on float64 inputs of several shapes (a batch of one, square
+and non-square matrices, repeated indices, logits large enough to overflow a naive exp), compares
+them with minigpt's reference op, names the common mistakes it recognises, and ends with the
+project's gradcheck of the learner's backward against the learner's forward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Callable
+
+import numpy as np
+
+from minigpt import functional as F
+from minigpt.exercises.checking import Mistake, call, consistent, same
+from minigpt.tensor import Tensor
+
+
+@dataclass(frozen=True)
+class Exercise:
+    name: str
+    title: str
+    check: Callable[[ModuleType], None]
+    reference: str  # where to compare: the reference code and its derivation
+
+
+def _leaves(*arrays: np.ndarray) -> list[Tensor]:
+    return [Tensor(a, requires_grad=True) for a in arrays]
+
+
+def _grads(out: Tensor, dy: np.ndarray, *leaves: Tensor) -> list[np.ndarray]:
+    out.backward(dy)
+    return [t.grad for t in leaves]
+
+
+def _tuple_of(got: object, n: int, what: str) -> tuple:
+    if not isinstance(got, (tuple, list)) or len(got) != n:
+        raise Mistake(f"backward must return a tuple of {n}: {what}")
+    return tuple(got)
+
+
+# ----------------------------------------------------------------------------- linear
+def check_linear(m: ModuleType) -> None:
+    rng = np.random.default_rng(0)
+    for N, d_in, d_out in [(5, 4, 3), (1, 3, 3), (6, 2, 2)]:  # square W: a transposed dW has W's shape
+        x, W, b = rng.standard_normal((N, d_in)), rng.standard_normal((d_out, d_in)), rng.standard_normal(d_out)
+        same("forward(x, W, b)", call(m, "forward", x, W, b), x @ W.T + b)
+        dy = rng.standard_normal((N, d_out))
+        tx, tW, tb = _leaves(x, W, b)
+        gx, gW, gb = _grads(F.linear(tx, tW, tb), dy, tx, tW, tb)
+        dx, dW, db = _tuple_of(call(m, "backward", x, W, b, dy), 3, "(dx, dW, db)")
+        same("dx", dx, gx, known=[("dy @ W.T multiplies by W transposed twice: dx = dy @ W", None)])
+        same("dW", dW, gW, known=[("the gradient is transposed: dW has W's shape (out, in), dy.T @ x", gW.T)])
+        same("db", db, gb, known=[("the sum over the batch axis is missing: b is added to every row, so "
+                                   "db = dy.sum(axis=0)", dy),
+                                  ("a mean over the batch instead of the sum", dy.mean(axis=0))])
+    consistent(m.forward, m.backward, [x, W, b], grad_of=(0, 1, 2), names=("x", "W", "b"))
+
+
+# ----------------------------------------------------------------------------- embedding
+def check_embedding(m: ModuleType) -> None:
+    rng = np.random.default_rng(1)
+    for idx in (np.array([0, 2, 2, 4, 0, 2]), np.array([3]), np.array([1, 1, 1])):  # repeats; row 5 unused
+        W = rng.standard_normal((6, 3))
+        same("forward(idx, W)", call(m, "forward", idx, W), W[idx])
+        dout = rng.standard_normal((len(idx), 3))
+        (tW,) = _leaves(W)
+        (gW,) = _grads(F.embedding(idx, tW), dout, tW)
+        assigned = np.zeros_like(W)
+        assigned[idx] = dout  # the last repeat wins
+        same("dW", call(m, "backward", idx, W, dout), gW,
+             known=[("repeated indices lose their gradients: dW[idx] = dout keeps only one row per token; add "
+                     "them all (np.add.at(dW, idx, dout))", assigned)])
+    consistent(m.forward, m.backward, [np.array([0, 2, 2, 4]), rng.standard_normal((6, 3))], grad_of=(1,),
+               names=("idx", "W"))
+
+
+# ----------------------------------------------------------------------------- softmax
+def _check_no_overflow(m: ModuleType, name: str, big: np.ndarray, expected: np.ndarray) -> None:
+    got = np.asarray(call(m, "forward", *big) if isinstance(big, tuple) else call(m, "forward", big), dtype=float)
+    if not np.all(np.isfinite(got)):
+        raise Mistake(f"forward gives {got.ravel()[~np.isfinite(got.ravel())][0]} for logits near 1000: the max-shift "
+                      f"is left out, and exp overflows; subtract each row's max first (it changes nothing else)")
+    same(f"forward on logits near 1000 ({name})", got, expected)
+
+
+def check_softmax(m: ModuleType) -> None:
+    rng = np.random.default_rng(2)
+    for shape in [(4, 5), (1, 3), (3, 1)]:
+        x = rng.standard_normal(shape)
+        (tx,) = _leaves(x)
+        y_ref = F.softmax(tx)
+        same("forward(x)", call(m, "forward", x), y_ref.data,
+             known=[("normalised over the wrong axis: each ROW must sum to 1", np.exp(x) / np.exp(x).sum(0))])
+        dy = rng.standard_normal(shape)
+        (gx,) = _grads(y_ref, dy, tx)
+        y = y_ref.data
+        same("backward(y, dy)", call(m, "backward", y, dy), gx,
+             known=[("the term -y * sum(y * dy) is missing: each y[i] depends on every x[j], not only on x[i]",
+                     y * dy),
+                    ("only the diagonal of the Jacobian: dy[i]/dx[j] = y[i] (delta_ij - y[j]) for every j",
+                     y * (1 - y) * dy)])
+    big = rng.standard_normal((3, 4)) + 1000.0
+    _check_no_overflow(m, "rows of 1000 + a little", big, F.softmax(Tensor(big)).data)
+    consistent(m.forward, lambda x, dy: m.backward(m.forward(x), dy), [rng.standard_normal((3, 4))], grad_of=(0,),
+               names=("x",))
+
+
+# ----------------------------------------------------------------------------- cross-entropy
+def check_cross_entropy(m: ModuleType) -> None:
+    rng = np.random.default_rng(3)
+    for N, V in [(6, 5), (1, 4), (8, 2)]:
+        logits, targets = rng.standard_normal((N, V)), rng.integers(0, V, N)
+        (tl,) = _leaves(logits)
+        loss = F.cross_entropy(tl, targets)
+        same("forward(logits, targets)", call(m, "forward", logits, targets), loss.data,
+             known=[("the sum over the rows, not the mean: divide by N", loss.data * N),
+                    ("the sign is flipped: the loss is -log p[target], which is positive", -loss.data)])
+        (gl,) = _grads(loss, np.ones(()), tl)
+        p = np.exp(logits - logits.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        same("backward(logits, targets)", call(m, "backward", logits, targets), gl,
+             known=[("the 1/N of the mean is missing", gl * N),
+                     ("the one-hot of the targets is not subtracted: d(-log p[t])/dlogits = p - onehot(t)", p / N),
+                     ("the sign is flipped: the gradient is p - onehot(t), not onehot(t) - p", -gl)])
+    big, t = rng.standard_normal((3, 4)) * 3 + 1000.0, np.array([0, 3, 1])
+    _check_no_overflow(m, "cross-entropy", (big, t), np.asarray(F.cross_entropy(Tensor(big), t).data))
+    consistent(m.forward, lambda lg, tg, dy: m.backward(lg, tg) * dy, [rng.standard_normal((5, 3)),
+               rng.integers(0, 3, 5)], grad_of=(0,), names=("logits", "targets"))
+
+
+TRACK: dict[str, Exercise] = {e.name: e for e in [
+    Exercise("linear", "the backward pass of a linear layer", check_linear,
+             "minigpt/functional.py (class Linear) and docs/derivations.md, section 'Linear'"),
+    Exercise("embedding", "the backward pass of an embedding: a scatter-add", check_embedding,
+             "minigpt/functional.py (class Embedding) and docs/derivations.md, section 'Embedding'"),
+    Exercise("softmax", "softmax, forward without overflow and backward", check_softmax,
+             "minigpt/functional.py (softmax_forward, softmax_backward) and docs/derivations.md, section 'Softmax'"),
+    Exercise("cross_entropy", "cross-entropy fused with log-softmax, forward and backward", check_cross_entropy,
+             "minigpt/functional.py (class CrossEntropy) and docs/derivations.md, section 'Log-softmax and cross-entropy'"),
+]}

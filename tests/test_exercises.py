@@ -1,0 +1,163 @@
+"""Every exercise's checker is itself checked: it fails on the untouched blank, names each planted
+mistake, and passes with the reference op plugged in through the same file a learner edits."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from minigpt import exercises
+
+REPO = Path(__file__).resolve().parents[1]
+HEADER = "import numpy as np\nfrom minigpt import Tensor\nfrom minigpt import functional as F\n\n"
+
+# the reference, through the learner's interface: each body calls minigpt's reference op
+SOLUTIONS = {
+    "linear": """
+def forward(x, W, b):
+    return x @ W.T + b
+
+def backward(x, W, b, dy):
+    tx, tW, tb = (Tensor(a, requires_grad=True) for a in (x, W, b))
+    F.linear(tx, tW, tb).backward(dy)
+    return tx.grad, tW.grad, tb.grad
+""",
+    "embedding": """
+def forward(idx, W):
+    return W[idx]
+
+def backward(idx, W, dout):
+    tW = Tensor(W, requires_grad=True)
+    F.embedding(idx, tW).backward(dout)
+    return tW.grad
+""",
+    "softmax": """
+def forward(x):
+    return F.softmax(Tensor(x)).data
+
+def backward(y, dy):
+    from minigpt.functional import softmax_backward
+    return softmax_backward(y, dy, axis=-1)
+""",
+    "cross_entropy": """
+def forward(logits, targets):
+    return float(F.cross_entropy(Tensor(logits), targets).data)
+
+def backward(logits, targets):
+    t = Tensor(logits, requires_grad=True)
+    F.cross_entropy(t, targets).backward()
+    return t.grad
+""",
+}
+
+# (exercise, what the learner wrote instead, words the diagnosis must contain)
+MISTAKES = [
+    ("linear", SOLUTIONS["linear"].replace("return tx.grad, tW.grad, tb.grad", "return dy @ W, x.T @ dy, dy.sum(0)"),
+     "dW has shape (4, 3), expected (3, 4): the gradient is transposed"),
+    ("linear", SOLUTIONS["linear"].replace("return tx.grad, tW.grad, tb.grad", "return dy @ W, dy.T @ x, dy"),
+     "db has shape (5, 3), expected (3,): the sum over the batch axis is missing"),
+    ("linear", SOLUTIONS["linear"].replace("return tx.grad, tW.grad, tb.grad", "return dy @ W, dy.T @ x, dy.mean(0)"),
+     "db is wrong: the largest error"),
+    ("linear", SOLUTIONS["linear"].replace("return tx.grad, tW.grad, tb.grad", "return dy @ W, dy.T @ x"),
+     "backward must return a tuple of 3"),
+    ("embedding", SOLUTIONS["embedding"].replace(
+        "    tW = Tensor(W, requires_grad=True)\n    F.embedding(idx, tW).backward(dout)\n    return tW.grad",
+        "    dW = np.zeros_like(W)\n    dW[idx] = dout\n    return dW"),
+     "repeated indices lose their gradients"),
+    ("softmax", SOLUTIONS["softmax"].replace("return F.softmax(Tensor(x)).data",
+                                             "return np.exp(x) / np.exp(x).sum(axis=-1, keepdims=True)"),
+     "the max-shift is left out"),
+    ("softmax", SOLUTIONS["softmax"].replace("    from minigpt.functional import softmax_backward\n"
+                                             "    return softmax_backward(y, dy, axis=-1)", "    return y * dy"),
+     "the term -y * sum(y * dy) is missing"),
+    ("softmax", SOLUTIONS["softmax"].replace("    from minigpt.functional import softmax_backward\n"
+                                             "    return softmax_backward(y, dy, axis=-1)", "    return y * (1 - y) * dy"),
+     "only the diagonal of the Jacobian"),
+    ("cross_entropy", SOLUTIONS["cross_entropy"].replace("    return t.grad", "    return t.grad * len(targets)"),
+     "the 1/N of the mean is missing"),
+    ("cross_entropy", SOLUTIONS["cross_entropy"].replace("    return t.grad", "    return -t.grad"),
+     "the sign is flipped"),
+    ("cross_entropy", SOLUTIONS["cross_entropy"].replace(
+        "    return float(F.cross_entropy(Tensor(logits), targets).data)",
+        "    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)\n"
+        "    return -np.log(p[np.arange(len(targets)), targets]).mean()"),
+     "the max-shift is left out"),
+    ("cross_entropy", SOLUTIONS["cross_entropy"].replace(
+        "    t = Tensor(logits, requires_grad=True)\n    F.cross_entropy(t, targets).backward()\n    return t.grad",
+        "    p = np.exp(logits - logits.max(1, keepdims=True))\n    p /= p.sum(1, keepdims=True)\n"
+        "    return p / len(targets)"),
+     "the one-hot of the targets is not subtracted"),
+]
+
+
+def write(tmp_path, name, body):
+    (tmp_path / f"{name}.py").write_text(HEADER + body)
+    return tmp_path
+
+
+def test_the_track_is_in_the_lecture_order_and_every_exercise_has_a_blank():
+    assert list(exercises.TRACK) == ["linear", "embedding", "softmax", "cross_entropy"]
+    for name in exercises.TRACK:
+        assert (exercises.BLANKS / f"{name}.py").is_file()
+
+
+@pytest.mark.parametrize("name", list(exercises.TRACK))
+def test_the_untouched_blank_fails_as_not_implemented(name, tmp_path):
+    exercises.copy_blanks(tmp_path)
+    result = exercises.check(name, tmp_path)
+    assert not result.passed and "not implemented yet" in result.message
+
+
+@pytest.mark.parametrize("name", list(exercises.TRACK))
+def test_the_reference_plugged_into_the_file_passes(name, tmp_path):
+    result = exercises.check(name, write(tmp_path, name, SOLUTIONS[name]))
+    assert result.passed, result.message
+    assert "all checks pass" in result.message and "minigpt/functional.py" in result.message
+
+
+@pytest.mark.parametrize("name, body, diagnosis", MISTAKES, ids=[f"{m[0]}-{i}" for i, m in enumerate(MISTAKES)])
+def test_each_planted_mistake_is_found_and_named(name, body, diagnosis, tmp_path):
+    assert body != SOLUTIONS[name]  # the mistake was planted
+    result = exercises.check(name, write(tmp_path, name, body))
+    assert not result.passed and diagnosis in result.message, result.message
+
+
+def test_a_backward_consistent_with_nothing_is_caught_by_gradcheck(tmp_path):
+    """A backward that matches the reference at the checked shapes but not the learner's own
+    forward elsewhere cannot hide: gradcheck compares it with the forward's central differences."""
+    body = SOLUTIONS["softmax"].replace("def forward(x):\n    return F.softmax(Tensor(x)).data",
+                                        "def forward(x):\n    y = F.softmax(Tensor(x)).data\n"
+                                        "    return y if x.shape != (3, 4) or abs(x).max() > 100 else y * 1.001")
+    result = exercises.check("softmax", write(tmp_path, "softmax", body))
+    assert not result.passed and result.message.startswith("gradcheck:"), result.message
+
+
+def test_copying_never_overwrites_an_edited_file(tmp_path):
+    (tmp_path / "linear.py").write_text("# my work\n")
+    done = dict(exercises.copy_blanks(tmp_path))
+    assert done[str(tmp_path / "linear.py")] == "kept" and (tmp_path / "linear.py").read_text() == "# my work\n"
+    assert done[str(tmp_path / "softmax.py")] == "copied"
+
+
+def minigpt(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "minigpt", *args], capture_output=True, text=True, cwd=cwd,
+                          env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=120)
+
+
+def test_the_commands_exit_0_pass_1_mistake_2_bad_input(tmp_path):
+    assert minigpt("exercises", cwd=tmp_path).returncode == 0
+    r = minigpt("check", "linear", cwd=tmp_path)
+    assert r.returncode == 1 and "not implemented yet" in r.stdout
+    write(tmp_path / "exercises", "linear", SOLUTIONS["linear"])
+    r = minigpt("check", "linear", cwd=tmp_path)
+    assert r.returncode == 0 and "all checks pass" in r.stdout
+    for bad in (["check", "nope"], ["check", "linear", "--dir", "nowhere"], ["check"]):
+        r = minigpt(*bad, cwd=tmp_path)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, (bad, r.stderr)
+    (tmp_path / "exercises" / "softmax.py").write_text("def forward(x:\n")
+    r = minigpt("check", "softmax", cwd=tmp_path)
+    assert r.returncode == 2 and "does not import" in r.stderr
+    r = minigpt("check", "--list", cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.splitlines()[0].split()[:2] == ["1.", "linear"]
