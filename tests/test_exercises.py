@@ -50,7 +50,49 @@ def backward(logits, targets):
     F.cross_entropy(t, targets).backward()
     return t.grad
 """,
+    "layer_norm": """
+def forward(x, w, b):
+    return F.layer_norm(Tensor(x), Tensor(w), Tensor(b)).data
+
+def backward(x, w, b, dy):
+    tx, tw, tb = (Tensor(a, requires_grad=True) for a in (x, w, b))
+    F.layer_norm(tx, tw, tb).backward(dy)
+    return tx.grad, tw.grad, tb.grad
+""",
+    "gelu": """
+def forward(x):
+    return F.gelu(Tensor(x)).data
+
+def backward(x, dy):
+    t = Tensor(x, requires_grad=True)
+    F.gelu(t).backward(dy)
+    return t.grad
+""",
+    "adamw": """
+from minigpt import optim
+
+def step(p, g, m, v, t, lr, beta1, beta2, eps, weight_decay):
+    param = Tensor(p.copy(), requires_grad=True)
+    param.grad = g.copy()
+    opt = optim.AdamW([param], lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=weight_decay)
+    state = opt.init_state(param)
+    state.update(step=t - 1, exp_avg=m.copy(), exp_avg_sq=v.copy())
+    opt.step()
+    return param.data, state["exp_avg"], state["exp_avg_sq"]
+""",
 }
+# AdamW written out by hand, as a learner would: DECAY, CORRECT and DECAY_INTO_GRADIENT are the planted lines
+ADAMW_BY_HAND = """
+def step(p, g, m, v, t, lr, beta1, beta2, eps, weight_decay):
+    p = p * (1 - lr * weight_decay)  # DECAY
+    m = beta1 * m + (1 - beta1) * g
+    v = beta2 * v + (1 - beta2) * g * g
+    m_hat, v_hat = m / (1 - beta1**t), v / (1 - beta2**t)  # CORRECT
+    return p - lr * m_hat / (np.sqrt(v_hat) + eps), m, v
+"""
+LAYER_NORM_CONSTANTS = SOLUTIONS["layer_norm"].replace(
+    "    return tx.grad, tw.grad, tb.grad",
+    "    return dy * w / np.sqrt(x.var(-1, keepdims=True) + 1e-5), tw.grad, tb.grad")
 
 # (exercise, what the learner wrote instead, words the diagnosis must contain)
 MISTAKES = [
@@ -89,6 +131,21 @@ MISTAKES = [
         "    p = np.exp(logits - logits.max(1, keepdims=True))\n    p /= p.sum(1, keepdims=True)\n"
         "    return p / len(targets)"),
      "the one-hot of the targets is not subtracted"),
+    ("layer_norm", LAYER_NORM_CONSTANTS, "the mean and the variance are taken as constants"),
+    ("layer_norm", SOLUTIONS["layer_norm"].replace("    return tx.grad, tw.grad, tb.grad",
+                                                   "    return tx.grad, tw.grad, dy"),
+     "db has shape (5, 6), expected (6,): the sum over the rows is missing"),
+    ("gelu", SOLUTIONS["gelu"].replace("    t = Tensor(x, requires_grad=True)\n    F.gelu(t).backward(dy)\n    return t.grad",
+                                       "    return 0.5 * (1 + np.tanh(F.GELU_K * (x + F.GELU_A * x**3))) * dy"),
+     "the term through tanh is missing"),
+    ("adamw", ADAMW_BY_HAND.replace("m_hat, v_hat = m / (1 - beta1**t), v / (1 - beta2**t)", "m_hat, v_hat = m, v"),
+     "the bias correction is missing"),
+    ("adamw", ADAMW_BY_HAND.replace("    p = p * (1 - lr * weight_decay)  # DECAY\n", "    g = g + weight_decay * p\n"),
+     "the weight decay goes through the gradient"),
+    ("adamw", ADAMW_BY_HAND.replace("p * (1 - lr * weight_decay)", "p * (1 - weight_decay)"),
+     "the weight decay is not scaled by the learning rate"),
+    ("adamw", ADAMW_BY_HAND.replace("m = beta1 * m + (1 - beta1) * g", "m = beta1 * m + g"),
+     "the new m is wrong"),
 ]
 
 
@@ -98,7 +155,7 @@ def write(tmp_path, name, body):
 
 
 def test_the_track_is_in_the_lecture_order_and_every_exercise_has_a_blank():
-    assert list(exercises.TRACK) == ["linear", "embedding", "softmax", "cross_entropy"]
+    assert list(exercises.TRACK) == ["linear", "embedding", "softmax", "cross_entropy", "layer_norm", "gelu", "adamw"]
     for name in exercises.TRACK:
         assert (exercises.BLANKS / f"{name}.py").is_file()
 
@@ -114,7 +171,7 @@ def test_the_untouched_blank_fails_as_not_implemented(name, tmp_path):
 def test_the_reference_plugged_into_the_file_passes(name, tmp_path):
     result = exercises.check(name, write(tmp_path, name, SOLUTIONS[name]))
     assert result.passed, result.message
-    assert "all checks pass" in result.message and "minigpt/functional.py" in result.message
+    assert "all checks pass" in result.message and "Compare with the reference: minigpt/" in result.message
 
 
 @pytest.mark.parametrize("name, body, diagnosis", MISTAKES, ids=[f"{m[0]}-{i}" for i, m in enumerate(MISTAKES)])
@@ -122,6 +179,10 @@ def test_each_planted_mistake_is_found_and_named(name, body, diagnosis, tmp_path
     assert body != SOLUTIONS[name]  # the mistake was planted
     result = exercises.check(name, write(tmp_path, name, body))
     assert not result.passed and diagnosis in result.message, result.message
+
+
+def test_adamw_written_by_hand_passes(tmp_path):
+    assert exercises.check("adamw", write(tmp_path, "adamw", ADAMW_BY_HAND)).passed
 
 
 def test_a_backward_consistent_with_nothing_is_caught_by_gradcheck(tmp_path):

@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 
 from minigpt import functional as F
+from minigpt import optim
 from minigpt.exercises.checking import Mistake, call, consistent, same
 from minigpt.tensor import Tensor
 
@@ -132,6 +133,79 @@ def check_cross_entropy(m: ModuleType) -> None:
                rng.integers(0, 3, 5)], grad_of=(0,), names=("logits", "targets"))
 
 
+# ----------------------------------------------------------------------------- layer norm
+def check_layer_norm(m: ModuleType) -> None:
+    rng = np.random.default_rng(4)
+    for N, C in [(5, 6), (1, 4), (3, 2)]:
+        x, w, b = rng.standard_normal((N, C)) * 2 + 1, rng.standard_normal(C), rng.standard_normal(C)
+        tx, tw, tb = _leaves(x, w, b)
+        y = F.layer_norm(tx, tw, tb)
+        same("forward(x, w, b)", call(m, "forward", x, w, b), y.data)
+        dy = rng.standard_normal((N, C))
+        gx, gw, gb = _grads(y, dy, tx, tw, tb)
+        dx, dw, db = _tuple_of(call(m, "backward", x, w, b, dy), 3, "(dx, dw, db)")
+        std = np.sqrt(x.var(-1, keepdims=True) + 1e-5)
+        xhat = (x - x.mean(-1, keepdims=True)) / std
+        same("dx", dx, gx, known=[("the mean and the variance are taken as constants: every xhat of a row depends "
+                                   "on every x of it, through them (each row of dx must sum to 0)", dy * w / std)])
+        same("dw", dw, gw, known=[("the sum over the rows is missing: w is used by every row", dy * xhat)])
+        same("db", db, gb, known=[("the sum over the rows is missing: b is used by every row", dy)])
+    consistent(m.forward, m.backward, [x, w, b], grad_of=(0, 1, 2), names=("x", "w", "b"))
+
+
+# ----------------------------------------------------------------------------- GELU
+def check_gelu(m: ModuleType) -> None:
+    rng = np.random.default_rng(5)
+    for shape in [(4, 7), (1,), (2, 3, 2)]:
+        x = rng.standard_normal(shape) * 3
+        (tx,) = _leaves(x)
+        y = F.gelu(tx)
+        same("forward(x)", call(m, "forward", x), y.data)
+        dy = rng.standard_normal(shape)
+        (gx,) = _grads(y, dy, tx)
+        tanh_u = np.tanh(F.GELU_K * (x + F.GELU_A * x**3))
+        same("backward(x, dy)", call(m, "backward", x, dy), gx,
+             known=[("the term through tanh is missing: d/dx of 0.5 x (1 + tanh u) has a second term, "
+                     "0.5 x (1 - tanh(u)^2) du/dx", 0.5 * (1 + tanh_u) * dy),
+                    ("tanh' is 1 - tanh(u)^2, not 1 - tanh(u)",
+                     (0.5 * (1 + tanh_u) + 0.5 * x * (1 - tanh_u) * F.GELU_K * (1 + 3 * F.GELU_A * x**2)) * dy)])
+    consistent(m.forward, m.backward, [rng.standard_normal((3, 4))], grad_of=(0,), names=("x",))
+
+
+# ----------------------------------------------------------------------------- AdamW
+def check_adamw(m: ModuleType) -> None:
+    rng = np.random.default_rng(6)
+    lr, beta1, beta2, eps, wd = 0.01, 0.9, 0.99, 1e-8, 0.1
+    for t in (1, 2, 10):
+        p, g = rng.standard_normal((3, 4)), rng.standard_normal((3, 4))
+        mom, vel = (rng.standard_normal((3, 4)) * 0.1, rng.random((3, 4)) * 0.01) if t > 1 else (np.zeros((3, 4)),) * 2
+        param = Tensor(p.copy(), requires_grad=True)
+        param.grad = g.copy()
+        opt = optim.AdamW([param], lr=lr, betas=(beta1, beta2), eps=eps, weight_decay=wd)
+        state = opt.init_state(param)
+        state.update(step=t - 1, exp_avg=mom.copy(), exp_avg_sq=vel.copy())
+        opt.step()
+        new_m, new_v = beta1 * mom + (1 - beta1) * g, beta2 * vel + (1 - beta2) * g * g
+        got = _tuple_of(call(m, "step", p, g, mom, vel, t, lr, beta1, beta2, eps, wd), 3, "(p, m, v)")
+        adam = lambda p0, m_hat, v_hat: p0 - lr * m_hat / (np.sqrt(v_hat) + eps)  # noqa: E731
+        corrected = (new_m / (1 - beta1**t), new_v / (1 - beta2**t))
+        l2_g = g + wd * p
+        l2_m, l2_v = beta1 * mom + (1 - beta1) * l2_g, beta2 * vel + (1 - beta2) * l2_g * l2_g
+        known = [("the bias correction is missing: divide m by 1 - beta1^t and v by 1 - beta2^t",
+                  adam(p * (1 - lr * wd), new_m, new_v) if t > 1 else None),
+                 ("the weight decay goes through the gradient (Adam's L2), not into p directly (AdamW's "
+                  "decoupled decay: p <- p (1 - lr wd))", adam(p, l2_m / (1 - beta1**t), l2_v / (1 - beta2**t))),
+                 ("the weight decay is not scaled by the learning rate: p <- p (1 - lr wd)",
+                  adam(p * (1 - wd), *corrected))]
+        named = next((name for name, wrong in known if wrong is not None and np.shape(got[0]) == wrong.shape
+                      and np.allclose(got[0], wrong, rtol=1e-6, atol=1e-9)), None)
+        if named:  # a known mistake in p's update changes m and v too (the L2 one): name it first
+            raise Mistake(f"the new p (step t={t}) is wrong: {named}")
+        same("the new m", got[1], state["exp_avg"])
+        same("the new v", got[2], state["exp_avg_sq"])
+        same(f"the new p (step t={t})", got[0], param.data, known=known)
+
+
 TRACK: dict[str, Exercise] = {e.name: e for e in [
     Exercise("linear", "the backward pass of a linear layer", check_linear,
              "minigpt/functional.py (class Linear) and docs/derivations.md, section 'Linear'"),
@@ -141,4 +215,10 @@ TRACK: dict[str, Exercise] = {e.name: e for e in [
              "minigpt/functional.py (softmax_forward, softmax_backward) and docs/derivations.md, section 'Softmax'"),
     Exercise("cross_entropy", "cross-entropy fused with log-softmax, forward and backward", check_cross_entropy,
              "minigpt/functional.py (class CrossEntropy) and docs/derivations.md, section 'Log-softmax and cross-entropy'"),
+    Exercise("layer_norm", "the backward pass of layer norm, through the mean and the variance", check_layer_norm,
+             "minigpt/functional.py (class LayerNorm) and docs/derivations.md, section 'Layer norm'"),
+    Exercise("gelu", "the backward pass of GELU (tanh form)", check_gelu,
+             "minigpt/functional.py (class GELU) and docs/derivations.md, section 'GELU (tanh form, as GPT-2)'"),
+    Exercise("adamw", "one AdamW step: moments, bias correction, decoupled weight decay", check_adamw,
+             "minigpt/optim.py (AdamW.update_group) and docs/derivations.md, section 'AdamW (the update, not a gradient)'"),
 ]}
