@@ -80,7 +80,37 @@ def step(p, g, m, v, t, lr, beta1, beta2, eps, weight_decay):
     opt.step()
     return param.data, state["exp_avg"], state["exp_avg_sq"]
 """,
+    "attention": """
+def forward(q, k, v):
+    return F.scaled_dot_product_attention(Tensor(q[None, None]), Tensor(k[None, None]), Tensor(v[None, None])).data[0, 0]
+
+def backward(q, k, v, dy):
+    tq, tk, tv = (Tensor(a[None, None], requires_grad=True) for a in (q, k, v))
+    F.scaled_dot_product_attention(tq, tk, tv).backward(dy[None, None])
+    return tq.grad[0, 0], tk.grad[0, 0], tv.grad[0, 0]
+""",
 }
+SOLUTIONS["fix_layer_norm"] = SOLUTIONS["layer_norm"]
+# one head of attention written out by hand: the lines MASK, SCALE and SOFTMAX_BACKWARD are planted on
+ATTENTION_BY_HAND = """
+def _att(q, k):
+    T, hs = q.shape
+    scores = q @ k.T / np.sqrt(hs)  # SCALE
+    scores = np.where(np.tril(np.ones((T, T), dtype=bool)), scores, -np.inf)  # MASK
+    e = np.exp(scores - scores.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+def forward(q, k, v):
+    return _att(q, k) @ v
+
+def backward(q, k, v, dy):
+    att = _att(q, k)
+    dv = att.T @ dy
+    datt = dy @ v.T
+    dscores = att * (datt - (att * datt).sum(1, keepdims=True))  # SOFTMAX_BACKWARD
+    scale = 1 / np.sqrt(q.shape[1])
+    return dscores @ k * scale, dscores.T @ q * scale, dv
+"""
 # AdamW written out by hand, as a learner would: DECAY, CORRECT and DECAY_INTO_GRADIENT are the planted lines
 ADAMW_BY_HAND = """
 def step(p, g, m, v, t, lr, beta1, beta2, eps, weight_decay):
@@ -138,6 +168,22 @@ MISTAKES = [
     ("gelu", SOLUTIONS["gelu"].replace("    t = Tensor(x, requires_grad=True)\n    F.gelu(t).backward(dy)\n    return t.grad",
                                        "    return 0.5 * (1 + np.tanh(F.GELU_K * (x + F.GELU_A * x**3))) * dy"),
      "the term through tanh is missing"),
+    ("attention", ATTENTION_BY_HAND.replace(
+        "    scores = np.where(np.tril(np.ones((T, T), dtype=bool)), scores, -np.inf)  # MASK\n", "").replace(
+        "    return e / e.sum(1, keepdims=True)",
+        "    return e / e.sum(1, keepdims=True) * np.tril(np.ones((T, T)))"), "the mask is applied after the softmax"),
+    ("attention", ATTENTION_BY_HAND.replace(
+        "    scores = np.where(np.tril(np.ones((T, T), dtype=bool)), scores, -np.inf)  # MASK\n", ""),
+     "no causal mask"),
+    ("attention", ATTENTION_BY_HAND.replace("scores = q @ k.T / np.sqrt(hs)", "scores = q @ k.T"),
+     "the 1/sqrt(hs) scale is missing"),
+    ("attention", ATTENTION_BY_HAND.replace("    att = _att(q, k)\n    dv", "    att = _att(q, k)\n    full = np.exp(q @ k.T "
+                                            "/ np.sqrt(q.shape[1])); full /= full.sum(1, keepdims=True)\n    dv").replace(
+        "dscores = att * (datt - (att * datt).sum(1, keepdims=True))",
+        "dscores = full * (datt - (full * datt).sum(1, keepdims=True))"),
+     "gradient flows into the masked positions"),
+    ("attention", ATTENTION_BY_HAND.replace("    scale = 1 / np.sqrt(q.shape[1])", "    scale = 1.0"),
+     "the 1/sqrt(hs) scale is missing from dq"),
     ("adamw", ADAMW_BY_HAND.replace("m_hat, v_hat = m / (1 - beta1**t), v / (1 - beta2**t)", "m_hat, v_hat = m, v"),
      "the bias correction is missing"),
     ("adamw", ADAMW_BY_HAND.replace("    p = p * (1 - lr * weight_decay)  # DECAY\n", "    g = g + weight_decay * p\n"),
@@ -155,16 +201,23 @@ def write(tmp_path, name, body):
 
 
 def test_the_track_is_in_the_lecture_order_and_every_exercise_has_a_blank():
-    assert list(exercises.TRACK) == ["linear", "embedding", "softmax", "cross_entropy", "layer_norm", "gelu", "adamw"]
+    assert list(exercises.TRACK) == ["linear", "embedding", "softmax", "cross_entropy", "layer_norm", "gelu",
+                                     "attention", "adamw", "fix_layer_norm"]
     for name in exercises.TRACK:
         assert (exercises.BLANKS / f"{name}.py").is_file()
 
 
 @pytest.mark.parametrize("name", list(exercises.TRACK))
-def test_the_untouched_blank_fails_as_not_implemented(name, tmp_path):
+def test_the_untouched_blank_fails(name, tmp_path):
     exercises.copy_blanks(tmp_path)
     result = exercises.check(name, tmp_path)
-    assert not result.passed and "not implemented yet" in result.message
+    expected = ("the mean and the variance are taken as constants" if name == "fix_layer_norm"  # a drill: one bug
+                else "not implemented yet")
+    assert not result.passed and expected in result.message, result.message
+
+
+def test_attention_written_by_hand_passes(tmp_path):
+    assert exercises.check("attention", write(tmp_path, "attention", ATTENTION_BY_HAND)).passed
 
 
 @pytest.mark.parametrize("name", list(exercises.TRACK))

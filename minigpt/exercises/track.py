@@ -206,6 +206,39 @@ def check_adamw(m: ModuleType) -> None:
         same(f"the new p (step t={t})", got[0], param.data, known=known)
 
 
+# ----------------------------------------------------------------------------- one head of attention
+def check_attention(m: ModuleType) -> None:
+    rng = np.random.default_rng(7)
+    for T, hs in [(5, 4), (1, 3), (4, 2)]:
+        q, k, v = (rng.standard_normal((T, hs)) for _ in range(3))
+        tq, tk, tv = _leaves(q[None, None], k[None, None], v[None, None])  # (1, 1, T, hs): one batch, one head
+        y = F.scaled_dot_product_attention(tq, tk, tv, is_causal=True)
+        scale, causal = 1 / np.sqrt(hs), np.tril(np.ones((T, T), dtype=bool))
+        scores = q @ k.T * scale
+        full = np.exp(scores - scores.max(1, keepdims=True))
+        full /= full.sum(1, keepdims=True)  # softmax with no mask
+        unscaled = np.where(causal, q @ k.T, -np.inf)
+        unscaled = np.exp(unscaled - unscaled.max(1, keepdims=True))
+        unscaled /= unscaled.sum(1, keepdims=True)
+        same("forward(q, k, v)", call(m, "forward", q, k, v), y.data[0, 0],
+             known=[("the mask is applied after the softmax: mask the scores (to -inf) before it, so that each "
+                     "row's weights over the past sum to 1", (full * causal) @ v),
+                    ("no causal mask: position i reads the future; set scores[i, j] = -inf for j > i", full @ v),
+                    ("the 1/sqrt(hs) scale is missing", unscaled @ v)])
+        dy = rng.standard_normal((T, hs))
+        gq, gk, gv = (g[0, 0] for g in _grads(y, dy[None, None], tq, tk, tv))
+        att = F.attention_weights(q, k, is_causal=True, scale=scale)
+        datt = dy @ v.T
+        leaky = full * (datt - (full * datt).sum(1, keepdims=True)) * scale  # softmax backward without the mask
+        dq, dk, dv = _tuple_of(call(m, "backward", q, k, v, dy), 3, "(dq, dk, dv)")
+        same("dv", dv, gv, known=[("dv = att @ dy: y = att @ v, so dv = att.T @ dy", att @ dy)])
+        same("dq", dq, gq, known=[("gradient flows into the masked positions: the future scores are constants, "
+                                   "use the masked att in softmax's backward", leaky @ k),
+                                  ("the 1/sqrt(hs) scale is missing from dq", gq / scale)])
+        same("dk", dk, gk, known=[("the 1/sqrt(hs) scale is missing from dk", gk / scale)])
+    consistent(m.forward, m.backward, [q, k, v], grad_of=(0, 1, 2), names=("q", "k", "v"))
+
+
 TRACK: dict[str, Exercise] = {e.name: e for e in [
     Exercise("linear", "the backward pass of a linear layer", check_linear,
              "minigpt/functional.py (class Linear) and docs/derivations.md, section 'Linear'"),
@@ -219,6 +252,11 @@ TRACK: dict[str, Exercise] = {e.name: e for e in [
              "minigpt/functional.py (class LayerNorm) and docs/derivations.md, section 'Layer norm'"),
     Exercise("gelu", "the backward pass of GELU (tanh form)", check_gelu,
              "minigpt/functional.py (class GELU) and docs/derivations.md, section 'GELU (tanh form, as GPT-2)'"),
+    Exercise("attention", "one head of causal self-attention, forward and backward", check_attention,
+             "minigpt/functional.py (class ScaledDotProductAttention) and docs/derivations.md, section "
+             "'Causal self-attention'"),
     Exercise("adamw", "one AdamW step: moments, bias correction, decoupled weight decay", check_adamw,
              "minigpt/optim.py (AdamW.update_group) and docs/derivations.md, section 'AdamW (the update, not a gradient)'"),
+    Exercise("fix_layer_norm", "find the bug: a layer norm backward with one mistake", check_layer_norm,
+             "minigpt/functional.py (class LayerNorm) and docs/derivations.md, section 'Layer norm'"),
 ]}
