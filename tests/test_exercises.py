@@ -91,6 +91,26 @@ def backward(q, k, v, dy):
 """,
 }
 SOLUTIONS["fix_layer_norm"] = SOLUTIONS["layer_norm"]
+SOLUTIONS["bigram"] = """
+def probabilities(ids, V):
+    counts = np.ones((V, V))
+    np.add.at(counts, (ids[:-1], ids[1:]), 1)
+    return counts / counts.sum(axis=1, keepdims=True)
+
+def nll(P, ids):
+    return -np.log(P[ids[:-1], ids[1:]]).mean()
+"""
+SOLUTIONS["averaging"] = """
+def with_matmul(x):
+    T = x.shape[1]
+    w = np.tril(np.ones((T, T)))
+    return (w / w.sum(1, keepdims=True)) @ x
+
+def with_softmax(x):
+    T = x.shape[1]
+    scores = np.where(np.tril(np.ones((T, T), dtype=bool)), 0.0, -np.inf)
+    return F.softmax(Tensor(scores)).data @ x
+"""
 # one head of attention written out by hand: the lines MASK, SCALE and SOFTMAX_BACKWARD are planted on
 ATTENTION_BY_HAND = """
 def _att(q, k):
@@ -126,6 +146,21 @@ LAYER_NORM_CONSTANTS = SOLUTIONS["layer_norm"].replace(
 
 # (exercise, what the learner wrote instead, words the diagnosis must contain)
 MISTAKES = [
+    ("bigram", SOLUTIONS["bigram"].replace("counts.sum(axis=1, keepdims=True)", "counts.sum(axis=0, keepdims=True)"),
+     "each column sums to 1, not each row"),
+    ("bigram", SOLUTIONS["bigram"].replace("np.ones((V, V))", "np.zeros((V, V))").replace(
+        "return counts / counts.sum(axis=1, keepdims=True)",
+        "return counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)"), "the +1 is missing"),
+    ("bigram", SOLUTIONS["bigram"].replace(".mean()", ".sum()"), "the sum, not the mean"),
+    ("averaging", SOLUTIONS["averaging"].replace("w = np.tril(np.ones((T, T)))", "w = np.ones((T, T))"),
+     "the future is included"),
+    ("averaging", SOLUTIONS["averaging"].replace("return (w / w.sum(1, keepdims=True)) @ x", "return w @ x"),
+     "the sum, not the mean"),
+    ("averaging", SOLUTIONS["averaging"].replace(
+        "    scores = np.where(np.tril(np.ones((T, T), dtype=bool)), 0.0, -np.inf)\n"
+        "    return F.softmax(Tensor(scores)).data @ x",
+        "    return (F.softmax(Tensor(np.zeros((T, T)))).data * np.tril(np.ones((T, T)))) @ x"),
+     "the mask is applied after the softmax"),
     ("linear", SOLUTIONS["linear"].replace("return tx.grad, tW.grad, tb.grad", "return dy @ W, x.T @ dy, dy.sum(0)"),
      "dW has shape (4, 3), expected (3, 4): the gradient is transposed"),
     ("linear", SOLUTIONS["linear"].replace("return tx.grad, tW.grad, tb.grad", "return dy @ W, dy.T @ x, dy"),
@@ -201,7 +236,7 @@ def write(tmp_path, name, body):
 
 
 def test_the_track_is_in_the_lecture_order_and_every_exercise_has_a_blank():
-    assert list(exercises.TRACK) == ["linear", "embedding", "softmax", "cross_entropy", "layer_norm", "gelu",
+    assert list(exercises.TRACK) == ["bigram", "averaging", "linear", "embedding", "softmax", "cross_entropy", "layer_norm", "gelu",
                                      "attention", "adamw", "fix_layer_norm"]
     for name in exercises.TRACK:
         assert (exercises.BLANKS / f"{name}.py").is_file()
@@ -224,7 +259,7 @@ def test_attention_written_by_hand_passes(tmp_path):
 def test_the_reference_plugged_into_the_file_passes(name, tmp_path):
     result = exercises.check(name, write(tmp_path, name, SOLUTIONS[name]))
     assert result.passed, result.message
-    assert "all checks pass" in result.message and "Compare with the reference: minigpt/" in result.message
+    assert "all checks pass. Compare with the reference: " in result.message
 
 
 @pytest.mark.parametrize("name, body, diagnosis", MISTAKES, ids=[f"{m[0]}-{i}" for i, m in enumerate(MISTAKES)])
@@ -274,4 +309,4 @@ def test_the_commands_exit_0_pass_1_mistake_2_bad_input(tmp_path):
     r = minigpt("check", "softmax", cwd=tmp_path)
     assert r.returncode == 2 and "does not import" in r.stderr
     r = minigpt("check", "--list", cwd=tmp_path)
-    assert r.returncode == 0 and r.stdout.splitlines()[0].split()[:2] == ["1.", "linear"]
+    assert r.returncode == 0 and r.stdout.splitlines()[0].split()[:2] == ["1.", "bigram"]

@@ -239,7 +239,48 @@ def check_attention(m: ModuleType) -> None:
     consistent(m.forward, m.backward, [q, k, v], grad_of=(0, 1, 2), names=("q", "k", "v"))
 
 
+# ----------------------------------------------------------------------------- bigram counts
+def check_bigram(m: ModuleType) -> None:
+    rng = np.random.default_rng(8)
+    for V, N in [(5, 40), (3, 2), (7, 200)]:
+        ids = rng.integers(0, V, N)
+        counts = np.zeros((V, V))
+        np.add.at(counts, (ids[:-1], ids[1:]), 1)
+        P = (counts + 1) / (counts + 1).sum(1, keepdims=True)
+        bare = counts / np.maximum(counts.sum(1, keepdims=True), 1)
+        same("probabilities(ids, V)", call(m, "probabilities", ids, V), P,
+             known=[("each column sums to 1, not each row: P[i] is the distribution of what follows token i",
+                     (counts + 1) / (counts + 1).sum(0, keepdims=True)),
+                    ("the +1 is missing: a pair never seen gets probability 0, and its log -inf", bare),
+                    ("not normalised: divide each row of counts by its sum", counts + 1)])
+        expected = -np.log(P[ids[:-1], ids[1:]]).mean()
+        same("nll(P, ids)", call(m, "nll", P, ids), np.asarray(expected),
+             known=[("the sum, not the mean: divide by the number of pairs", expected * (N - 1)),
+                    ("the sign is flipped: the loss is -log P, which is positive", -expected)])
+
+
+# ----------------------------------------------------------------------------- averaging
+def check_averaging(m: ModuleType) -> None:
+    rng = np.random.default_rng(9)
+    for B, T, C in [(2, 5, 3), (1, 1, 2), (3, 4, 1)]:
+        x = rng.standard_normal((B, T, C))
+        expected = np.cumsum(x, axis=1) / np.arange(1, T + 1)[:, None]
+        everything = np.broadcast_to(x.mean(1, keepdims=True), x.shape)
+        summed = np.cumsum(x, axis=1)
+        after = (np.tril(np.ones((T, T))) / T) @ x  # uniform weights over all T, then the future zeroed
+        for name in ("with_matmul", "with_softmax"):
+            same(f"{name}(x)", call(m, name, x), expected,
+                 known=[("the future is included: the weights must be 0 above the diagonal (j > t)", everything),
+                        ("the sum, not the mean: each row of weights must sum to 1", summed),
+                        ("the mask is applied after the softmax: set the future's scores to -inf before it, so "
+                         "that each row's weights sum to 1", after if T > 1 else None)])
+
+
 TRACK: dict[str, Exercise] = {e.name: e for e in [
+    Exercise("bigram", "a bigram model by counting, and its negative log-likelihood", check_bigram,
+             "docs/walkthrough.md, the bigram step, and minigpt/nn/bigram.py"),
+    Exercise("averaging", "the averaging trick: a lower-triangular matmul, then a masked softmax", check_averaging,
+             "docs/walkthrough.md, the averaging step, and minigpt/functional.py (attention_weights)"),
     Exercise("linear", "the backward pass of a linear layer", check_linear,
              "minigpt/functional.py (class Linear) and docs/derivations.md, section 'Linear'"),
     Exercise("embedding", "the backward pass of an embedding: a scatter-add", check_embedding,
