@@ -228,7 +228,8 @@ def _save(run: Run, world: distributed.World, name: str, evaluated: bool) -> Non
     checkpoint.save(run.out_dir / name, run.model, optimizer=run.optimizer, tokenizer=run.tokenizer,
                     iter_num=run.it, best_val_loss=run.best_val, evaluated=evaluated,
                     rng=backend.get_rng_state(), batch_rng=run.batch_rng.bit_generator.state,
-                    train_config=dataclasses.asdict(run.cfg), ranks=world.size, elapsed_s=time.time() - run.clock)
+                    train_config=dataclasses.asdict(run.cfg), ranks=world.size, elapsed_s=time.time() - run.clock,
+                    expected_preset=run.preset or "")  # decided with the run's own text (MINIGPT_DATA)
 
 
 # ----------------------------------------------------------------------------- set-up and resume

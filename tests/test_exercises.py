@@ -227,6 +227,20 @@ MISTAKES = [
      "the weight decay is not scaled by the learning rate"),
     ("adamw", ADAMW_BY_HAND.replace("m = beta1 * m + (1 - beta1) * g", "m = beta1 * m + g"),
      "the new m is wrong"),
+    ("adamw", ADAMW_BY_HAND.replace("np.sqrt(v_hat) + eps", "np.sqrt(v_hat + eps)"),
+     "eps is added inside the square root"),
+    ("adamw", ADAMW_BY_HAND.replace("    p = p * (1 - lr * weight_decay)  # DECAY\n", "    p *= 1 - lr * weight_decay\n"),
+     "step changes its argument 1 in place"),
+    ("linear", SOLUTIONS["linear"].replace("return tx.grad, tW.grad, tb.grad",
+                                           "return [tx.grad.astype(np.float32), tW.grad, tb.grad]"),
+     "dx is float32: compute in float64"),
+    ("linear", SOLUTIONS["linear"].replace("return tx.grad, tW.grad, tb.grad", "raise SystemExit(0)"),
+     "backward called exit()"),
+    ("cross_entropy", SOLUTIONS["cross_entropy"].replace(
+        "    t = Tensor(logits, requires_grad=True)\n    F.cross_entropy(t, targets).backward()\n    return t.grad",
+        "    p = np.exp(logits)\n    p /= p.sum(1, keepdims=True)\n    p[np.arange(len(targets)), targets] -= 1\n"
+        "    return p / len(targets)"),
+     "backward gives inf or NaN for logits near 1000"),
 ]
 
 
@@ -267,6 +281,11 @@ def test_each_planted_mistake_is_found_and_named(name, body, diagnosis, tmp_path
     assert body != SOLUTIONS[name]  # the mistake was planted
     result = exercises.check(name, write(tmp_path, name, body))
     assert not result.passed and diagnosis in result.message, result.message
+
+
+def test_a_list_for_a_tuple_passes(tmp_path):
+    body = SOLUTIONS["linear"].replace("return tx.grad, tW.grad, tb.grad", "return [tx.grad, tW.grad, tb.grad]")
+    assert exercises.check("linear", write(tmp_path, "linear", body)).passed
 
 
 def test_adamw_written_by_hand_passes(tmp_path):

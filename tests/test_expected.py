@@ -71,17 +71,46 @@ def test_train_says_at_each_evaluation_whether_the_run_is_inside(tmp_path, monke
     assert "expected" not in steps[2]  # iteration 4: the curve has no point there
 
 
-def fake_run(out_dir, cfg, losses):
-    """A finished run's files: latest.npz with cfg as its settings, metrics.csv with these val losses."""
+def fake_run(out_dir, cfg, losses, **state):
+    """A run's files: latest.npz with cfg as its settings (and ``state``), metrics.csv with these val losses."""
     model = nn.BigramLanguageModel(5)
-    checkpoint.save(out_dir / checkpoint.LATEST, model, train_config=dataclasses.asdict(cfg), iter_num=2800)
+    checkpoint.save(out_dir / checkpoint.LATEST, model, train_config=dataclasses.asdict(cfg), iter_num=2800, **state)
     write_metrics(out_dir / "metrics.csv", [{"iter": it, "train_loss": v, "val_loss": v} for it, v in losses])
 
 
-def check_run(out_dir):
+def check_run(out_dir, **env):
+    base = {k: v for k, v in dict(os.environ, PYTHONPATH=str(REPO)).items() if k != "MINIGPT_DATA"}
     return subprocess.run([sys.executable, "-m", "minigpt", "check", "--run", str(out_dir)], capture_output=True,
-                          text=True, env={k: v for k, v in dict(os.environ, PYTHONPATH=str(REPO)).items()
-                                          if k != "MINIGPT_DATA"}, timeout=120)
+                          text=True, env=dict(base, **env), timeout=120)
+
+
+def test_check_run_takes_the_curve_the_run_itself_recorded(tmp_path):
+    points = expected.curves()["default"]["evals"]
+    means = [(p["iter"], p["mean"]) for p in points]
+    fake_run(tmp_path / "a", TrainConfig(), means, expected_preset="default")
+    assert check_run(tmp_path / "a", MINIGPT_DATA="other.txt").returncode == 0  # the check's own env is not the run's
+    fake_run(tmp_path / "b", TrainConfig(), means, expected_preset="")  # trained on another text
+    r = check_run(tmp_path / "b")
+    assert r.returncode == 2 and "not one of the presets" in r.stderr
+
+
+def test_check_run_of_an_unfinished_or_damaged_run_is_bad_input(tmp_path):
+    points = expected.curves()["default"]["evals"]
+    fake_run(tmp_path / "a", TrainConfig(), [(p["iter"], p["mean"]) for p in points[:3]], expected_preset="default")
+    r = check_run(tmp_path / "a")
+    assert r.returncode == 2 and "stopped at iteration 1000 of 2800" in r.stderr
+    fake_run(tmp_path / "b", TrainConfig(), [(0, 4.2)], expected_preset="default")
+    (tmp_path / "b" / "metrics.csv").write_text("step,loss\n0,4.2\n")
+    r = check_run(tmp_path / "b")
+    assert r.returncode == 2 and "is damaged" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    (tmp_path / "b" / "metrics.csv").unlink()
+    r = check_run(tmp_path / "b")
+    assert r.returncode == 2 and "no metrics.csv" in r.stderr
+
+
+def test_a_training_run_records_its_curve(tmp_path):
+    train(TrainConfig.preset(out_dir=str(tmp_path), **TINY), log=lambda m: None, warn=lambda m: None)
+    assert checkpoint.read_state(tmp_path / "latest.npz")["expected_preset"] == ""  # a tiny run: no preset
 
 
 @pytest.mark.parametrize("shift, status", [(0.0, 0), (0.5, 1)])

@@ -53,14 +53,25 @@ def check_run(out_dir: Path) -> int:
     that is not; a run with other settings or another text has no expected curve: bad input."""
     state = checkpoint.read_state(out_dir / checkpoint.LATEST)
     saved = {k: v for k, v in state.get("train_config", {}).items() if k in TrainConfig.__dataclass_fields__}
-    preset = expected.preset_of(TrainConfig(**saved)) if saved else None
-    if preset is None:
+    # the run says which curve it follows (decided with its own text); older runs: from their settings
+    preset = state["expected_preset"] or None if "expected_preset" in state else (
+        expected.preset_of(TrainConfig(**saved)) if saved else None)
+    if preset is None or preset not in expected.curves():
         raise ValueError(f"the run in {out_dir} is not one of the presets with an expected curve (the CPU recipe, "
                          f"--preset nanogpt, on the packaged Tiny Shakespeare): nothing to hold it against")
-    rows = read_metrics(out_dir / "metrics.csv")
-    if not rows:
+    if not (out_dir / "metrics.csv").is_file():
+        raise ValueError(f"no metrics.csv in {out_dir}")
+    try:
+        rows = read_metrics(out_dir / "metrics.csv")
+        last = max(int(r["iter"]) for r in rows) if rows else None
+        outside = expected.first_outside(rows, preset)
+    except (KeyError, ValueError, TypeError) as e:
+        raise ValueError(f"{out_dir / 'metrics.csv'} is damaged ({type(e).__name__}: {e})") from None
+    if last is None:
         raise ValueError(f"{out_dir / 'metrics.csv'} holds no evaluation")
-    outside = expected.first_outside(rows, preset)
+    if last != saved.get("max_iters", last):
+        raise ValueError(f"the run in {out_dir} stopped at iteration {last} of {saved['max_iters']}: finish it "
+                         f"(minigpt train --resume --out_dir {out_dir}), then check it")
     if outside:
         print(f"outside the expected curve at {outside}")
         return EXIT_MISTAKE

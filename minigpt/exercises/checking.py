@@ -36,23 +36,32 @@ def load(path: Path) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
-    except Exception as e:  # noqa: BLE001 - any error in the learner's file is bad input, said in one line
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - any error in the learner's file: one line
         raise BadInput(f"{path} does not import: {type(e).__name__}: {e}") from e
     return module
 
 
 def call(module: ModuleType, name: str, *args: Any) -> Any:
-    """``module.name(*args)``; a Mistake that says so when it is not written yet or raises."""
+    """``module.name(*args)``; a Mistake that says so when it is not written yet, raises, exits, or
+    changes one of its arguments in place (it is given copies, compared afterwards)."""
     fn = getattr(module, name, None)
     if fn is None:
         raise Mistake(f"{name} is missing: the file must define def {name}(...)")
+    given = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
     try:
         with np.errstate(all="ignore"):
-            return fn(*[a.copy() if isinstance(a, np.ndarray) else a for a in args])
+            result = fn(*given)
     except NotImplementedError:
         raise Mistake(f"{name} is not implemented yet: write its body where the file says") from None
+    except SystemExit:
+        raise Mistake(f"{name} called exit(): return the result instead") from None
     except Exception as e:  # noqa: BLE001 - the learner's bug, reported as a finding
         raise Mistake(f"{name} raised {type(e).__name__}: {e}") from e
+    for i, (before, after) in enumerate(zip(args, given)):
+        if isinstance(before, np.ndarray) and not np.array_equal(before, after, equal_nan=True):
+            raise Mistake(f"{name} changes its argument {i + 1} in place: leave the inputs as they are and return "
+                          f"new arrays (the caller may still need them)")
+    return result
 
 
 def where(index: tuple[int, ...]) -> str:
@@ -63,7 +72,14 @@ def same(what: str, got: Any, expected: np.ndarray, known: Sequence[tuple[str, A
          rtol: float = 1e-6, atol: float = 1e-8) -> None:
     """Raise a Mistake unless ``got`` equals ``expected`` (shape, then values). ``known`` pairs the
     name of a common mistake with the answer it gives: a wrong ``got`` equal to one is named."""
-    got_arr = np.asarray(got, dtype=np.float64) if got is not None else None
+    if getattr(got, "dtype", None) is not None and got.dtype.kind == "c":
+        raise Mistake(f"{what} holds complex numbers: everything here is real")
+    if getattr(got, "dtype", None) is not None and got.dtype.kind == "f" and got.dtype.itemsize < 8:
+        raise Mistake(f"{what} is {got.dtype}: compute in float64, the inputs' dtype (a cast loses precision)")
+    try:
+        got_arr = np.asarray(got, dtype=np.float64) if got is not None else None
+    except (TypeError, ValueError) as e:
+        raise Mistake(f"{what} is not an array of numbers: {e}") from None
     named = next((name for name, wrong in known if wrong is not None and got_arr is not None
                   and np.shape(wrong) == got_arr.shape and np.allclose(got_arr, wrong, rtol=1e-6, atol=1e-9)), None)
     hint = f": {named}" if named else ""
@@ -72,13 +88,14 @@ def same(what: str, got: Any, expected: np.ndarray, known: Sequence[tuple[str, A
     if got_arr.shape != expected.shape:
         raise Mistake(f"{what} has shape {got_arr.shape}, expected {expected.shape}{hint}")
     if not np.all(np.isfinite(got_arr)) and np.all(np.isfinite(expected)):
-        bad = np.argwhere(~np.isfinite(got_arr))[0]
-        raise Mistake(f"{what} holds {got_arr[tuple(bad)]} at {where(tuple(bad))}, expected {expected[tuple(bad)]:.6g}"
-                      f"{hint}")
+        bad = tuple(np.argwhere(~np.isfinite(got_arr))[0])
+        at = f" at {where(bad)}" if bad else ""
+        raise Mistake(f"{what} holds {got_arr[bad]}{at}, expected {expected[bad]:.6g}{hint}")
     err = np.abs(got_arr - expected)
     if not np.all(err <= atol + rtol * np.abs(expected)):
         worst = np.unravel_index(np.argmax(err), err.shape) if err.ndim else ()
-        raise Mistake(f"{what} is wrong: the largest error is {err[worst]:.3g} at {where(worst)} "
+        at = f" at {where(worst)}" if worst else ""
+        raise Mistake(f"{what} is wrong: the largest error is {err[worst]:.3g}{at} "
                       f"(got {got_arr[worst]:.6g}, expected {expected[worst]:.6g}){hint}")
 
 
@@ -94,7 +111,7 @@ def consistent(forward: Callable[..., Any], backward: Callable[..., Any], inputs
 
         def backward(self, dy: Any) -> Any:
             grads = backward(*self.saved, dy)
-            grads = grads if isinstance(grads, tuple) else (grads,)
+            grads = tuple(grads) if isinstance(grads, (tuple, list)) else (grads,)
             out: list[Any] = [None] * len(self.saved)
             for i, g in zip(grad_of, grads):
                 out[i] = np.asarray(g, dtype=np.float64)
@@ -102,9 +119,12 @@ def consistent(forward: Callable[..., Any], backward: Callable[..., Any], inputs
 
     tensors = [Tensor(a, requires_grad=i in grad_of) if a.dtype.kind == "f" else a for i, a in enumerate(inputs)]
     try:
-        gradcheck(lambda *ts: Learner.apply(*ts), [t for t in tensors])
+        with np.errstate(all="ignore"):
+            gradcheck(lambda *ts: Learner.apply(*ts), [t for t in tensors])
     except GradcheckError as e:
         message = str(e)
         for i, name in enumerate(names):
             message = message.replace(f"input {i}", name)
         raise Mistake(f"gradcheck: {message}") from None
+    except (Exception, SystemExit) as e:  # noqa: BLE001 - the learner's code failed inside the check
+        raise Mistake(f"during gradcheck your code raised {type(e).__name__}: {e}") from None

@@ -6,7 +6,8 @@ Write ``forward`` so that it never overflows: logits of 1000 are ordinary in a t
 exp(1000) is inf in floating point. (Subtracting any constant from a row changes nothing.)
 
 Write ``backward``: given y (the forward's output) and dy = dL/dy, return dx = dL/dx. Each y[i]
-depends on every x[j]: dy[i]/dx[j] = y[i] (delta_ij - y[j]). Sum over i.
+depends on every x[j]: the partial derivative of y[i] by x[j] is y[i] (delta_ij - y[j]).
+dx[j] = sum over i of dy[i] times that.
 
 Check it:  minigpt check softmax       (the reference: minigpt/functional.py, class Softmax)
 """
