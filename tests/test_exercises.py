@@ -91,6 +91,33 @@ def backward(q, k, v, dy):
 """,
 }
 SOLUTIONS["fix_layer_norm"] = SOLUTIONS["layer_norm"]
+SOLUTIONS["multihead"] = """
+def _split(a, nh):
+    T, C = a.shape
+    return a.reshape(T, nh, C // nh).transpose(1, 0, 2)[None]
+
+def forward(q, k, v, n_head):
+    y = F.scaled_dot_product_attention(*(Tensor(_split(a, n_head)) for a in (q, k, v))).data
+    return y[0].transpose(1, 0, 2).reshape(q.shape)
+
+def backward(q, k, v, n_head, dy):
+    ts = [Tensor(_split(a, n_head), requires_grad=True) for a in (q, k, v)]
+    F.scaled_dot_product_attention(*ts).backward(_split(dy, n_head))
+    return tuple(t.grad[0].transpose(1, 0, 2).reshape(q.shape) for t in ts)
+"""
+SOLUTIONS["numerical_gradient"] = """
+def numerical_gradient(f, x, h=1e-6):
+    g = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        keep = x[i]
+        x[i] = keep + h
+        up = f(x)
+        x[i] = keep - h
+        down = f(x)
+        x[i] = keep
+        g[i] = (up - down) / (2 * h)
+    return g
+"""
 SOLUTIONS["bigram"] = """
 def probabilities(ids, V):
     counts = np.ones((V, V))
@@ -219,6 +246,22 @@ MISTAKES = [
      "gradient flows into the masked positions"),
     ("attention", ATTENTION_BY_HAND.replace("    scale = 1 / np.sqrt(q.shape[1])", "    scale = 1.0"),
      "the 1/sqrt(hs) scale is missing from dq"),
+    ("numerical_gradient", SOLUTIONS["numerical_gradient"].replace("x[i] = keep - h\n        down = f(x)",
+                                                                   "x[i] = keep\n        down = f(x)").replace(
+        "(up - down) / (2 * h)", "(up - down) / h"), "a one-sided difference"),
+    ("numerical_gradient", SOLUTIONS["numerical_gradient"].replace("(up - down) / (2 * h)", "(up - down) / h"),
+     "divided by h instead of 2h"),
+    ("numerical_gradient", SOLUTIONS["numerical_gradient"].replace("        x[i] = keep\n        g[i]", "        g[i]"),
+     "changes its argument 2 in place"),
+    ("multihead", SOLUTIONS["multihead"].replace(
+        "    return a.reshape(T, nh, C // nh).transpose(1, 0, 2)[None]", "    return a.reshape(nh, T, C // nh)[None]").replace(
+        "    return y[0].transpose(1, 0, 2).reshape(q.shape)", "    return y[0].reshape(q.shape)"),
+     "the heads are split by rows"),
+    ("multihead", SOLUTIONS["multihead"].replace(
+        "    y = F.scaled_dot_product_attention(*(Tensor(_split(a, n_head)) for a in (q, k, v))).data",
+        "    y = F.scaled_dot_product_attention(*(Tensor(_split(a, n_head)) for a in (q, k, v)),\n"
+        "                                       scale=1 / np.sqrt(q.shape[1])).data"),
+     "the scale uses C"),
     ("adamw", ADAMW_BY_HAND.replace("m_hat, v_hat = m / (1 - beta1**t), v / (1 - beta2**t)", "m_hat, v_hat = m, v"),
      "the bias correction is missing"),
     ("adamw", ADAMW_BY_HAND.replace("    p = p * (1 - lr * weight_decay)  # DECAY\n", "    g = g + weight_decay * p\n"),
@@ -251,7 +294,7 @@ def write(tmp_path, name, body):
 
 def test_the_track_is_in_the_lecture_order_and_every_exercise_has_a_blank():
     assert list(exercises.TRACK) == ["bigram", "averaging", "linear", "embedding", "softmax", "cross_entropy", "layer_norm", "gelu",
-                                     "attention", "adamw", "fix_layer_norm"]
+                                     "attention", "multihead", "adamw", "numerical_gradient", "fix_layer_norm"]
     for name in exercises.TRACK:
         assert (exercises.BLANKS / f"{name}.py").is_file()
 

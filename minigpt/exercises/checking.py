@@ -117,10 +117,15 @@ def consistent(forward: Callable[..., Any], backward: Callable[..., Any], inputs
                 out[i] = np.asarray(g, dtype=np.float64)
             return tuple(out)
 
-    tensors = [Tensor(a, requires_grad=i in grad_of) if a.dtype.kind == "f" else a for i, a in enumerate(inputs)]
-    try:
+    def check_at(arrays: list[np.ndarray]) -> None:
+        tensors = [Tensor(a, requires_grad=i in grad_of) if a.dtype.kind == "f" else a for i, a in enumerate(arrays)]
         with np.errstate(all="ignore"):
-            gradcheck(lambda *ts: Learner.apply(*ts), [t for t in tensors])
+            gradcheck(lambda *ts: Learner.apply(*ts), tensors)
+
+    try:
+        check_at(inputs)
+        for arrays in _more_values(inputs):  # hypothesis's values, where it is installed
+            check_at(arrays)
     except GradcheckError as e:
         message = str(e)
         for i, name in enumerate(names):
@@ -128,3 +133,25 @@ def consistent(forward: Callable[..., Any], backward: Callable[..., Any], inputs
         raise Mistake(f"gradcheck: {message}") from None
     except (Exception, SystemExit) as e:  # noqa: BLE001 - the learner's code failed inside the check
         raise Mistake(f"during gradcheck your code raised {type(e).__name__}: {e}") from None
+
+
+def _more_values(inputs: list[np.ndarray], examples: int = 8) -> list[list[np.ndarray]]:
+    """More float inputs of the same shapes, drawn by hypothesis (derandomized: the same on every
+    check) at scales from 0.01 to 30, so that saturated and nearly flat regions are reached too;
+    none where hypothesis is not installed (it comes with the test extra)."""
+    try:
+        from hypothesis import HealthCheck, given, settings  # noqa: PLC0415 - optional
+        from hypothesis import strategies as st  # noqa: PLC0415
+    except ImportError:
+        return []
+    drawn: list[list[np.ndarray]] = []
+
+    @settings(max_examples=examples, derandomize=True, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(seed=st.integers(0, 2**32 - 1), scale=st.sampled_from([0.01, 0.3, 1.0, 3.0, 30.0]))
+    def draw(seed: int, scale: float) -> None:
+        rng = np.random.default_rng(seed)
+        drawn.append([rng.standard_normal(a.shape) * scale if a.dtype.kind == "f" else a for a in inputs])
+
+    draw()
+    return drawn

@@ -290,6 +290,64 @@ def check_averaging(m: ModuleType) -> None:
                          "that each row's weights sum to 1", after if T > 1 else None)])
 
 
+# ----------------------------------------------------------------------------- a gradient check
+def check_numerical_gradient(m: ModuleType) -> None:
+    rng = np.random.default_rng(10)
+    for shape in [(5,), (3, 4), (1, 1)]:
+        w = rng.standard_normal(shape)
+        f = lambda x, w=w: float(np.sum(w * np.tanh(x) + 0.5 * x**3))  # noqa: E731
+        x = rng.standard_normal(shape)
+        exact = w * (1 - np.tanh(x) ** 2) + 1.5 * x**2
+        h = 1e-6
+        one_sided = np.zeros(shape)
+        for i in np.ndindex(shape):
+            xp = x.copy()
+            xp[i] += h
+            one_sided[i] = (f(xp) - f(x)) / h
+        same(f"numerical_gradient(f, x) for x of shape {shape}", call(m, "numerical_gradient", f, x, h), exact,
+             rtol=1e-7, atol=1e-8,
+             known=[("a one-sided difference: (f(x + h) - f(x)) / h errs by about h f''; use (f(x + h) - f(x - h)) / 2h",
+                     one_sided),
+                    ("divided by h instead of 2h: the central difference spans 2h", 2 * exact),
+                    ("divided by 2h twice as far: the step is x ± h, not x ± 2h", exact / 2)])
+
+
+# ----------------------------------------------------------------------------- multi-head attention
+def _heads(a: np.ndarray, nh: int) -> np.ndarray:
+    T, C = a.shape
+    return a.reshape(T, nh, C // nh).transpose(1, 0, 2)[None]  # (T, C) -> (1, nh, T, hs)
+
+
+def _merge(y: np.ndarray) -> np.ndarray:
+    _, nh, T, hs = y.shape
+    return y[0].transpose(1, 0, 2).reshape(T, nh * hs)  # (1, nh, T, hs) -> (T, C)
+
+
+def check_multihead(m: ModuleType) -> None:
+    rng = np.random.default_rng(11)
+    for T, nh, hs in [(5, 2, 3), (1, 3, 2), (4, 1, 4)]:
+        q, k, v = (rng.standard_normal((T, nh * hs)) for _ in range(3))
+        tq, tk, tv = _leaves(_heads(q, nh), _heads(k, nh), _heads(v, nh))
+        y = F.scaled_dot_product_attention(tq, tk, tv, is_causal=True)
+        rows = lambda a: a.reshape(nh, T, hs)[None]  # noqa: E731 - the split that mixes positions
+        by_rows = F.scaled_dot_product_attention(Tensor(rows(q)), Tensor(rows(k)), Tensor(rows(v))).data
+        whole_c = F.scaled_dot_product_attention(Tensor(_heads(q, nh)), Tensor(_heads(k, nh)), Tensor(_heads(v, nh)),
+                                                 scale=1 / np.sqrt(nh * hs)).data
+        same("forward(q, k, v, n_head)", call(m, "forward", q, k, v, nh), _merge(y.data),
+             known=[("the heads are split by rows (reshape (T, C) -> (nh, T, hs)), which mixes positions: split the "
+                     "columns, reshape to (T, nh, hs) then transpose to (nh, T, hs)",
+                     by_rows[0].reshape(T, nh * hs) if nh > 1 else None),
+                    ("the scale uses C: it is 1/sqrt(hs), the head size", _merge(whole_c) if nh > 1 else None)])
+        dy = rng.standard_normal((T, nh * hs))
+        gq, gk, gv = (_merge(g) for g in _grads(y, _heads(dy, nh), tq, tk, tv))
+        dq, dk, dv = _tuple_of(call(m, "backward", q, k, v, nh, dy), 3, "(dq, dk, dv)")
+        same("dq", dq, gq)
+        same("dk", dk, gk)
+        same("dv", dv, gv)
+    consistent(lambda q, k, v: m.forward(q, k, v, 2), lambda q, k, v, dy: m.backward(q, k, v, 2, dy),
+               [rng.standard_normal((4, 6)) for _ in range(3)], grad_of=(0, 1, 2), names=("q", "k", "v"))
+
+
 TRACK: dict[str, Exercise] = {e.name: e for e in [
     Exercise("bigram", "a bigram model by counting, and its negative log-likelihood", check_bigram,
              "docs/walkthrough.md, the bigram step, and minigpt/nn/bigram.py"),
@@ -310,8 +368,12 @@ TRACK: dict[str, Exercise] = {e.name: e for e in [
     Exercise("attention", "one head of causal self-attention, forward and backward", check_attention,
              "minigpt/functional.py (class ScaledDotProductAttention) and docs/derivations.md, section "
              "'Causal self-attention'"),
+    Exercise("multihead", "multi-head causal self-attention: heads side by side", check_multihead,
+             "minigpt/nn/gpt.py (CausalSelfAttention) and docs/derivations.md, section 'Causal self-attention'"),
     Exercise("adamw", "one AdamW step: moments, bias correction, decoupled weight decay", check_adamw,
              "minigpt/optim.py (AdamW.update_group) and docs/derivations.md, section 'AdamW (the update, not a gradient)'"),
+    Exercise("numerical_gradient", "the numerical gradient of a gradient check, by central differences",
+             check_numerical_gradient, "minigpt/gradcheck.py (gradcheck) and docs/testing.md"),
     Exercise("fix_layer_norm", "find the bug: a layer norm backward with one mistake", check_layer_norm,
              "minigpt/functional.py (class LayerNorm) and docs/derivations.md, section 'Layer norm'"),
 ]}
