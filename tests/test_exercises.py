@@ -91,6 +91,10 @@ def backward(q, k, v, dy):
 """,
 }
 SOLUTIONS["fix_layer_norm"] = SOLUTIONS["layer_norm"]
+SOLUTIONS["fix_softmax"] = SOLUTIONS["softmax"]
+SOLUTIONS["fix_cross_entropy"] = SOLUTIONS["cross_entropy"]
+DRILLS = {"fix_layer_norm": "the mean and the variance are taken as constants",  # the bug each drill holds
+          "fix_softmax": "the term -y * sum(y * dy) is missing", "fix_cross_entropy": "the 1/N of the mean is missing"}
 SOLUTIONS["multihead"] = """
 def _split(a, nh):
     T, C = a.shape
@@ -294,7 +298,8 @@ def write(tmp_path, name, body):
 
 def test_the_track_is_in_the_lecture_order_and_every_exercise_has_a_blank():
     assert list(exercises.TRACK) == ["bigram", "averaging", "linear", "embedding", "softmax", "cross_entropy", "layer_norm", "gelu",
-                                     "attention", "multihead", "adamw", "numerical_gradient", "fix_layer_norm"]
+                                     "attention", "multihead", "adamw", "numerical_gradient", "fix_softmax",
+                                     "fix_cross_entropy", "fix_layer_norm"]
     for name in exercises.TRACK:
         assert (exercises.BLANKS / f"{name}.py").is_file()
 
@@ -303,8 +308,7 @@ def test_the_track_is_in_the_lecture_order_and_every_exercise_has_a_blank():
 def test_the_untouched_blank_fails(name, tmp_path):
     exercises.copy_blanks(tmp_path)
     result = exercises.check(name, tmp_path)
-    expected = ("the mean and the variance are taken as constants" if name == "fix_layer_norm"  # a drill: one bug
-                else "not implemented yet")
+    expected = DRILLS.get(name, "not implemented yet")  # a drill holds one bug; an exercise, nothing yet
     assert not result.passed and expected in result.message, result.message
 
 

@@ -374,6 +374,11 @@ TRACK: dict[str, Exercise] = {e.name: e for e in [
              "minigpt/optim.py (AdamW.update_group) and docs/derivations.md, section 'AdamW (the update, not a gradient)'"),
     Exercise("numerical_gradient", "the numerical gradient of a gradient check, by central differences",
              check_numerical_gradient, "minigpt/gradcheck.py (gradcheck) and docs/testing.md"),
+    Exercise("fix_softmax", "find the bug: a softmax with one mistake", check_softmax,
+             "minigpt/functional.py (softmax_backward) and docs/derivations.md, section 'Softmax'"),
+    Exercise("fix_cross_entropy", "find the bug: a cross-entropy with one mistake", check_cross_entropy,
+             "minigpt/functional.py (class CrossEntropy) and docs/derivations.md, section "
+             "'Log-softmax and cross-entropy'"),
     Exercise("fix_layer_norm", "find the bug: a layer norm backward with one mistake", check_layer_norm,
              "minigpt/functional.py (class LayerNorm) and docs/derivations.md, section 'Layer norm'"),
 ]}
