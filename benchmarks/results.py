@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_train import machine  # noqa: E402  (the CPU, its cores and the load average)
+import sweep_recipe  # noqa: E402  (nanoGPT's CPU recipe, as its README gives it)
 from sweep_recipe import timed  # noqa: E402  (a command's wall time, peak memory and output)
 
 # (name, model, flags of `minigpt train`), in the table's order; the rows after README_ROWS (data
@@ -47,10 +48,7 @@ ROWS = [
 README_ROWS = 4
 # nanoGPT's CPU recipe as its README gives it, run by nanoGPT's own train.py; its checkpoint of the
 # last evaluation (iteration 2000) is the model it trained
-NANOGPT_ARGS = ["config/train_shakespeare_char.py", "--device=cpu", "--compile=False", "--eval_iters=20",
-                "--log_interval=1", "--block_size=64", "--batch_size=12", "--n_layer=4", "--n_head=4",
-                "--n_embd=128", "--max_iters=2000", "--lr_decay_iters=2000", "--dropout=0.0",
-                "--always_save_checkpoint=True"]
+NANOGPT_ARGS = [*sweep_recipe.NANOGPT_ARGS, "--always_save_checkpoint=True"]
 # run in nanoGPT's folder: its model on its checkpoint, every validation target scored once, in
 # consecutive block_size chunks (the last one shorter), as minigpt.train.split_loss scores them
 NANOGPT_SCORE = """

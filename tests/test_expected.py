@@ -59,8 +59,7 @@ TINY = dict(n_layer=1, n_head=2, n_embd=16, block_size=16, batch_size=4, eval_it
 
 def test_train_says_at_each_evaluation_whether_the_run_is_inside(tmp_path, monkeypatch):
     cfg = TrainConfig.preset(out_dir=str(tmp_path), **TINY)
-    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in expected.NOT_THE_RECIPE}
-    curve = {"default": {"settings": settings, "evals": [{"iter": 0, "mean": 4.0, "half_width": 0.5},
+    curve = {"default": {"settings": expected.recipe_of(cfg), "evals": [{"iter": 0, "mean": 4.0, "half_width": 0.5},
                                                           {"iter": 2, "mean": 9.0, "half_width": 0.1}]}}
     monkeypatch.setattr(expected, "curves", lambda: curve)
     lines = []

@@ -17,7 +17,7 @@ from pathlib import Path
 from minigpt import checkpoint
 from minigpt.exercises import TRACK, BadInput, check
 from minigpt.training import expected
-from minigpt.training.config import TrainConfig
+from minigpt.training.config import TrainConfig, saved_settings
 from minigpt.training.metrics import read_metrics
 
 EXIT_MISTAKE = 1
@@ -52,7 +52,7 @@ def check_run(out_dir: Path) -> int:
     """0 when every evaluation of the run in ``out_dir`` is inside its preset's band, 1 naming the first
     that is not; a run with other settings or another text has no expected curve: bad input."""
     state = checkpoint.read_state(out_dir / checkpoint.LATEST)
-    saved = {k: v for k, v in state.get("train_config", {}).items() if k in TrainConfig.__dataclass_fields__}
+    saved = saved_settings(state)
     # the run says which curve it follows (decided with its own text); older runs: from their settings
     preset = state["expected_preset"] or None if "expected_preset" in state else (
         expected.preset_of(TrainConfig(**saved)) if saved else None)

@@ -81,8 +81,14 @@ def check_embedding(m: ModuleType) -> None:
 
 
 # ----------------------------------------------------------------------------- softmax
-def _check_no_overflow(m: ModuleType, name: str, big: np.ndarray, expected: np.ndarray) -> None:
-    got = np.asarray(call(m, "forward", *big) if isinstance(big, tuple) else call(m, "forward", big), dtype=float)
+def _softmax(x: np.ndarray) -> np.ndarray:
+    """The reference softmax along the last axis, on an array."""
+    return F.softmax(Tensor(x)).data
+
+
+def _check_no_overflow(m: ModuleType, name: str, args: tuple, expected: np.ndarray) -> None:
+    """forward(*args) on logits near 1000 is finite and right."""
+    got = np.asarray(call(m, "forward", *args), dtype=float)
     if not np.all(np.isfinite(got)):
         raise Mistake(f"forward gives {got.ravel()[~np.isfinite(got.ravel())][0]} for logits near 1000: the max-shift "
                       f"is left out, and exp overflows; subtract each row's max first (it changes nothing else)")
@@ -106,7 +112,7 @@ def check_softmax(m: ModuleType) -> None:
                     ("only the diagonal of the Jacobian: the derivative of y[i] by x[j] is y[i] (delta_ij - y[j]) "
                      "for every j, not only j = i", y * (1 - y) * dy)])
     big = rng.standard_normal((3, 4)) + 1000.0
-    _check_no_overflow(m, "rows of 1000 + a little", big, F.softmax(Tensor(big)).data)
+    _check_no_overflow(m, "rows of 1000 + a little", (big,), _softmax(big))
     consistent(m.forward, lambda x, dy: m.backward(m.forward(x), dy), [rng.standard_normal((3, 4))], grad_of=(0,),
                names=("x",))
 
@@ -122,8 +128,7 @@ def check_cross_entropy(m: ModuleType) -> None:
              known=[("the sum over the rows, not the mean: divide by N", loss.data * N),
                     ("the sign is flipped: the loss is -log p[target], which is positive", -loss.data)])
         (gl,) = _grads(loss, np.ones(()), tl)
-        p = np.exp(logits - logits.max(1, keepdims=True))
-        p /= p.sum(1, keepdims=True)
+        p = _softmax(logits)
         same("backward(logits, targets)", call(m, "backward", logits, targets), gl,
              known=[("the 1/N of the mean is missing", gl * N),
                      ("the one-hot of the targets is not subtracted: d(-log p[t])/dlogits = p - onehot(t)", p / N),
@@ -229,11 +234,8 @@ def check_attention(m: ModuleType) -> None:
         y = F.scaled_dot_product_attention(tq, tk, tv, is_causal=True)
         scale, causal = 1 / np.sqrt(hs), np.tril(np.ones((T, T), dtype=bool))
         scores = q @ k.T * scale
-        full = np.exp(scores - scores.max(1, keepdims=True))
-        full /= full.sum(1, keepdims=True)  # softmax with no mask
-        unscaled = np.where(causal, q @ k.T, -np.inf)
-        unscaled = np.exp(unscaled - unscaled.max(1, keepdims=True))
-        unscaled /= unscaled.sum(1, keepdims=True)
+        full = _softmax(scores)  # softmax with no mask
+        unscaled = _softmax(np.where(causal, q @ k.T, -np.inf))
         same("forward(q, k, v)", call(m, "forward", q, k, v), y.data[0, 0],
              known=[("the mask is applied after the softmax: mask the scores (to -inf) before it, so that each "
                      "row's weights over the past sum to 1", (full * causal) @ v),

@@ -143,11 +143,16 @@ def resolve_device(device: str, warn: Callable[[str], None] | None = None) -> st
     return device
 
 
+def saved_settings(state: dict[str, Any]) -> dict[str, Any]:
+    """The TrainConfig fields a checkpoint's state recorded (those this version knows)."""
+    return {k: v for k, v in state.get("train_config", {}).items() if k in TrainConfig.__dataclass_fields__}
+
+
 def resume_config(out_dir: str | os.PathLike, **overrides: Any) -> TrainConfig:
     """The settings a run in ``out_dir`` was started with (from its latest.npz), with
     ``overrides`` (the flags given again, such as a larger --max_iters) on top."""
     state = checkpoint.read_state(Path(out_dir) / checkpoint.LATEST)  # the weights are read later, once
-    saved = {k: v for k, v in state.get("train_config", {}).items() if k in TrainConfig.__dataclass_fields__}
+    saved = saved_settings(state)
     if not saved:
         raise checkpoint.CheckpointError(f"{Path(out_dir) / checkpoint.LATEST} holds no training settings to resume")
     given = {k: v for k, v in overrides.items() if v is not None}

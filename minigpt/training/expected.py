@@ -26,10 +26,14 @@ NOT_THE_RECIPE = ("device", "data", "out_dir", "resume", "seed", "log_interval",
 NAMES = {"default": "the CPU recipe", "nanogpt": "nanoGPT's CPU recipe (--preset nanogpt)"}
 
 
+def recipe_of(cfg: TrainConfig) -> dict[str, Any]:
+    """The settings of ``cfg`` that make its run what it is (all but NOT_THE_RECIPE)."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_THE_RECIPE}
+
+
 def preset_settings(preset: str) -> dict[str, Any]:
     """The settings that make a run one of ``preset`` ("default" or "nanogpt"), as TrainConfig's fields."""
-    cfg = TrainConfig.preset(preset=None if preset == "default" else preset)
-    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_THE_RECIPE}
+    return recipe_of(TrainConfig.preset(preset=None if preset == "default" else preset))
 
 
 @functools.lru_cache(maxsize=1)
@@ -46,7 +50,7 @@ def preset_of(cfg: TrainConfig) -> str | None:
     another text than the packaged Tiny Shakespeare."""
     if cfg.data is not None or os.environ.get("MINIGPT_DATA"):
         return None
-    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_THE_RECIPE}
+    settings = recipe_of(cfg)
     for name, curve in curves().items():
         if settings == curve["settings"]:
             return name
