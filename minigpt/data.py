@@ -1,4 +1,4 @@
-"""Data: Tiny Shakespeare, a character tokenizer, the 90/10 split and random (batch, block) chunks.
+"""Data: Tiny Shakespeare, the 90/10 split and random (batch, block) chunks.
 
 This follows the lecture notebook minigpt grew from:
     text  --CharTokenizer-->  ids (int64, one per character)
@@ -12,15 +12,17 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-import tempfile
 import zlib
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy
 
 from minigpt import backend
+# the download and cache basics live in files.py (the Hub downloads use them too); here as before
+from minigpt.files import DOWNLOAD_TIMEOUT_S, DataError, atomic_write_bytes, default_cache_dir  # noqa: F401
+from minigpt.tokenizers import CharTokenizer  # noqa: F401 - it lives with the other tokenizers
 
 # where the packaged copy came from (the char-rnn repository's input.txt)
 TINY_SHAKESPEARE_URL = ("https://raw.githubusercontent.com/karpathy/char-rnn/master/"
@@ -28,44 +30,6 @@ TINY_SHAKESPEARE_URL = ("https://raw.githubusercontent.com/karpathy/char-rnn/mas
 TINY_SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 _KNOWN_SHA256 = {TINY_SHAKESPEARE_URL: TINY_SHAKESPEARE_SHA256}
 PACKAGED_TEXT = "tinyshakespeare.txt.gz"  # in minigpt/assets: the text above, gzip -9 (434 KB)
-DOWNLOAD_TIMEOUT_S = 30
-
-
-class DataError(RuntimeError):
-    """The text cannot be had: no file, no network, a damaged download, not UTF-8..."""
-
-
-def default_cache_dir() -> Path:
-    """``$MINIGPT_CACHE``, else ``$XDG_CACHE_HOME/minigpt``, else ``~/.cache/minigpt``."""
-    if os.environ.get("MINIGPT_CACHE"):
-        return Path(os.environ["MINIGPT_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "minigpt"
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it into place.
-
-    A reader sees the old file or the whole new one, never half a file, even if the
-    process dies mid-write.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it 0600: give it a normal file's mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _read_text(path: Path) -> str:
     try:
         return path.read_bytes().decode("utf-8")
@@ -157,57 +121,6 @@ def load_source(source: str | None = None) -> str:
     if source is None:
         return load_text()
     return load_text(url=source) if is_url(source) else load_text(path=source)
-
-
-class CharTokenizer:
-    """Characters to integers and back: each distinct character of the text gets its rank
-    in sorted order (Tiny Shakespeare: 65 characters, "\\n" is 0 and " " is 1)."""
-
-    def __init__(self, chars: Iterable[str]) -> None:
-        self.chars = "".join(chars)
-        if len(set(self.chars)) != len(self.chars):
-            raise ValueError("CharTokenizer: characters must be distinct")
-        self.stoi = {ch: i for i, ch in enumerate(self.chars)}
-        self.itos = dict(enumerate(self.chars))
-
-    @classmethod
-    def from_text(cls, text: str) -> CharTokenizer:
-        return cls(sorted(set(text)))
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.chars)
-
-    def encode(self, s: str) -> numpy.ndarray:
-        """str -> int64 array of token ids. Characters outside the vocabulary raise ValueError."""
-        try:
-            return numpy.fromiter((self.stoi[c] for c in s), dtype=numpy.int64, count=len(s))
-        except KeyError:
-            unknown = sorted(set(s) - set(self.stoi))
-            raise ValueError("characters not in the vocabulary: " + ", ".join(repr(c) for c in unknown)) from None
-
-    def decode(self, ids: Iterable[int] | Any) -> str:
-        """ids (any int sequence or array) -> str."""
-        ids = backend.unwrap(ids)
-        if hasattr(ids, "shape"):
-            ids = backend.to_numpy(ids).reshape(-1).tolist()
-        try:
-            return "".join(self.itos[int(i)] for i in ids)
-        except KeyError as e:
-            raise ValueError(f"token id {e.args[0]} is outside the vocabulary (size {self.vocab_size})") from None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"type": "char", "chars": self.chars}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> CharTokenizer:
-        return cls(d["chars"])
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, CharTokenizer) and other.chars == self.chars
-
-    def __repr__(self) -> str:
-        return f"CharTokenizer(vocab_size={self.vocab_size})"
 
 
 def train_val_split(ids: Any, train_frac: float = 0.9) -> tuple[Any, Any]:

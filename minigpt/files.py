@@ -1,0 +1,44 @@
+"""Where minigpt keeps what it downloads, and how it writes files that must never be half-written."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+DOWNLOAD_TIMEOUT_S = 30
+
+
+class DataError(RuntimeError):
+    """The text cannot be had: no file, no network, a damaged download, not UTF-8..."""
+
+
+def default_cache_dir() -> Path:
+    """``$MINIGPT_CACHE``, else ``$XDG_CACHE_HOME/minigpt``, else ``~/.cache/minigpt``."""
+    if os.environ.get("MINIGPT_CACHE"):
+        return Path(os.environ["MINIGPT_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "minigpt"
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, then rename it into place.
+
+    A reader sees the old file or the whole new one, never half a file, even if the
+    process dies mid-write.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it 0600: give it a normal file's mode
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
