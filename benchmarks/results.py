@@ -7,8 +7,8 @@
 Each row is `minigpt train FLAGS` in a process of its own, timed from start to exit (start-up,
 evaluations, the whole-validation-split loss and the 500-character sample included, as a user
 waits for them), with the child's peak memory. The loss is the whole-validation-split loss: every
-one of the 111,539 validation targets of Tiny Shakespeare scored once, in nats per token (a
-character) and bits per character.
+validation target of Tiny Shakespeare scored once, in nats per token (a character, or a BPE
+token) and in bits per character, which compares a char run with a BPE run.
 
 With --nanogpt, nanoGPT's train.py runs its README's CPU recipe (PyTorch needed: pip install
 "minigpt[bench]"; its data is prepared from minigpt's packaged copy of the text, the same
@@ -42,10 +42,13 @@ ROWS = [
     ("reference", "the same, with the plain reference ops", ["--reference"]),
     ("nanogpt", "GPT, nanoGPT's CPU recipe (4 layers, 128 wide)", ["--preset", "nanogpt"]),
     ("bigram", "bigram (the lecture's first model)", ["--model", "bigram"]),
+    # the CPU recipe on BPE tokens, its steps cut so that it takes the default row's wall time
+    ("bpe", "GPT, the CPU recipe on a BPE of 512 tokens", ["--tokenizer", "bpe", "--max_iters", "2500",
+                                                           "--lr_decay_iters", "2500"]),
     ("default-2-ranks", "GPT, the CPU recipe, 2 ranks", ["mpiexec", "-n", "2"]),
     ("nanogpt-2-ranks", "GPT, nanoGPT's CPU recipe, 2 ranks", ["mpiexec", "-n", "2", "--preset", "nanogpt"]),
 ]
-README_ROWS = 4
+README_ROWS = 5
 # nanoGPT's CPU recipe as its README gives it, run by nanoGPT's own train.py; its checkpoint of the
 # last evaluation (iteration 2000) is the model it trained
 NANOGPT_ARGS = [*sweep_recipe.NANOGPT_ARGS, "--always_save_checkpoint=True"]
@@ -108,7 +111,7 @@ def run_nanogpt(path: Path, keep: Path) -> dict[str, object]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--nanogpt", type=Path, default=None, help="a nanoGPT checkout: run its train.py too")
-    p.add_argument("--only", default=None, help="comma-separated rows (default: the first four): " +
+    p.add_argument("--only", default=None, help="comma-separated rows (default: the first five): " +
                    ", ".join(name for name, _, _ in ROWS))
     p.add_argument("--keep", type=Path, default=None, help="keep each run's out_dir under this folder")
     p.add_argument("--csv", type=Path, default=REPO / "benchmarks" / "results" / "results.csv")

@@ -25,8 +25,10 @@ from typing import Any
 import numpy
 
 from minigpt import backend
-from minigpt.data import CharTokenizer, atomic_write_bytes
+from minigpt import tokenizers
+from minigpt.files import atomic_write_bytes
 from minigpt.nn import GPT, BigramLanguageModel, GPTConfig, Module
+from minigpt.tokenizers import Tokenizer
 
 FORMAT = "minigpt-checkpoint"
 VERSION = 1
@@ -46,7 +48,7 @@ def _model_meta(model: Module) -> dict[str, Any]:
 
 
 def save(path: str | os.PathLike, model: Module, *, optimizer: Any = None,
-         tokenizer: CharTokenizer | None = None, **state: Any) -> None:
+         tokenizer: Tokenizer | None = None, **state: Any) -> None:
     """Write a checkpoint of ``model`` (and optimizer, tokenizer, and JSON-able ``state``) atomically."""
     arrays = {f"model/{k}": backend.to_numpy(v) for k, v in model.state_dict().items()}
     meta: dict[str, Any] = {"format": FORMAT, "version": VERSION, "model": _model_meta(model),
@@ -70,7 +72,7 @@ class Checkpoint:
     """What :func:`load` returns."""
 
     model: Module
-    tokenizer: CharTokenizer | None
+    tokenizer: Tokenizer | None
     config: GPTConfig | dict[str, Any]
     optimizer_state: dict[str, Any] | None
     state: dict[str, Any]
@@ -126,6 +128,21 @@ def read_state(path: str | os.PathLike) -> dict[str, Any]:
     return state
 
 
+def _tokenizer(meta: dict[str, Any], path: Path) -> Tokenizer | None:
+    if not meta.get("tokenizer"):
+        return None
+    try:
+        return tokenizers.from_dict(meta["tokenizer"])
+    except (ValueError, TypeError, KeyError) as e:
+        raise CheckpointError(f"{path} has a damaged tokenizer: {e}") from e
+
+
+def read_tokenizer(path: str | os.PathLike) -> Tokenizer | None:
+    """The tokenizer a checkpoint holds (None for one saved without), read from its JSON metadata alone."""
+    path = resolve(path)
+    return _tokenizer(_read(path, meta_only=True)[1], path)
+
+
 def _build_model(meta: dict[str, Any], path: Path) -> tuple[Module, Any]:
     spec = meta.get("model") or {}
     try:
@@ -170,5 +187,4 @@ def _load(path: Path, device: str) -> Checkpoint:
             int(i): {"step": step, "exp_avg": arrays[f"optimizer/{i}/exp_avg"],
                      "exp_avg_sq": arrays[f"optimizer/{i}/exp_avg_sq"]}
             for i, step in opt["steps"].items()}}
-    tokenizer = CharTokenizer.from_dict(meta["tokenizer"]) if meta.get("tokenizer") else None
-    return Checkpoint(model, tokenizer, config, optimizer_state, meta.get("state") or {}, path)
+    return Checkpoint(model, _tokenizer(meta, path), config, optimizer_state, meta.get("state") or {}, path)

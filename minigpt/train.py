@@ -1,6 +1,6 @@
-"""Training a character-level language model on a text, nanoGPT's way: the loop.
+"""Training a language model on a text, nanoGPT's way: the loop.
 
-    text -> CharTokenizer -> ids -> 90/10 split
+    text -> 90/10 split -> tokenizer (characters by default, or BPE) -> ids
     repeat max_iters times:
         lr  = warmup + cosine schedule
         x, y = random (batch_size, block_size) chunks of the training ids
@@ -8,8 +8,9 @@
         every eval_interval: mean train/val loss over eval_iters batches, checkpoints, metrics row
     finally: the loss over the WHOLE validation split, and a sample of generated text.
 
-The loop is here; its pieces are in minigpt/training/: the settings (config.py), one step
-(steps.py), the losses and the sample (evaluate.py), what is shown and written (metrics.py).
+The loop is here; its pieces are in minigpt/training/: the settings (config.py), the text and
+its tokenizer (text.py), one step (steps.py), the losses and the sample (evaluate.py), what is
+shown and written (metrics.py).
 
 The model and the optimizer are built once, here: the fast twins (``fast.GPT``, ``fast.AdamW``)
 unless ``cfg.reference``, which builds the plain reference (``nn.GPT``, ``optim.AdamW``), the same
@@ -37,8 +38,9 @@ import numpy
 
 import minigpt
 from minigpt import backend, checkpoint, distributed, fast, nn, optim
-from minigpt.data import CharTokenizer, get_batch, load_source, train_val_split
-from minigpt.training import expected
+from minigpt.tokenizers import CharTokenizer, Tokenizer
+from minigpt.data import get_batch
+from minigpt.training import expected, text
 from minigpt.training.config import (CPU_PRESET, GPU_PRESET, NANOGPT_CPU_PRESET, TrainConfig, resolve_device,
                                      resume_config)
 from minigpt.training.evaluate import estimate_loss, generate_text, split_loss
@@ -93,10 +95,11 @@ class Run:
 
     cfg: TrainConfig
     out_dir: Path
-    tokenizer: CharTokenizer
+    tokenizer: Tokenizer
     train_ids: Any
     val_ids: Any
     bits_per_char: float  # nats per token -> bits per character of the validation text
+    chars_per_token: float
     model: nn.Module
     optimizer: optim.AdamW
     batch_rng: numpy.random.Generator
@@ -182,7 +185,9 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print, warn: Callabl
             f"token, {full_bpc:.4f} bits per character")
         interrupted = stopped_in_the_final_evaluation()
     if not interrupted:
-        sample = generate_text(model, run.tokenizer, "\n", cfg.sample_chars if world.rank == 0 else 0)
+        # as many tokens as hold sample_chars characters on average, then cut to sample_chars
+        n_tokens = math.ceil(cfg.sample_chars / run.chars_per_token) if world.rank == 0 else 0
+        sample = generate_text(model, run.tokenizer, "\n", n_tokens)[:1 + cfg.sample_chars]
         if cfg.sample_chars:
             log("sample:\n" + sample)
         interrupted = stopped_in_the_final_evaluation()
@@ -243,17 +248,15 @@ def _set_up(cfg: TrainConfig, world: distributed.World, log: Callable[[str], Non
         device = resolve_device(cfg.device, warn)
         if device == "cpu" and not cfg.reference:
             fast.keep_freed_memory()  # each step reuses the last one's freed memory: no page faults
-        text = load_source(cfg.data)
-        tokenizer = CharTokenizer.from_text(text)
-        train_ids, val_ids = train_val_split(tokenizer.encode(text))
-        if len(val_ids) <= cfg.block_size:
-            raise ValueError(f"the text is too short for block_size {cfg.block_size}: its validation split "
-                             f"has {len(val_ids)} characters, it needs more than {cfg.block_size}")
-        chars_per_token = len(tokenizer.decode(val_ids)) / len(val_ids)
+        # a resumed BPE run keeps the tokenizer it was trained with (a char one is rebuilt and compared)
+        saved = checkpoint.read_tokenizer(Path(cfg.out_dir) / checkpoint.LATEST) if cfg.resume else None
+        data = text.prepare(cfg, log, warn, saved if saved is not None and not isinstance(saved, CharTokenizer)
+                            else None)
         minigpt.manual_seed(cfg.seed)
-        model = build_model(cfg, tokenizer.vocab_size).to(device, numpy.dtype(cfg.dtype))
-        run = Run(cfg, Path(cfg.out_dir), tokenizer, train_ids, val_ids, 1 / (math.log(2) * chars_per_token),
-                  model, build_optimizer(model, cfg), numpy.random.default_rng(cfg.seed), clock=time.time())
+        model = build_model(cfg, data.tokenizer.vocab_size).to(device, numpy.dtype(cfg.dtype))
+        run = Run(cfg, Path(cfg.out_dir), data.tokenizer, data.train_ids, data.val_ids, data.bits_per_char,
+                  data.chars_per_token, model, build_optimizer(model, cfg), numpy.random.default_rng(cfg.seed),
+                  clock=time.time())
         run.preset = expected.preset_of(cfg)
         if cfg.resume:
             _restore(run, device, log, world.size)
@@ -270,8 +273,8 @@ def _set_up(cfg: TrainConfig, world: distributed.World, log: Callable[[str], Non
     runs_twin = isinstance(run.model, fast.GPT) and fast.enabled(next(run.model.parameters()))
     ops = "fast twins" if runs_twin else "reference ops"  # on CuPy fast.GPT runs the reference forward
     log(f"model: {cfg.model}, {n_params:,} parameters ({n_params / 1e6:.2f}M), device {device}, {cfg.dtype}, {ops}")
-    log(f"data: {len(run.train_ids):,} training and {len(run.val_ids):,} validation tokens, "
-        f"vocabulary {run.tokenizer.vocab_size}")
+    log(f"data: {len(run.train_ids):,} training and {len(run.val_ids):,} validation tokens "
+        f"({run.chars_per_token:.2f} characters each), vocabulary {run.tokenizer.vocab_size}")
     return run
 
 

@@ -296,3 +296,13 @@ def test_byte_alphabet_is_gpt2s():
     table = gpt2.bytes_to_unicode()
     assert table[ord(" ")] == "Ġ" and table[ord("\n")] == "Ċ" and table[ord("a")] == "a"
     assert len(set(table.values())) == 256
+
+
+def test_the_docs_example_prints_what_the_docs_show(capsys):
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "tokenizers.md").read_text(encoding="utf-8")
+    code, shown = re.search(r"```python\n# example: merges\n(.*?)```\n\n```\n(.*?)```", doc, flags=re.S).groups()
+    exec(code, {})  # our own documentation
+    assert capsys.readouterr().out == shown

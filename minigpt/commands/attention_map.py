@@ -14,6 +14,7 @@ import argparse
 import numpy as np
 
 from minigpt import backend, checkpoint, nn
+from minigpt.tokenizers import CharTokenizer
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -39,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     ids = ck.tokenizer.encode(args.start)[-ck.model.config.block_size:]
     maps = backend.to_numpy(ck.model.attention_maps(ids[None, :]))[:, 0]  # (n_layer, nh, T, T)
     L, H, T, _ = maps.shape
-    labels = [repr(c)[1:-1] for c in ck.tokenizer.decode(ids)]
+    labels = [repr(ck.tokenizer.decode([i]))[1:-1] for i in ids.tolist()]  # one per token
     fig, axes = plt.subplots(L, H, figsize=(2.6 * H, 2.6 * L + 0.4), dpi=100, squeeze=False)
     for layer in range(L):
         for head in range(H):
@@ -53,5 +54,6 @@ def run(args: argparse.Namespace) -> int:
     fig.tight_layout()
     fig.savefig(png)
     plt.close(fig)
-    print(f"wrote {png}: {L} layer(s) x {H} heads over {T} characters")
+    unit = "characters" if isinstance(ck.tokenizer, CharTokenizer) else "tokens"
+    print(f"wrote {png}: {L} layer(s) x {H} heads over {T} {unit}")
     return 0

@@ -23,9 +23,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--start", default="\n", help='the prompt, or "FILE:path" to read it from a file '
                                                   '(default: %(default)r)')
     p.add_argument("--num_samples", type=int, default=3, help="how many samples to write")
-    p.add_argument("--max_new_tokens", type=int, default=500, help="characters to generate per sample")
+    p.add_argument("--max_new_tokens", type=int, default=500, help="tokens to generate per sample (characters for a char model)")
     p.add_argument("--temperature", type=float, default=0.8, help="< 1 sharper, > 1 more random, 0 greedy")
-    p.add_argument("--top_k", type=int, default=200, help="sample among the k most likely characters only")
+    p.add_argument("--top_k", type=int, default=200, help="sample among the k most likely tokens only")
     p.add_argument("--seed", type=int, default=1337, help="random seed: the same seed writes the same text")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help="where to run the model")
 

@@ -4,6 +4,7 @@
     minigpt train --preset nanogpt         # nanoGPT's CPU recipe: 4 layers, 2000 steps of 12 x 64
     minigpt train --device cuda            # the GPU preset: 6 layers, 384 wide, 5000 steps of 64 x 256
     minigpt train --model bigram           # the lecture's first model
+    minigpt train --tokenizer bpe          # subword tokens: a byte-level BPE trained on the text
     minigpt train --data my_text.txt       # your own text (a file or an http(s) URL)
     minigpt train --resume                 # continue the run in --out_dir
     mpiexec -n 2 minigpt train             # data parallel: 2 processes share each batch
@@ -37,10 +38,14 @@ FLAG_HELP = {
     "resume": "continue the run in --out_dir from its latest.npz, with its settings (flags given again, such "
               "as a larger --max_iters, override them)",
     "model": "gpt (GPT-2's architecture) or bigram (the lecture's first model: a table of next-character logits)",
+    "tokenizer": "char (one token per character, the lecture's), bpe (byte-level BPE trained on the training "
+                 "split, GPT-2's algorithm) or gpt2 (GPT-2's own, 50257 tokens: downloaded once from the Hugging Face "
+                 "Hub, or read from the cache)",
+    "vocab_size": "tokens in the BPE (--tokenizer bpe; default: 512)",
     "n_layer": "transformer blocks",
     "n_head": "attention heads per block (must divide --n_embd)",
     "n_embd": "width of the residual stream, C",
-    "block_size": "context length in characters, T",
+    "block_size": "context length in tokens (characters for --tokenizer char), T",
     "batch_size": "sequences per step, B (under mpiexec the global batch, split over the ranks)",
     "dropout": "dropout probability on the embeddings, attention weights and residual branches",
     "bias": "biases in the linear and layer-norm layers (--no-bias: none, as nanoGPT's train.py)",
@@ -62,7 +67,8 @@ FLAG_HELP = {
     "reference": "train with the plain reference ops (minigpt.functional, minigpt.optim) instead of their fast "
                  "twins: the same math, the code you read, for stepping through",
 }
-CHOICES = {"device": ["cpu", "cuda", "auto"], "model": ["gpt", "bigram"], "dtype": ["float32", "float64"]}
+CHOICES = {"device": ["cpu", "cuda", "auto"], "model": ["gpt", "bigram"], "tokenizer": ["char", "bpe", "gpt2"],
+           "dtype": ["float32", "float64"]}
 
 
 def defaults_text(name: str, default: Any) -> str:
@@ -90,7 +96,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None,
                            help=f"{text} ({defaults_text(f.name, f.default)})")
         else:
-            kind = {"int": int, "float": float}.get(str(f.type), str)
+            kind = {"int": int, "float": float}.get(str(f.type).removesuffix(" | None"), str)
             shown = "" if f.default is None else f" ({defaults_text(f.name, f.default)})"
             p.add_argument(flag, type=kind, default=None, choices=CHOICES.get(f.name), help=text + shown)
 

@@ -29,8 +29,10 @@ class CharTokenizer:
     def vocab_size(self) -> int:
         return len(self.chars)
 
-    def encode(self, s: str) -> numpy.ndarray:
-        """str -> int64 array of token ids. Characters outside the vocabulary raise ValueError."""
+    def encode(self, s: str, allowed_special: Iterable[str] | str = ()) -> numpy.ndarray:
+        """str -> int64 array of token ids. Characters outside the vocabulary raise ValueError.
+        (A character vocabulary has no special tokens: ``allowed_special`` is there so that every
+        tokenizer is called alike.)"""
         try:
             return numpy.fromiter((self.stoi[c] for c in s), dtype=numpy.int64, count=len(s))
         except KeyError:

@@ -47,6 +47,8 @@ class TrainConfig:
     out_dir: str = "out"
     resume: bool = False
     model: str = "gpt"  # gpt | bigram
+    tokenizer: str = "char"  # char | bpe | gpt2
+    vocab_size: int | None = None  # the BPE's vocabulary (--tokenizer bpe); None: 512
     n_layer: int = 1
     n_head: int = 4
     n_embd: int = 128
@@ -94,7 +96,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the first setting that is out of range or inconsistent."""
-        check_settings(dataclasses.asdict(self), prefix="--")  # the model's settings, as GPTConfig checks them
+        shape = {k: v for k, v in dataclasses.asdict(self).items() if k != "vocab_size"}  # the BPE's, checked below
+        check_settings(shape, prefix="--")  # the model's settings, as GPTConfig checks them
         for name in ("batch_size", "max_iters", "eval_interval", "eval_iters", "log_interval"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"--{name} must be a positive integer, got {getattr(self, name)}")
@@ -112,6 +115,16 @@ class TrainConfig:
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"--{name} must lie in [0, 1), got {getattr(self, name)}")
+        if self.tokenizer not in ("char", "bpe", "gpt2"):
+            raise ValueError(f"--tokenizer must be char, bpe or gpt2, got {self.tokenizer!r}")
+        if self.vocab_size is not None:
+            if self.tokenizer != "bpe":
+                raise ValueError(f"--vocab_size sets the size of a BPE trained on the text (--tokenizer bpe); "
+                                 f"the {self.tokenizer} tokenizer's vocabulary is given by "
+                                 f"{'the text' if self.tokenizer == 'char' else 'its files'}")
+            if int(self.vocab_size) < 257:
+                raise ValueError(f"--vocab_size must be at least 257 (the 256 bytes and <|endoftext|>), "
+                                 f"got {self.vocab_size}")
         if self.model not in ("gpt", "bigram"):
             raise ValueError(f"--model must be gpt or bigram, got {self.model!r}")
         if self.dtype not in ("float32", "float64"):
@@ -120,7 +133,7 @@ class TrainConfig:
             raise ValueError(f"--device must be cpu, cuda or auto, got {self.device!r}")
 
 
-MODEL_SHAPE_FLAGS = ("model", "n_layer", "n_head", "n_embd", "block_size", "bias", "dtype")
+MODEL_SHAPE_FLAGS = ("model", "tokenizer", "vocab_size", "n_layer", "n_head", "n_embd", "block_size", "bias", "dtype")
 
 
 def ignored_settings(model: str | None, given: dict[str, Any]) -> list[str]:

@@ -14,7 +14,8 @@ import numpy
 
 from minigpt import backend, distributed
 from minigpt import functional as F
-from minigpt.data import CharTokenizer, get_batch
+from minigpt.data import get_batch
+from minigpt.tokenizers import Tokenizer
 from minigpt.nn import Module
 from minigpt.tensor import no_grad
 from minigpt.training.config import TrainConfig
@@ -73,12 +74,13 @@ def summed_loss(model: Module, x: numpy.ndarray, y: numpy.ndarray) -> float:
     return float(F.cross_entropy(logits, y.reshape(logits.shape[:-1]), reduction="sum").item())
 
 
-def generate_text(model: Module, tokenizer: CharTokenizer, prompt: str, n_chars: int,
+def generate_text(model: Module, tokenizer: Tokenizer, prompt: str, n_tokens: int,
                   temperature: float = 0.8, top_k: int | None = 200) -> str:
-    """``prompt`` followed by ``n_chars`` sampled characters (in eval mode: no dropout)."""
-    if n_chars <= 0:
+    """``prompt`` followed by ``n_tokens`` sampled tokens (characters for a char model), decoded
+    (in eval mode: no dropout)."""
+    if n_tokens <= 0:
         return prompt
     idx = tokenizer.encode(prompt)[None, :]  # (1, T)
     with evaluating(model):
-        out = model.generate(idx, n_chars, temperature=temperature, top_k=top_k)
+        out = model.generate(idx, n_tokens, temperature=temperature, top_k=top_k)
     return tokenizer.decode(backend.to_numpy(out)[0])
