@@ -273,8 +273,9 @@ def _set_up(cfg: TrainConfig, world: distributed.World, log: Callable[[str], Non
     runs_twin = isinstance(run.model, fast.GPT) and fast.enabled(next(run.model.parameters()))
     ops = "fast twins" if runs_twin else "reference ops"  # on CuPy fast.GPT runs the reference forward
     log(f"model: {cfg.model}, {n_params:,} parameters ({n_params / 1e6:.2f}M), device {device}, {cfg.dtype}, {ops}")
-    log(f"data: {len(run.train_ids):,} training and {len(run.val_ids):,} validation tokens "
-        f"({run.chars_per_token:.2f} characters each), vocabulary {run.tokenizer.vocab_size}")
+    per_token = "" if isinstance(run.tokenizer, CharTokenizer) else f" ({run.chars_per_token:.2f} characters each)"
+    log(f"data: {len(run.train_ids):,} training and {len(run.val_ids):,} validation tokens, vocabulary "
+        f"{run.tokenizer.vocab_size}{per_token}")
     return run
 
 
