@@ -270,7 +270,7 @@ def train_model(step: str, data: str | None = None, max_iters: int = MAX_ITERS, 
     val_loss = split_loss(model, val, BLOCK_SIZE)
     minigpt.manual_seed(seed)
     with minigpt.no_grad():
-        ids = generate_loop(tok.encode("\n")[None, :], sample_chars, 1.0, None,
+        ids = generate_loop(tok.encode("\n")[None, :], sample_chars,
                             lambda idx: model(idx[:, -BLOCK_SIZE:])[0].data[:, -1, :])  # (1, 1 + sample_chars)
     return StepResult(step, seed, model.num_params(), init_loss, first_move, val_loss, seconds,
                       tok.decode(ids[0]))

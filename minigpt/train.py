@@ -37,7 +37,7 @@ from typing import Any, Callable
 import numpy
 
 import minigpt
-from minigpt import backend, checkpoint, distributed, fast, nn, optim
+from minigpt import backend, checkpoint, distributed, fast, nn, optim, pretrained
 from minigpt.tokenizers import CharTokenizer, Tokenizer
 from minigpt.data import get_batch
 from minigpt.training import expected, text
@@ -68,12 +68,16 @@ class TrainResult:
 
 
 def build_model(cfg: TrainConfig, vocab_size: int) -> nn.Module:
-    """The bigram model, or the GPT: ``fast.GPT`` (the reference's twin), or with ``cfg.reference`` ``nn.GPT``."""
+    """The bigram model, or the GPT: ``fast.GPT`` (the reference's twin), or with ``cfg.reference`` ``nn.GPT``;
+    with ``cfg.init_from``, holding pretrained weights (GPT-2's, or a Hugging Face GPT-2 folder's)."""
     if cfg.model == "bigram":
         return nn.BigramLanguageModel(vocab_size)
+    cls = nn.GPT if cfg.reference else fast.GPT
+    if cfg.init_from != "scratch" and not cfg.resume:  # a resumed run's weights come from its checkpoint
+        return pretrained.from_pretrained(cls, cfg.init_from, block_size=cfg.block_size, dropout=cfg.dropout).train()
     config = nn.GPTConfig(block_size=cfg.block_size, vocab_size=vocab_size, n_layer=cfg.n_layer,
                           n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias)
-    return nn.GPT(config) if cfg.reference else fast.GPT(config)
+    return cls(config)
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> optim.AdamW:
@@ -179,7 +183,9 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print, warn: Callabl
     full_val = full_bpc = sample = None
     interrupted = stopped_in_the_final_evaluation()
     if not interrupted:
-        full_val = split_loss(model, run.val_ids, cfg.block_size, world=world)
+        # rows of block_size tokens per forward: at most 2^26 logits (256 MB in float32) at once
+        rows = max(1, min(64, (1 << 26) // (cfg.block_size * run.tokenizer.vocab_size)))
+        full_val = split_loss(model, run.val_ids, cfg.block_size, batch_rows=rows, world=world)
         full_bpc = full_val * run.bits_per_char
         log(f"val loss over the whole validation split ({len(run.val_ids) - 1:,} tokens): {full_val:.4f} nats per "
             f"token, {full_bpc:.4f} bits per character")
@@ -248,12 +254,20 @@ def _set_up(cfg: TrainConfig, world: distributed.World, log: Callable[[str], Non
         device = resolve_device(cfg.device, warn)
         if device == "cpu" and not cfg.reference:
             fast.keep_freed_memory()  # each step reuses the last one's freed memory: no page faults
-        # a resumed BPE run keeps the tokenizer it was trained with (a char one is rebuilt and compared)
-        saved = checkpoint.read_tokenizer(Path(cfg.out_dir) / checkpoint.LATEST) if cfg.resume else None
-        data = text.prepare(cfg, log, warn, saved if saved is not None and not isinstance(saved, CharTokenizer)
-                            else None)
+        # a resumed BPE run keeps the tokenizer it was trained with (a char one is rebuilt and compared);
+        # fine-tuning keeps the weights' own
+        keep = None
+        if cfg.resume:
+            keep = checkpoint.read_tokenizer(Path(cfg.out_dir) / checkpoint.LATEST)
+            keep = None if isinstance(keep, CharTokenizer) and cfg.init_from == "scratch" else keep
+        elif cfg.init_from != "scratch":
+            keep = pretrained.load_tokenizer(cfg.init_from)
+        data = text.prepare(cfg, log, warn, keep)
         minigpt.manual_seed(cfg.seed)
         model = build_model(cfg, data.tokenizer.vocab_size).to(device, numpy.dtype(cfg.dtype))
+        if isinstance(model, nn.GPT) and model.config.vocab_size < data.tokenizer.vocab_size:
+            raise ValueError(f"the tokenizer has {data.tokenizer.vocab_size} tokens but the model only "
+                             f"{model.config.vocab_size} outputs")
         run = Run(cfg, Path(cfg.out_dir), data.tokenizer, data.train_ids, data.val_ids, data.bits_per_char,
                   data.chars_per_token, model, build_optimizer(model, cfg), numpy.random.default_rng(cfg.seed),
                   clock=time.time())

@@ -5,6 +5,7 @@
     minigpt train --device cuda            # the GPU preset: 6 layers, 384 wide, 5000 steps of 64 x 256
     minigpt train --model bigram           # the lecture's first model
     minigpt train --tokenizer bpe          # subword tokens: a byte-level BPE trained on the text
+    minigpt train --init_from gpt2 --data my_text.txt   # fine-tune GPT-2 (124M) on your text
     minigpt train --data my_text.txt       # your own text (a file or an http(s) URL)
     minigpt train --resume                 # continue the run in --out_dir
     mpiexec -n 2 minigpt train             # data parallel: 2 processes share each batch
@@ -38,6 +39,10 @@ FLAG_HELP = {
     "resume": "continue the run in --out_dir from its latest.npz, with its settings (flags given again, such "
               "as a larger --max_iters, override them)",
     "model": "gpt (GPT-2's architecture) or bigram (the lecture's first model: a table of next-character logits)",
+    "init_from": "scratch (a new model), or fine-tune pretrained weights: gpt2, gpt2-medium, gpt2-large, gpt2-xl (the "
+                 "Hugging Face Hub's, downloaded once into the cache) or a folder holding config.json + "
+                 "model.safetensors; the shape, vocabulary and tokenizer are the weights', and the fine-tuning "
+                 "recipe (4 x 64 tokens, 200 steps, lr 3e-5 constant) the defaults",
     "tokenizer": "char (one token per character, the lecture's), bpe (byte-level BPE trained on the training "
                  "split, GPT-2's algorithm) or gpt2 (GPT-2's own, 50257 tokens: downloaded once from the Hugging Face "
                  "Hub, or read from the cache)",

@@ -7,6 +7,7 @@ reaches a loss of about 2.5 (uniform guessing is ln 65 ≈ 4.17).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from minigpt import backend
@@ -40,7 +41,9 @@ class BigramLanguageModel(Module):
         return logits, F.cross_entropy(logits, targets)
 
     @no_grad()
-    def generate(self, idx: Any, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None) -> Any:
+    def generate(self, idx: Any, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, on_token: Callable[[Any], None] | None = None) -> Any:
         """Sample ``max_new_tokens`` tokens after idx (B, T) -> (B, T + max_new_tokens).
         Only the last token matters to a bigram, so only it is fed in."""
-        return generate_loop(idx, max_new_tokens, temperature, top_k, lambda ids: self(ids[:, -1:])[0].data[:, -1, :])
+        return generate_loop(idx, max_new_tokens, lambda ids: self(ids[:, -1:])[0].data[:, -1, :],
+                             temperature, top_k, top_p, on_token)

@@ -18,6 +18,7 @@ model with a faster forward on a CPU; the training command builds that one unles
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -214,10 +215,13 @@ class GPT(Module):
 
     @no_grad()
     def generate(self, idx: Any, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 use_cache: bool = True) -> Any:
+                 top_p: float | None = None, use_cache: bool = True,
+                 on_token: Callable[[Any], None] | None = None) -> Any:
         """Append ``max_new_tokens`` sampled tokens to idx (B, T); the context is cropped to
         the last block_size tokens as it grows. Returns ids (B, T + max_new_tokens), of the
-        same kind (array or Tensor) as ``idx``.
+        same kind (array or Tensor) as ``idx``. ``temperature``, ``top_k`` and ``top_p`` shape the
+        distribution each token is drawn from (:func:`sample_next`); ``on_token`` is called with
+        each new column of ids (B,) as it is drawn, to stream the text.
 
         With ``use_cache`` (the default) every layer keeps the keys and values of the positions
         it has seen, so a new token costs one position, not the whole context. Once the context
@@ -226,9 +230,10 @@ class GPT(Module):
         Both give the same tokens for the same seed.
         """
         block = self.config.block_size
+        sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "on_token": on_token}
         if not use_cache:
-            return generate_loop(idx, max_new_tokens, temperature, top_k,
-                                 lambda ids: self(ids[:, -block:])[0].data[:, -1, :])  # crop, forward, last position
+            return generate_loop(idx, max_new_tokens, lambda ids: self(ids[:, -block:])[0].data[:, -1, :],
+                                 **sampling)  # crop, forward, last position
         caches: list[dict[str, Any]] = []
         filled = 0  # positions in the caches; 0 forces a (re)fill
 
@@ -244,7 +249,24 @@ class GPT(Module):
                 filled += 1
             return logits.data[:, -1, :]  # (B, V)
 
-        return generate_loop(idx, max_new_tokens, temperature, top_k, next_logits)
+        return generate_loop(idx, max_new_tokens, next_logits, **sampling)
+
+    # ------------------------------------------------------------------ Hugging Face GPT-2 folders
+    @classmethod
+    def from_pretrained(cls, name_or_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> GPT:
+        """GPT-2's weights ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", downloaded once from the
+        Hugging Face Hub) or a folder's (``config.json`` + ``model.safetensors``), as this class,
+        in eval mode. How GPT-2's tensors map onto this model: minigpt/pretrained.py."""
+        from minigpt import pretrained  # noqa: PLC0415 - it builds on this module
+
+        return pretrained.from_pretrained(cls, name_or_dir, cache_dir)
+
+    def save_pretrained(self, folder: str | os.PathLike, tokenizer: Any = None) -> None:
+        """Write this model as a Hugging Face GPT-2 folder that transformers' GPT2LMHeadModel loads,
+        with ``tokenizer`` beside it (see minigpt/pretrained.py)."""
+        from minigpt import pretrained  # noqa: PLC0415
+
+        pretrained.save_pretrained(self, folder, tokenizer)
 
     def _new_cache(self, B: int) -> dict[str, Any]:
         w = self.lm_head.weight
@@ -260,13 +282,17 @@ class GPT(Module):
         return self.lm_head(x)  # (B, 1, V)
 
 
-def sample_next(logits: Any, temperature: float = 1.0, top_k: int | None = None) -> Any:
-    """One token id per row of logits (B, V): softmax(logits / temperature) restricted to the
-    ``top_k`` largest, sampled with minigpt's generator. temperature 0 picks the argmax."""
+def sample_next(logits: Any, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> Any:
+    """One token id per row of logits (B, V): softmax(logits / temperature), restricted to the
+    ``top_k`` largest, then to the nucleus of ``top_p`` (the smallest set of the most likely tokens
+    whose probabilities sum to at least top_p), sampled with minigpt's generator. temperature 0
+    picks the argmax."""
     logits = backend.to_numpy(logits).astype("float64")  # (B, V), on the CPU: one RNG for every device
     xp = backend.get_array_module(logits)
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
     if temperature == 0:
         return logits.argmax(axis=-1)
     logits = logits / temperature
@@ -277,21 +303,43 @@ def sample_next(logits: Any, temperature: float = 1.0, top_k: int | None = None)
         kth = xp.sort(logits, axis=-1)[:, -k][:, None]  # (B, 1): the k-th largest logit of each row
         logits = xp.where(logits < kth, -xp.inf, logits)
     probs = F.softmax(Tensor(logits), axis=-1).data  # (B, V)
+    if top_p is not None:
+        probs = nucleus(probs, top_p)
+    if not xp.isfinite(probs).all():
+        raise ValueError("the logits are not finite (NaN or inf): the model's weights or the temperature "
+                         "cannot give a distribution to sample from")
     u = backend.generator().random(probs.shape[0])  # (B,)
     cdf = probs.cumsum(axis=-1)
     return xp.minimum((cdf < u[:, None] * cdf[:, -1:]).sum(axis=-1), probs.shape[-1] - 1)  # (B,)
 
 
-def generate_loop(idx: Any, max_new_tokens: int, temperature: float, top_k: int | None,
-                  next_logits: Callable[[Any], Any]) -> Any:
+def nucleus(probs: Any, top_p: float) -> Any:
+    """probs (B, V) with every token outside its row's nucleus set to 0: the most likely tokens,
+    in order, until their probabilities sum to at least ``top_p`` (a token is kept when the tokens
+    more likely than it hold less than top_p). Not renormalised: sampling divides by the sum."""
+    xp = backend.get_array_module(probs)
+    order = xp.argsort(-probs, axis=-1, kind="stable")  # (B, V): most likely first (ties: lower id first)
+    ranked = xp.take_along_axis(probs, order, axis=-1)
+    before = xp.cumsum(ranked, axis=-1) - ranked  # the mass of the tokens ranked above each
+    keep = xp.zeros_like(probs, dtype=bool)
+    xp.put_along_axis(keep, order, before < top_p, axis=-1)
+    return xp.where(keep, probs, 0.0)
+
+
+def generate_loop(idx: Any, max_new_tokens: int, next_logits: Callable[[Any], Any], temperature: float = 1.0,
+                  top_k: int | None = None, top_p: float | None = None,
+                  on_token: Callable[[Any], None] | None = None) -> Any:
     """The sampling loop every model shares: ``max_new_tokens`` times, take the logits of the
     next token given everything so far (``next_logits``: ids (B, t) -> (B, V)), sample one
-    token per row, append it. Returns ids (B, T + max_new_tokens), array or Tensor as idx was."""
+    token per row, append it (and hand it to ``on_token``). Returns ids (B, T + max_new_tokens),
+    array or Tensor as idx was."""
     as_tensor = isinstance(idx, Tensor)
     idx = backend.unwrap(idx)
     xp = backend.get_array_module(idx)
     idx = xp.asarray(idx, dtype="int64")
     for _ in range(max_new_tokens):
-        nxt = sample_next(next_logits(idx), temperature, top_k)  # (B,)
+        nxt = sample_next(next_logits(idx), temperature, top_k, top_p)  # (B,)
         idx = xp.concatenate([idx, xp.asarray(nxt, dtype="int64")[:, None]], axis=1)  # (B, T + 1)
+        if on_token is not None:
+            on_token(idx[:, -1])
     return Tensor(idx) if as_tensor else idx

@@ -33,6 +33,15 @@ GPU_PRESET = dict(NANOGPT_CPU_PRESET, n_layer=6, n_head=6, n_embd=384, block_siz
 # the notebook's bigram: a (V, V) table, short contexts, a higher rate for a table that starts at N(0, 1)
 BIGRAM_PRESET = dict(block_size=8, batch_size=32, max_iters=3000, lr_decay_iters=3000, learning_rate=1e-2,
                      min_lr=1e-3, warmup_iters=0, weight_decay=0.0, eval_iters=50, eval_interval=250)
+# Fine-tuning pretrained weights (--init_from gpt2 or a folder) on a CPU: GPT-2 124M at about 1.7 s a
+# step of 4 x 64 tokens on 2 cores, 200 steps, evaluations and the whole-split loss in under 10 minutes
+# (docs/gpt2.md). A constant small rate (nanoGPT's finetune_shakespeare: 3e-5, no decay): the weights
+# already know English, and a large step would undo it. block_size is capped by the weights' context.
+FINETUNE_PRESET = dict(block_size=64, batch_size=4, max_iters=200, lr_decay_iters=200, learning_rate=3e-5,
+                       min_lr=3e-5, warmup_iters=0, weight_decay=0.1, dropout=0.0, eval_interval=100,
+                       eval_iters=10, grad_clip=1.0)
+# what pretrained weights decide, so that --init_from refuses them as flags
+PRETRAINED_DECIDES = ("model", "n_layer", "n_head", "n_embd", "bias", "vocab_size")
 # the GPT's shape settings, which the bigram model (a table of V x V logits) has no use for
 BIGRAM_IGNORES = ("n_layer", "n_head", "n_embd", "dropout", "bias")
 
@@ -47,6 +56,7 @@ class TrainConfig:
     out_dir: str = "out"
     resume: bool = False
     model: str = "gpt"  # gpt | bigram
+    init_from: str = "scratch"  # scratch | gpt2 | gpt2-medium | gpt2-large | gpt2-xl | a Hugging Face GPT-2 folder
     tokenizer: str = "char"  # char | bpe | gpt2
     vocab_size: int | None = None  # the BPE's vocabulary (--tokenizer bpe); None: 512
     n_layer: int = 1
@@ -82,6 +92,10 @@ class TrainConfig:
         device, model = device or "cpu", model or "gpt"
         if preset not in (None, "nanogpt"):
             raise ValueError(f"--preset must be nanogpt, got {preset!r}")
+        if overrides.get("init_from") not in (None, "scratch"):
+            if preset is not None:
+                raise ValueError("--init_from fine-tunes with its own recipe: --preset does not apply")
+            return cls.pretrained(device=device, model=model if model != "gpt" else None, **overrides)
         runs_on = resolve_device(device) if device == "auto" else device
         values: dict[str, Any] = dict(NANOGPT_CPU_PRESET if preset == "nanogpt" else
                                       GPU_PRESET if runs_on == "cuda" else CPU_PRESET)
@@ -91,6 +105,36 @@ class TrainConfig:
         given = {k: v for k, v in overrides.items() if v is not None}
         if "learning_rate" in given and "min_lr" not in given:  # the floor follows the rate: a tenth of it
             given["min_lr"] = given["learning_rate"] / 10
+        values.update(given)
+        return cls(**values)
+
+    @classmethod
+    def pretrained(cls, init_from: str, device: str = "cpu", **overrides: Any) -> TrainConfig:
+        """The fine-tuning recipe (FINETUNE_PRESET) for the weights ``init_from`` (a GPT-2 name or a
+        Hugging Face GPT-2 folder): their shape, vocabulary and tokenizer, a block_size up to their
+        context, then the ``overrides`` that are not None. A flag that would change what the weights
+        decide (the shape, the model, another tokenizer) is a ValueError."""
+        from minigpt import pretrained  # noqa: PLC0415 - reads the weights' config.json (downloads for a name)
+
+        given = {k: v for k, v in overrides.items() if v is not None}
+        decided = [k for k in PRETRAINED_DECIDES if k in given]
+        if decided:
+            raise ValueError(f"--init_from {init_from} takes the model's shape and vocabulary from the weights: "
+                             f"{', '.join('--' + k for k in decided)} cannot be given with it")
+        weights = pretrained.read_config(init_from)
+        kind = pretrained.tokenizer_kind(init_from)
+        if given.get("tokenizer", kind) != kind:
+            raise ValueError(f"--tokenizer {given['tokenizer']}: the weights of {init_from} were trained with the "
+                             f"{kind} tokenizer, which they keep")
+        if given.get("block_size", 0) > weights.block_size:
+            raise ValueError(f"--block_size {given['block_size']} is larger than the weights' context "
+                             f"({weights.block_size}): the position table has no rows beyond it")
+        if "learning_rate" in given and "min_lr" not in given:
+            given["min_lr"] = given["learning_rate"]  # the recipe's rate is constant
+        values: dict[str, Any] = dict(CPU_PRESET, **FINETUNE_PRESET)
+        values.update(n_layer=weights.n_layer, n_head=weights.n_head, n_embd=weights.n_embd, bias=weights.bias,
+                      block_size=min(FINETUNE_PRESET["block_size"], weights.block_size), tokenizer=kind,
+                      device=device, init_from=str(init_from))
         values.update(given)
         return cls(**values)
 
@@ -117,6 +161,8 @@ class TrainConfig:
                 raise ValueError(f"--{name} must lie in [0, 1), got {getattr(self, name)}")
         if self.tokenizer not in ("char", "bpe", "gpt2"):
             raise ValueError(f"--tokenizer must be char, bpe or gpt2, got {self.tokenizer!r}")
+        if self.init_from != "scratch" and self.model != "gpt":
+            raise ValueError("--init_from loads GPT weights: --model bigram cannot be given with it")
         if self.vocab_size is not None:
             if self.tokenizer != "bpe":
                 raise ValueError(f"--vocab_size sets the size of a BPE trained on the text (--tokenizer bpe); "
@@ -133,7 +179,7 @@ class TrainConfig:
             raise ValueError(f"--device must be cpu, cuda or auto, got {self.device!r}")
 
 
-MODEL_SHAPE_FLAGS = ("model", "tokenizer", "vocab_size", "n_layer", "n_head", "n_embd", "block_size", "bias", "dtype")
+MODEL_SHAPE_FLAGS = ("model", "init_from", "tokenizer", "vocab_size", "n_layer", "n_head", "n_embd", "block_size", "bias", "dtype")
 
 
 def ignored_settings(model: str | None, given: dict[str, Any]) -> list[str]:
