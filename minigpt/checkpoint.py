@@ -187,4 +187,9 @@ def _load(path: Path, device: str) -> Checkpoint:
             int(i): {"step": step, "exp_avg": arrays[f"optimizer/{i}/exp_avg"],
                      "exp_avg_sq": arrays[f"optimizer/{i}/exp_avg_sq"]}
             for i, step in opt["steps"].items()}}
-    return Checkpoint(model, _tokenizer(meta, path), config, optimizer_state, meta.get("state") or {}, path)
+    tokenizer = _tokenizer(meta, path)
+    outputs = model.config.vocab_size if isinstance(model, GPT) else model.vocab_size
+    if tokenizer is not None and tokenizer.vocab_size > outputs:
+        raise CheckpointError(f"{path} has a tokenizer of {tokenizer.vocab_size} tokens for a model of {outputs} "
+                              "outputs: damaged, or pieced together from two runs")
+    return Checkpoint(model, tokenizer, config, optimizer_state, meta.get("state") or {}, path)

@@ -11,6 +11,7 @@ renamed into place: only a verified file ever has the final name, so a cached fi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import sys
@@ -83,7 +84,8 @@ def download(url: str, dest: Path, *, sha256: str | None = None, check: Callable
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     have = part.stat().st_size if part.exists() else 0
-    headers = {"Range": f"bytes={have}-"} if have else {}
+    # the bytes as stored: a compressed body would not match Content-Length, nor resume by Range
+    headers = {"Accept-Encoding": "identity", **({"Range": f"bytes={have}-"} if have else {})}
     try:
         with requests.get(url, stream=True, timeout=timeout, headers=headers) as response:
             if response.status_code == 416:  # the .part file is already whole (or longer than the file)
@@ -115,7 +117,7 @@ def download(url: str, dest: Path, *, sha256: str | None = None, check: Callable
                                f"expected {sha256}; nothing was kept")
         if check is not None:
             check(part)
-    except (HubError, ValueError, OSError) as e:
+    except Exception as e:  # noqa: BLE001 - whatever the check finds, the file is not kept
         part.unlink(missing_ok=True)
         raise e if isinstance(e, HubError) else HubError(f"the download of {url} is not a valid {dest.name}: {e}; "
                                                          "nothing was kept") from e
@@ -135,16 +137,38 @@ def fetch(repo: str, filenames: list[str], cache_dir: str | os.PathLike | None =
           checks: dict[str, Callable[[Path], None]] | None = None, sha256: dict[str, str] | None = None) -> Path:
     """The folder holding ``repo``'s ``filenames``, downloading those not yet in the cache.
 
-    Offline (or with the Hub unreachable) the error names the folder and the files to put there.
+    Processes that fetch the same folder at once (the ranks of an ``mpiexec`` run) take turns: the
+    first downloads, the others then find the files. When a download fails the error names the
+    folder and the files to put there by hand.
     """
     folder = repo_cache(repo, cache_dir)
     checks, sha256 = checks or {}, sha256 or {}
-    for name in filenames:
-        if (folder / name).is_file():
-            continue
-        try:
-            download(file_url(repo, name), folder / name, sha256=sha256.get(name), check=checks.get(name))
-        except HubError as e:
-            raise HubError(f"{e}. Without network, put {' and '.join(filenames)} (from the Hub's {repo}) into "
-                           f"{folder}, or pass a folder that holds them") from e
+    if all((folder / name).is_file() for name in filenames):
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    with _exclusive(folder / ".lock"):
+        for name in filenames:
+            if (folder / name).is_file():
+                continue
+            try:
+                download(file_url(repo, name), folder / name, sha256=sha256.get(name), check=checks.get(name))
+            except HubError as e:
+                raise HubError(f"{e}. Where the Hub cannot be reached, put {' and '.join(filenames)} (from the "
+                               f"Hub's {repo}) into {folder}, or pass a folder that holds them") from e
     return folder
+
+
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (released when the process ends, however it ends)."""
+    with open(path, "a") as f:
+        try:
+            import fcntl  # noqa: PLC0415 - POSIX; elsewhere processes do not wait for each other
+        except ImportError:
+            yield
+            return
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)

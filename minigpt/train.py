@@ -55,6 +55,9 @@ __all__ = ["train", "TrainConfig", "TrainResult", "TrainingError", "build_model"
            "data_parallel_step", "parallel_train_step", "CPU_PRESET", "NANOGPT_CPU_PRESET", "GPU_PRESET"]
 
 
+BIGRAM_MAX = 1 << 26  # entries of the bigram's (V, V) table: a vocabulary of 8,192 at most
+
+
 @dataclass
 class TrainResult:
     iterations: int
@@ -71,6 +74,9 @@ def build_model(cfg: TrainConfig, vocab_size: int) -> nn.Module:
     """The bigram model, or the GPT: ``fast.GPT`` (the reference's twin), or with ``cfg.reference`` ``nn.GPT``;
     with ``cfg.init_from``, holding pretrained weights (GPT-2's, or a Hugging Face GPT-2 folder's)."""
     if cfg.model == "bigram":
+        if vocab_size ** 2 > BIGRAM_MAX:
+            raise ValueError(f"the bigram model's table would be {vocab_size:,} x {vocab_size:,} numbers: too big for "
+                             f"this vocabulary (use --model gpt, or a smaller --vocab_size)")
         return nn.BigramLanguageModel(vocab_size)
     cls = nn.GPT if cfg.reference else fast.GPT
     if cfg.init_from != "scratch" and not cfg.resume:  # a resumed run's weights come from its checkpoint

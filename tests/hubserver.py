@@ -12,6 +12,7 @@ class HubServer:
     def __init__(self, files):
         self.files = dict(files)  # "owner/name/resolve/main/file" -> bytes
         self.requests = []  # (path, Range header or None)
+        self.encodings = []  # the Accept-Encoding header of each request
         self.damage = set()  # paths served with their bytes changed
         self.cut_after = {}  # path -> bytes sent before the connection drops
         outer = self
@@ -22,6 +23,7 @@ class HubServer:
             def do_GET(self):
                 path = self.path.lstrip("/")
                 outer.requests.append((path, self.headers.get("Range")))
+                outer.encodings.append(self.headers.get("Accept-Encoding"))
                 body = outer.files.get(path)
                 if body is None:
                     self.send_response(404)

@@ -52,7 +52,7 @@ def test_gpt2_tokenizer_downloads_once_into_the_cache(hub_server, tmp_path, caps
     err = capsys.readouterr().err
     assert "downloading vocab.json" in err and "MB" in err and "/s)" in err
     folder = hub.repo_cache(REPO, tmp_path)
-    assert sorted(p.name for p in folder.iterdir()) == ["merges.txt", "vocab.json"]
+    assert sorted(p.name for p in folder.iterdir()) == [".lock", "merges.txt", "vocab.json"]
     again = GPT2Tokenizer.from_pretrained("gpt2-xl", cache_dir=tmp_path)  # all four sizes share it
     assert len(hub_server.requests) == 2 and again == tok
     text = "Hello world <|endoftext|> again"
@@ -70,21 +70,46 @@ def test_a_damaged_download_is_not_kept(hub_server, tmp_path):
     with pytest.raises(hub.HubError, match="not a valid vocab.json.*nothing was kept"):
         GPT2Tokenizer.from_pretrained("gpt2", cache_dir=tmp_path)
     folder = hub.repo_cache(REPO, tmp_path)
-    assert list(folder.iterdir()) == []
+    assert [p.name for p in folder.iterdir()] == [".lock"]
     hub_server.damage.clear()  # the server is fixed: the next try succeeds
     assert GPT2Tokenizer.from_pretrained("gpt2", cache_dir=tmp_path).vocab_size == 50257
 
 
-def test_a_file_that_is_not_gpt2s_is_refused(tmp_path, monkeypatch):
-    vocab, merges = gpt2_shaped_files()
-    small = json.dumps({"a": 0}).encode()
-    server = HubServer({f"{REPO}/resolve/main/vocab.json": small, f"{REPO}/resolve/main/merges.txt": merges})
+@pytest.mark.parametrize("body", [json.dumps({"a": 0}).encode(), b"null", b"42", b"[1, 2]"])
+def test_a_file_that_is_not_gpt2s_is_refused_and_not_kept(files, tmp_path, monkeypatch, body):
+    server = HubServer({f"{REPO}/resolve/main/vocab.json": body, f"{REPO}/resolve/main/merges.txt": files[1]})
     monkeypatch.setenv("HF_ENDPOINT", server.url)
     try:
-        with pytest.raises(hub.HubError, match="not GPT-2's vocabulary"):
-            GPT2Tokenizer.from_pretrained("gpt2", cache_dir=tmp_path)
+        for _ in range(2):  # and the next try is not stuck on what the first left behind
+            with pytest.raises(hub.HubError, match="not GPT-2's vocabulary"):
+                GPT2Tokenizer.from_pretrained("gpt2", cache_dir=tmp_path)
+            assert [p.name for p in hub.repo_cache(REPO, tmp_path).iterdir()] == [".lock"]
     finally:
         server.close()
+
+
+def test_processes_fetching_at_once_take_turns(hub_server, tmp_path):
+    import threading
+
+    errors, got = [], []
+
+    def fetch():
+        try:
+            got.append(GPT2Tokenizer.from_pretrained("gpt2", cache_dir=tmp_path))
+        except Exception as e:  # noqa: BLE001 - collected and asserted on below
+            errors.append(e)
+
+    threads = [threading.Thread(target=fetch) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(got) == 3 and len(hub_server.requests) == 2  # downloaded once
+
+
+def test_downloads_ask_for_the_bytes_as_stored(hub_server, tmp_path):
+    GPT2Tokenizer.from_pretrained("gpt2", cache_dir=tmp_path)
+    assert hub_server.encodings == ["identity", "identity"]  # a gzip body would not resume by byte ranges
 
 
 def test_an_interrupted_download_resumes(hub_server, files, tmp_path):

@@ -211,7 +211,7 @@ def test_gpt2_weights_download_once_checked_against_the_pinned_sha256(model, tmp
         with pytest.raises(hub.HubError, match="sha256"):
             nn.GPT.from_pretrained("gpt2", cache_dir=tmp_path / "cache")
         cached = hub.repo_cache("openai-community/gpt2", tmp_path / "cache")
-        assert sorted(p.name for p in cached.iterdir()) == ["config.json"]
+        assert sorted(p.name for p in cached.iterdir()) == [".lock", "config.json"]
         sha = hashlib.sha256(files["openai-community/gpt2/resolve/main/model.safetensors"]).hexdigest()
         monkeypatch.setitem(pretrained.MODELS, "gpt2", pretrained.Pretrained(real.repo, sha, 2, 2, 8))
         loaded = nn.GPT.from_pretrained("gpt2", cache_dir=tmp_path / "cache")

@@ -4,6 +4,7 @@ tiktoken (the test extra) is the independent reference: an Encoding built in mem
 rank table (no download), and, for GPT-2's file format, tiktoken's own reader of GPT-2's files.
 """
 
+import contextlib
 import json
 import warnings
 
@@ -87,19 +88,31 @@ def encoders_agree(text, merge_ids):
 
 
 @given(texts)
-def test_long_chunk_encoder_equals_the_plain_loop(monkeypatch_long, trained, text):
-    assert encoders_agree(text, dict(zip(trained.merges, trained.merged_ids)))
+def test_long_chunk_encoder_equals_the_plain_loop(trained, text):
+    with every_chunk_long():
+        assert encoders_agree(text, dict(zip(trained.merges, trained.merged_ids)))
+    assert bpe_fast.LONG_CHUNK > 0  # and the patch is gone
 
 
-@pytest.fixture(scope="module")
-def monkeypatch_long():
+def test_the_short_chunk_path_and_the_cache_equal_tiktoken(trained, shakespeare):
+    assert bpe_fast.LONG_CHUNK >= 64  # the default path: short chunks by the loop, remembered
+    fresh = from_dict(trained.to_dict())
+    first = fresh.encode(shakespeare[:50_000]).tolist()
+    assert len(fresh._encoder.cache) > 100
+    assert fresh.encode(shakespeare[:50_000]).tolist() == first == tiktoken_of(trained).encode_ordinary(shakespeare[:50_000])
+
+
+@contextlib.contextmanager
+def every_chunk_long():
+    """Every chunk takes the long-chunk heap path, inside the block only."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(bpe_fast, "LONG_CHUNK", 0)  # every chunk takes the heap path
+        mp.setattr(bpe_fast, "LONG_CHUNK", 0)
         yield
 
 
-def test_the_encoder_comparison_catches_a_planted_mistake(monkeypatch, monkeypatch_long):
+def test_the_encoder_comparison_catches_a_planted_mistake(monkeypatch):
     merge_ids = {(97, 97): 256}
+    monkeypatch.setattr(bpe_fast, "LONG_CHUNK", 0)
     assert encoders_agree("aaa aaaa", merge_ids)
 
     def rightmost_first(ids, merge_ids):  # the heap ordered rightmost-first among equal ranks
@@ -187,6 +200,23 @@ def test_special_tokens_only_when_allowed(trained):
     assert trained.decode(trained.encode(text, allowed_special="all")) == text
 
 
+def test_special_tokens_in_the_training_text_are_cut_out():
+    # each piece between special tokens is chunked alone: no "\n\n" or " \n" is made up where they were
+    tok = BPETokenizer.train("<|endoftext|>\n" * 100 + "ab", 258, special_tokens=[SPECIAL])
+    assert tok.merges == [(97, 98)]
+    with pytest.warns(UserWarning):
+        tok = BPETokenizer.train("x <|endoftext|> y", 300, special_tokens=[SPECIAL])
+    assert tok.merges == [(32, 121)]  # the chunks "x", " " and " y"
+    with pytest.raises(TypeError, match="sequence of strings"):
+        BPETokenizer.train("hello", 300, special_tokens=SPECIAL)
+
+
+def test_lone_surrogates_encode_as_tiktoken_does(trained):
+    text = "a\ud800b \udfff"
+    assert trained.encode(text).tolist() == tiktoken_of(trained).encode_ordinary(text)
+    assert trained.decode(trained.encode(text)) == "a\ufffdb \ufffd"
+
+
 def test_special_tokens_take_ids_after_the_merges_in_order():
     tok = BPETokenizer.train("hello hello world", 262, special_tokens=["<|a|>", "<|b|>"])
     assert tok.special_tokens == {"<|a|>": 260, "<|b|>": 261} and tok.vocab_size == 262
@@ -224,6 +254,7 @@ def test_to_dict_is_json_and_rebuilds_the_same_tokenizer(trained):
     lambda d: d.update(merges=d["merges"][::-1]),  # merges that use tokens made later
     lambda d: d.update(pattern="(unclosed"),
     lambda d: d.update(type="wordpiece"),
+    lambda d: d["merges"].__setitem__(0, [116.7, 104]),  # not an integer
 ])
 def test_a_damaged_table_is_one_clear_error(trained, damage):
     d = trained.to_dict()
@@ -263,7 +294,7 @@ def test_a_long_line_without_spaces(trained):
     rng = np.random.default_rng(0)
     line = "".join(rng.choice(list("abcdefghijklmnopqrstuvwxyz"), 200_000))
     tok = BPETokenizer.train(line, 400)
-    assert len(tok.merges) == 144
+    assert bpe_fast.train_merges(line[:20_000], 60) == bpe.train_merges(line[:20_000], 60)
     assert tok.encode(line).tolist() == tiktoken_of(tok).encode_ordinary(line)
     assert trained.encode(line).tolist() == tiktoken_of(trained).encode_ordinary(line)
 

@@ -34,6 +34,8 @@ def run(args: argparse.Namespace) -> int:
     ck = checkpoint.load(args.out_dir)
     if not isinstance(ck.model, nn.GPT):
         raise ValueError(f"{ck.path} holds a {type(ck.model).__name__}, which has no attention")
+    if ck.tokenizer is None:
+        raise ValueError(f"{ck.path} holds no tokenizer, so text cannot be encoded for it")
     if not args.start:
         raise ValueError("--start must hold at least one character")
     png = ck.path.parent / "attention.png"

@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         if ck.tokenizer is None:
             raise ValueError(f"{ck.path} holds no tokenizer, so text cannot be encoded for it")
         model, tokenizer = ck.model, ck.tokenizer
-    ids = tokenizer.encode(prompt)  # names any character a char vocabulary lacks
+    ids = tokenizer.encode(prompt, allowed_special="all")  # names any character a char vocabulary lacks
     if len(ids) == 0:
         raise ValueError("--start must hold at least one token (the text to continue)")
     minigpt.manual_seed(args.seed)

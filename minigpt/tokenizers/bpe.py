@@ -71,12 +71,18 @@ def most_frequent(counts: dict[Pair, int]) -> Pair:
     return min(counts, key=lambda pair: (-counts[pair], pair))
 
 
-def train_merges(text: str, n_merges: int, pattern: str = GPT2_PATTERN) -> list[Pair]:
-    """Learn up to ``n_merges`` merges from ``text``; merge i makes token 256 + i.
+def text_chunks(texts: str | list[str], pattern: str = GPT2_PATTERN) -> Counter[str]:
+    """How often each chunk occurs in a text, or in several pieces of text (each chunked alone)."""
+    pieces = [texts] if isinstance(texts, str) else texts
+    return Counter(chunk for piece in pieces for chunk in split_chunks(piece, pattern))
+
+
+def train_merges(texts: str | list[str], n_merges: int, pattern: str = GPT2_PATTERN) -> list[Pair]:
+    """Learn up to ``n_merges`` merges from a text (or pieces of text); merge i makes token 256 + i.
 
     Stops early when no pair is left (every chunk is one token): the text gives no more.
     """
-    words = {tuple(chunk.encode("utf-8")): n for chunk, n in Counter(split_chunks(text, pattern)).items()}
+    words = {tuple(chunk.encode("utf-8")): n for chunk, n in text_chunks(texts, pattern).items()}
     merges: list[Pair] = []
     while len(merges) < n_merges:
         counts = pair_counts(words)

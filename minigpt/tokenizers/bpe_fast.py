@@ -24,21 +24,21 @@ from __future__ import annotations
 
 import heapq
 from itertools import pairwise
-from collections import Counter, defaultdict
+from collections import defaultdict
 
-from minigpt.tokenizers.bpe import GPT2_PATTERN, Pair, encode_chunk, split_chunks
+from minigpt.tokenizers.bpe import GPT2_PATTERN, Pair, encode_chunk, split_chunks, text_chunks
 
 LONG_CHUNK = 128  # bytes; longer chunks are encoded with the heap (tests set it small)
 CACHE_LIMIT = 1 << 18  # distinct chunks remembered; beyond this the cache starts afresh
 
 
-def train_merges(text: str, n_merges: int, pattern: str = GPT2_PATTERN) -> list[Pair]:
+def train_merges(texts: str | list[str], n_merges: int, pattern: str = GPT2_PATTERN) -> list[Pair]:
     """``bpe.train_merges``'s twin: the same merges, with counts updated where each merge changes them."""
     sym: list[int] = []  # the id at each position (-1: merged into the position before)
     weight: list[int] = []  # how often the chunk holding the position occurs in the text
     nxt: list[int] = []  # the next position in the same chunk, or -1
     prv: list[int] = []  # the previous position in the same chunk, or -1
-    for chunk, n in Counter(split_chunks(text, pattern)).items():
+    for chunk, n in text_chunks(texts, pattern).items():
         ids = chunk.encode("utf-8")
         start, end = len(sym), len(sym) + len(ids)
         sym.extend(ids)

@@ -79,15 +79,17 @@ class BPETokenizer:
         their own). A text that runs out of pairs sooner gives a smaller vocabulary, with a
         warning saying so; a ``vocab_size`` below 256 + the special tokens is a ``ValueError``.
         """
+        if isinstance(special_tokens, str):
+            raise TypeError("special_tokens is a sequence of strings, such as [\"<|endoftext|>\"], not one string")
         special_tokens = list(dict.fromkeys(special_tokens))
         smallest = 256 + len(special_tokens)
         if isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, numpy.integer)) or vocab_size < smallest:
             raise ValueError(f"vocab_size must be an integer of at least {smallest} (the 256 bytes"
                              f"{' and the special tokens' if special_tokens else ''}), got {vocab_size!r}")
-        if special_tokens:
-            text = "\n".join(cls._special_pattern(special_tokens).split(text))
+        text = _without_surrogates(text)
+        pieces = cls._special_pattern(special_tokens).split(text) if special_tokens else [text]  # each chunked alone
         wanted = int(vocab_size) - smallest
-        merges = bpe_fast.train_merges(text, wanted, pattern)
+        merges = bpe_fast.train_merges(pieces, wanted, pattern)
         if len(merges) < wanted:
             warnings.warn(f"the text gives only {len(merges)} merges (every chunk of it is then one token), so "
                           f"the vocabulary has {smallest + len(merges)} tokens, not {vocab_size}", stacklevel=2)
@@ -104,7 +106,7 @@ class BPETokenizer:
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Text -> ids as a list, special tokens' text treated as any other text."""
-        return self._encoder.encode(text)
+        return self._encoder.encode(_without_surrogates(text))
 
     def encode(self, s: str, allowed_special: Collection[str] | str = ()) -> numpy.ndarray:
         """str -> int64 array of token ids.
@@ -159,13 +161,29 @@ class BPETokenizer:
     def from_dict(cls, d: dict[str, Any]) -> BPETokenizer:
         """The tokenizer ``to_dict`` describes; a malformed table is a ``ValueError`` saying what is wrong."""
         try:
+            tables = [d["merges"], d.get("byte_ids") or [], d.get("merged_ids") or [],
+                      list(d.get("special_tokens", {}).values())]
+            numbers = [x for t in tables for item in t for x in (item if isinstance(item, list) else [item])]
+            if not all(type(x) is int for x in numbers):
+                raise ValueError("token ids must be integers")
             return cls([tuple(p) for p in d["merges"]], d.get("special_tokens", {}), pattern=d.get("pattern", GPT2_PATTERN),
                        byte_ids=d.get("byte_ids"), merged_ids=d.get("merged_ids"))
-        except (KeyError, TypeError, ValueError, regex.error) as e:
-            raise ValueError(f"malformed {cls.kind} tokenizer table: {e}") from e
+        except (KeyError, TypeError, ValueError, AttributeError, regex.error) as e:
+            what = f"no {e.args[0]!r} entry" if isinstance(e, KeyError) else str(e)
+            raise ValueError(f"malformed {cls.kind} tokenizer table: {what}") from e
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, BPETokenizer) and other.to_dict() == self.to_dict()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(vocab_size={self.vocab_size}, merges={len(self.merges)})"
+
+
+def _without_surrogates(text: str) -> str:
+    """``text`` with every lone surrogate (half of a UTF-16 pair, which UTF-8 cannot encode) replaced
+    by U+FFFD, as tiktoken does."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return regex.sub("[\ud800-\udfff]", "\ufffd", text)

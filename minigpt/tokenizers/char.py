@@ -53,7 +53,11 @@ class CharTokenizer:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CharTokenizer:
-        return cls(d["chars"])
+        """The tokenizer ``to_dict`` describes; a malformed table is a ``ValueError`` saying what is wrong."""
+        chars = d.get("chars") if isinstance(d, dict) else None
+        if not isinstance(chars, str):
+            raise ValueError("malformed char tokenizer table: 'chars' must be the string of its characters")
+        return cls(chars)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, CharTokenizer) and other.chars == self.chars

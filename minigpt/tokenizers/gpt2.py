@@ -154,7 +154,7 @@ class GPT2Tokenizer(BPETokenizer):
                 _check_gpt2(read, f"the file downloaded as {path.name}")
             else:
                 vocab = json.loads(path.read_text(encoding="utf-8"))
-                if len(vocab) != GPT2_VOCAB_SIZE or vocab.get(ENDOFTEXT) != GPT2_VOCAB_SIZE - 1:
+                if not isinstance(vocab, dict) or len(vocab) != GPT2_VOCAB_SIZE or vocab.get(ENDOFTEXT) != GPT2_VOCAB_SIZE - 1:
                     raise TokenizerFileError("not GPT-2's vocabulary (50257 tokens, <|endoftext|> = 50256)")
 
         folder = hub.fetch(TOKENIZER_REPO, ["vocab.json", "merges.txt"], cache_dir,

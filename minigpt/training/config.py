@@ -218,10 +218,11 @@ def resume_config(out_dir: str | os.PathLike, **overrides: Any) -> TrainConfig:
     if given.get("block_size") is not None and given["block_size"] > saved.get("block_size", 0):
         raise ValueError(f"--block_size {given['block_size']} is larger than the checkpoint's "
                          f"{saved.get('block_size')}: a model cannot attend further than it was built for")
-    changed = [k for k in MODEL_SHAPE_FLAGS if k in given and given[k] != saved.get(k)]
+    default = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # of fields an older run lacks
+    changed = [k for k in MODEL_SHAPE_FLAGS if k in given and given[k] != saved.get(k, default[k])]
     if changed:
         raise ValueError("--resume continues the same model; these flags differ from the checkpoint's: " +
-                         ", ".join(f"--{k} {given[k]} (checkpoint: {saved.get(k)})" for k in changed))
+                         ", ".join(f"--{k} {given[k]} (checkpoint: {saved.get(k, default[k])})" for k in changed))
     saved.update(given)
     saved.update(out_dir=str(out_dir), resume=True)
     return TrainConfig(**saved)
