@@ -25,24 +25,26 @@ from minigpt.training.metrics import warn_on_stderr
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out_dir", default=None, help="a run's folder (uses its best.npz) or a checkpoint file "
+    p.add_argument("--out_dir", default=argparse.SUPPRESS, help="a run's folder (uses its best.npz) or a checkpoint file "
                                                     "(default: out)")
-    p.add_argument("--init_from", default=None, help="instead of --out_dir: gpt2, gpt2-medium, gpt2-large or gpt2-xl "
+    p.add_argument("--init_from", default=argparse.SUPPRESS, help="instead of --out_dir: gpt2, gpt2-medium, gpt2-large or gpt2-xl "
                                                       "(the Hugging Face Hub's weights, downloaded once into the "
-                                                      "cache) or a folder holding config.json + model.safetensors")
+                                                      "cache) or a folder holding config.json + model.safetensors (default: none)")
     p.add_argument("--start", default="\n", help='the prompt, or "FILE:path" to read it from a file '
                                                   '(default: %(default)r)')
     p.add_argument("--num_samples", type=int, default=3, help="how many samples to write")
     p.add_argument("--max_new_tokens", type=int, default=500, help="tokens to generate per sample (characters for a char model)")
     p.add_argument("--temperature", type=float, default=0.8, help="< 1 sharper, > 1 more random, 0 greedy")
     p.add_argument("--top_k", type=int, default=200, help="sample among the k most likely tokens only")
-    p.add_argument("--top_p", type=float, default=None, help="nucleus sampling: among the most likely tokens whose "
+    p.add_argument("--top_p", type=float, default=argparse.SUPPRESS, help="nucleus sampling: among the most likely tokens whose "
                                                              "probabilities sum to at least p (default: off)")
     p.add_argument("--seed", type=int, default=1337, help="random seed: the same seed writes the same text")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"], help="where to run the model")
 
 
 def run(args: argparse.Namespace) -> int:
+    for name in ("out_dir", "init_from", "top_p"):  # left out: not set (their help says what that means)
+        setattr(args, name, getattr(args, name, None))
     for flag, value, ok, rule in (("num_samples", args.num_samples, args.num_samples >= 1, ">= 1"),
                                   ("max_new_tokens", args.max_new_tokens, args.max_new_tokens >= 0, ">= 0"),
                                   ("temperature", args.temperature, args.temperature >= 0, ">= 0"),
@@ -95,6 +97,6 @@ def stream(model: nn.Module, tokenizer: Any, prompt: str, ids: Any, args: argpar
     out.write(prompt)
     with evaluating(model):
         model.generate(ids[None, :], args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                       top_p=args.top_p, on_token=write)
+                       top_p=args.top_p, on_token=write, vocab_limit=tokenizer.vocab_size)
     out.write(decoder.decode(b"", final=True) + "\n")
     out.flush()

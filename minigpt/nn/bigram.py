@@ -42,8 +42,9 @@ class BigramLanguageModel(Module):
 
     @no_grad()
     def generate(self, idx: Any, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 top_p: float | None = None, on_token: Callable[[Any], None] | None = None) -> Any:
+                 top_p: float | None = None, on_token: Callable[[Any], None] | None = None,
+                 vocab_limit: int | None = None) -> Any:
         """Sample ``max_new_tokens`` tokens after idx (B, T) -> (B, T + max_new_tokens).
         Only the last token matters to a bigram, so only it is fed in."""
         return generate_loop(idx, max_new_tokens, lambda ids: self(ids[:, -1:])[0].data[:, -1, :],
-                             temperature, top_k, top_p, on_token)
+                             temperature, top_k, top_p, on_token, vocab_limit)

@@ -216,12 +216,13 @@ class GPT(Module):
     @no_grad()
     def generate(self, idx: Any, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, use_cache: bool = True,
-                 on_token: Callable[[Any], None] | None = None) -> Any:
+                 on_token: Callable[[Any], None] | None = None, vocab_limit: int | None = None) -> Any:
         """Append ``max_new_tokens`` sampled tokens to idx (B, T); the context is cropped to
         the last block_size tokens as it grows. Returns ids (B, T + max_new_tokens), of the
         same kind (array or Tensor) as ``idx``. ``temperature``, ``top_k`` and ``top_p`` shape the
         distribution each token is drawn from (:func:`sample_next`); ``on_token`` is called with
-        each new column of ids (B,) as it is drawn, to stream the text.
+        each new column of ids (B,) as it is drawn, to stream the text; ``vocab_limit`` keeps the
+        draws below it (a model with more outputs than its tokenizer has tokens).
 
         With ``use_cache`` (the default) every layer keeps the keys and values of the positions
         it has seen, so a new token costs one position, not the whole context. Once the context
@@ -230,7 +231,8 @@ class GPT(Module):
         Both give the same tokens for the same seed.
         """
         block = self.config.block_size
-        sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "on_token": on_token}
+        sampling = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "on_token": on_token,
+                    "vocab_limit": vocab_limit}
         if not use_cache:
             return generate_loop(idx, max_new_tokens, lambda ids: self(ids[:, -block:])[0].data[:, -1, :],
                                  **sampling)  # crop, forward, last position
@@ -328,17 +330,20 @@ def nucleus(probs: Any, top_p: float) -> Any:
 
 def generate_loop(idx: Any, max_new_tokens: int, next_logits: Callable[[Any], Any], temperature: float = 1.0,
                   top_k: int | None = None, top_p: float | None = None,
-                  on_token: Callable[[Any], None] | None = None) -> Any:
+                  on_token: Callable[[Any], None] | None = None, vocab_limit: int | None = None) -> Any:
     """The sampling loop every model shares: ``max_new_tokens`` times, take the logits of the
     next token given everything so far (``next_logits``: ids (B, t) -> (B, V)), sample one
-    token per row, append it (and hand it to ``on_token``). Returns ids (B, T + max_new_tokens),
-    array or Tensor as idx was."""
+    token per row (below ``vocab_limit`` if given), append it (and hand it to ``on_token``).
+    Returns ids (B, T + max_new_tokens), array or Tensor as idx was."""
     as_tensor = isinstance(idx, Tensor)
     idx = backend.unwrap(idx)
     xp = backend.get_array_module(idx)
     idx = xp.asarray(idx, dtype="int64")
     for _ in range(max_new_tokens):
-        nxt = sample_next(next_logits(idx), temperature, top_k, top_p)  # (B,)
+        logits = next_logits(idx)  # (B, V)
+        if vocab_limit is not None and vocab_limit < logits.shape[-1]:
+            logits = logits[:, :vocab_limit]  # the ids past the tokenizer's are never drawn
+        nxt = sample_next(logits, temperature, top_k, top_p)  # (B,)
         idx = xp.concatenate([idx, xp.asarray(nxt, dtype="int64")[:, None]], axis=1)  # (B, T + 1)
         if on_token is not None:
             on_token(idx[:, -1])

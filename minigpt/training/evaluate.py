@@ -82,5 +82,5 @@ def generate_text(model: Module, tokenizer: Tokenizer, prompt: str, n_tokens: in
         return prompt
     idx = tokenizer.encode(prompt)[None, :]  # (1, T)
     with evaluating(model):
-        out = model.generate(idx, n_tokens, temperature=temperature, top_k=top_k)
+        out = model.generate(idx, n_tokens, temperature=temperature, top_k=top_k, vocab_limit=tokenizer.vocab_size)
     return tokenizer.decode(backend.to_numpy(out)[0])
