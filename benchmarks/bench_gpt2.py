@@ -45,10 +45,11 @@ from minigpt import nn  # noqa: E402
 from sweep_recipe import timed  # noqa: E402
 
 GPT2 = nn.GPTConfig(block_size=1024, vocab_size=50257, n_layer=12, n_head=12, n_embd=768, bias=True)
+TINY = nn.GPTConfig(block_size=64, vocab_size=50257, n_layer=1, n_head=2, n_embd=16, bias=True)  # --tiny: a smoke test
 PROMPT, NEW = 16, 200
 
 
-def make_folder(folder: Path) -> Path:
+def make_folder(folder: Path, config: nn.GPTConfig = GPT2) -> Path:
     """GPT-2 124M's shapes with random weights (GPT-2's init), and a tokenizer, as a Hugging Face folder."""
     if (folder / "model.safetensors").exists():
         return folder
@@ -59,7 +60,7 @@ def make_folder(folder: Path) -> Path:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the text gives ~21k merges, fewer than GPT-2's 50k
         tok = BPETokenizer.train(load_text(), 50257, special_tokens=["<|endoftext|>"])
-    nn.GPT(GPT2).save_pretrained(folder, tokenizer=tok)
+    nn.GPT(config).save_pretrained(folder, tokenizer=tok)
     return folder
 
 
@@ -77,12 +78,12 @@ def _time(fn) -> float:
     return time.perf_counter() - t0
 
 
-def worker(which: str, folder: Path) -> None:
+def worker(which: str, folder: Path, new: int) -> None:
     """One side's generation in a process of its own: prints its time, for its peak memory."""
     prompt = np.random.default_rng(0).integers(0, 50257, (1, PROMPT))
     if which == "minigpt":
         model = nn.GPT.from_pretrained(folder)
-        t = _time(lambda: model.generate(prompt, NEW, temperature=0.0))
+        t = _time(lambda: model.generate(prompt, new, temperature=0.0))
     else:
         import torch
         import transformers
@@ -90,24 +91,24 @@ def worker(which: str, folder: Path) -> None:
         torch.set_num_threads(os.cpu_count() or 1)
         model = transformers.GPT2LMHeadModel.from_pretrained(folder).eval()
         with torch.no_grad():
-            t = _time(lambda: model.generate(torch.from_numpy(prompt), max_new_tokens=NEW, do_sample=False,
+            t = _time(lambda: model.generate(torch.from_numpy(prompt), max_new_tokens=new, do_sample=False,
                                              use_cache=True, pad_token_id=0))
     print(f"seconds {t:.3f}")
 
 
-def peak_memory(folder: Path) -> None:
+def peak_memory(folder: Path, extra: list[str]) -> None:
     """Each side's generation in a process of its own (started while this one is small: a child's
     peak memory counts its parent's at the fork)."""
     for which in ("minigpt", "transformers"):
         try:
-            _, peak, _ = timed([sys.executable, __file__, "--worker", which, "--folder", str(folder)])
+            _, peak, _ = timed([sys.executable, __file__, "--worker", which, "--folder", str(folder), *extra])
         except RuntimeError:
             print(f"peak memory, {which} generating: not measured (not installed?)")
             continue
         print(f"peak memory, {which} generating: {peak:.0f} MB")
 
 
-def generation(folder: Path, rounds: int) -> None:
+def generation(folder: Path, rounds: int, new: int) -> None:
     prompt = np.random.default_rng(0).integers(0, 50257, (1, PROMPT))
     ours = nn.GPT.from_pretrained(folder)
     weight_bytes = sum(p.data.nbytes for p in ours.parameters())
@@ -123,25 +124,25 @@ def generation(folder: Path, rounds: int) -> None:
     mine, theirs = [], []
     for r in range(rounds + 1):  # round 0 warms both up and checks the tokens
         t0 = time.perf_counter()
-        out = ours.generate(prompt, NEW, temperature=0.0)
+        out = ours.generate(prompt, new, temperature=0.0)
         t_mine = time.perf_counter() - t0
         if peer is not None:
             with torch.no_grad():
                 t0 = time.perf_counter()
-                ref = peer.generate(torch.from_numpy(prompt), max_new_tokens=NEW, do_sample=False, use_cache=True,
+                ref = peer.generate(torch.from_numpy(prompt), max_new_tokens=new, do_sample=False, use_cache=True,
                                     pad_token_id=0)
                 t_theirs = time.perf_counter() - t0
             if r == 0:
                 same = int((out == ref.numpy()).all(axis=0).sum()) - PROMPT
-                print(f"greedy tokens equal to transformers': {same} of {NEW}")
+                print(f"greedy tokens equal to transformers': {same} of {new}")
         if r:
-            mine.append(NEW / t_mine)
+            mine.append(new / t_mine)
             if peer is not None:
-                theirs.append(NEW / t_theirs)
+                theirs.append(new / t_theirs)
     bw = bandwidth_gbs()
     bound = bw * 1e9 / weight_bytes
     m = statistics.median(mine)
-    line = f"generate (batch 1, {PROMPT}-token prompt, {NEW} new): minigpt {m:.1f} tokens/s"
+    line = f"generate (batch 1, {PROMPT}-token prompt, {new} new): minigpt {m:.1f} tokens/s"
     if theirs:
         t = statistics.median(theirs)
         line += f" | transformers {t:.1f} tokens/s | minigpt / transformers {m / t:.2f}"
@@ -166,20 +167,23 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--finetune", action="store_true")
     ap.add_argument("--folder", type=Path, default=Path(tempfile.gettempdir()) / "minigpt-random-gpt2-124m")
+    ap.add_argument("--tiny", action="store_true", help="a 1-layer model of 16 and 8 new tokens: a smoke test")
     ap.add_argument("--worker", choices=["minigpt", "transformers", "folder"], help=argparse.SUPPRESS)
     args = ap.parse_args()
+    new, extra = (8, ["--tiny"]) if args.tiny else (NEW, [])
     if args.worker == "folder":
-        make_folder(args.folder)
+        make_folder(args.folder, TINY if args.tiny else GPT2)
         return None
     if args.worker:
-        return worker(args.worker, args.folder)
+        return worker(args.worker, args.folder, new)
     print(f"machine: {machine()}")
     if not (args.folder / "model.safetensors").exists():  # in a child, so that this process stays small
-        subprocess.run([sys.executable, __file__, "--worker", "folder", "--folder", str(args.folder)], check=True)
+        subprocess.run([sys.executable, __file__, "--worker", "folder", "--folder", str(args.folder), *extra],
+                       check=True)
     if args.finetune:  # first, while this process is small (see peak_memory)
         finetune(args.folder)
-    peak_memory(args.folder)
-    generation(args.folder, args.rounds)
+    peak_memory(args.folder, extra)
+    generation(args.folder, args.rounds, new)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,6 @@ letters without spaces (one chunk), to show the time grows in proportion to the 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import time
@@ -24,7 +22,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_train import machine  # noqa: E402
 from minigpt.data import load_text  # noqa: E402
 from minigpt.tokenizers import BPETokenizer  # noqa: E402
 
@@ -71,8 +71,7 @@ def main() -> None:
     args = ap.parse_args()
     text = load_text()
     mb = len(text.encode("utf-8")) / 1e6
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python "
-          f"{platform.python_version()}; text: Tiny Shakespeare, {mb:.2f} MB; vocab_size {args.vocab_size}")
+    print(f"machine: {machine()}; text: Tiny Shakespeare, {mb:.2f} MB; vocab_size {args.vocab_size}")
 
     ours, theirs = [], []
     for _ in range(args.rounds):

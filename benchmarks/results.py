@@ -43,8 +43,8 @@ ROWS = [
     ("nanogpt", "GPT, nanoGPT's CPU recipe (4 layers, 128 wide)", ["--preset", "nanogpt"]),
     ("bigram", "bigram (the lecture's first model)", ["--model", "bigram"]),
     # the CPU recipe on BPE tokens, its steps cut so that it takes the default row's wall time
-    ("bpe", "GPT, the CPU recipe on a BPE of 512 tokens", ["--tokenizer", "bpe", "--max_iters", "2500",
-                                                           "--lr_decay_iters", "2500"]),
+    ("bpe", "GPT, the CPU recipe on a BPE of 512 tokens", ["--tokenizer", "bpe", "--max_iters", "2000",
+                                                           "--lr_decay_iters", "2000"]),
     ("default-2-ranks", "GPT, the CPU recipe, 2 ranks", ["mpiexec", "-n", "2"]),
     ("nanogpt-2-ranks", "GPT, nanoGPT's CPU recipe, 2 ranks", ["mpiexec", "-n", "2", "--preset", "nanogpt"]),
 ]

@@ -23,8 +23,12 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
     ("bench_gemm_floor.py", ["--rounds", "1", "--repeats", "1", "--no-torch", "--ranks", "2"], "ranks' share"),
     ("bench_generate.py", ["--new_tokens", "12", "--n_layer", "1", "--n_embd", "16", "--n_head", "2",
                            "--block_size", "8"], "identical tokens: True"),
+    ("bench_tokenizer.py", ["--rounds", "1", "--vocab_size", "300"], "encode: minigpt"),
+    ("bench_gpt2.py", ["--tiny", "--rounds", "1", "--folder", "{tmp}/tiny-gpt2"], "generate (batch 1"),
+    ("finetune_evidence.py", ["--steps", "3", "--pretrain_steps", "3"], "fine-tuned 3 steps"),
 ])
-def test_benchmark_scripts_run(script, args, expect):
+def test_benchmark_scripts_run(script, args, expect, tmp_path):
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     r = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True,
                        timeout=300, env=dict(os.environ, PYTHONPATH=str(BENCH.parent)))
     assert r.returncode == 0, r.stderr
