@@ -21,6 +21,7 @@ its layer norms use eps 1e-5, as minigpt's. Only safetensors files are read: a p
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -30,7 +31,6 @@ from typing import Any
 import numpy
 
 from minigpt import backend, hub, safetensors
-from minigpt.nn.gpt import GPT, GPTConfig
 from minigpt.tokenizers import BPETokenizer, GPT2Tokenizer, Tokenizer, from_dict, gpt2
 
 
@@ -51,6 +51,23 @@ MODELS = {
     "gpt2-xl": Pretrained("openai-community/gpt2-xl", None, 48, 25, 1600),  # 1558M
 }
 WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "minigpt_tokenizer.json"
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A GPT-2's shape as its config.json gives it: GPTConfig's fields, dropout aside."""
+
+    block_size: int
+    vocab_size: int
+    n_layer: int
+    n_head: int
+    n_embd: int
+    bias: bool = True
+
+    @classmethod
+    def of(cls, config: Any) -> Shape:
+        """The shape of a GPTConfig (or anything with its fields)."""
+        return cls(config.block_size, config.vocab_size, config.n_layer, config.n_head, config.n_embd, config.bias)
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 BUFFERS = (".attn.bias", ".attn.masked_bias")  # the causal masks older files carry
 
@@ -60,8 +77,8 @@ class PretrainedError(ValueError):
 
 
 # ----------------------------------------------------------------------------- config.json
-def config_from_hf(d: dict[str, Any], where: str) -> GPTConfig:
-    """GPTConfig from a Hugging Face GPT-2 ``config.json``; settings minigpt's GPT does not have
+def config_from_hf(d: dict[str, Any], where: str) -> Shape:
+    """The shape a Hugging Face GPT-2 ``config.json`` gives; settings minigpt's GPT does not have
     (another activation, layer-norm eps, MLP width) are refused, not silently ignored."""
     if d.get("model_type", "gpt2") != "gpt2":
         raise PretrainedError(f"{where} describes a {d.get('model_type')!r} model, not GPT-2")
@@ -76,14 +93,16 @@ def config_from_hf(d: dict[str, Any], where: str) -> GPTConfig:
         if not ok:
             raise PretrainedError(f"{where}: {key} is {d.get(key)!r}; minigpt's GPT has {wanted}")
     try:
-        return GPTConfig(block_size=int(d.get("n_positions", d.get("n_ctx", 1024))), vocab_size=int(d["vocab_size"]),
-                         n_layer=int(d["n_layer"]), n_head=int(d["n_head"]), n_embd=int(d["n_embd"]), dropout=0.0,
-                         bias=True)
+        shape = Shape(block_size=int(d.get("n_positions", d.get("n_ctx", 1024))), vocab_size=int(d["vocab_size"]),
+                      n_layer=int(d["n_layer"]), n_head=int(d["n_head"]), n_embd=int(d["n_embd"]), bias=True)
     except (KeyError, TypeError, ValueError) as e:
         raise PretrainedError(f"{where} lacks or garbles a GPT-2 setting: {e}") from e
+    if min(shape.block_size, shape.vocab_size, shape.n_layer, shape.n_head, shape.n_embd) < 1 or shape.n_embd % shape.n_head:
+        raise PretrainedError(f"{where}: {shape} is not a shape a GPT can have")
+    return shape
 
 
-def config_to_hf(config: GPTConfig, tokenizer: Tokenizer | None = None) -> dict[str, Any]:
+def config_to_hf(config: Any, tokenizer: Tokenizer | None = None) -> dict[str, Any]:
     """The ``config.json`` transformers' GPT2LMHeadModel needs for ``config``."""
     eot = tokenizer.special_tokens.get(gpt2.ENDOFTEXT) if isinstance(tokenizer, BPETokenizer) else None
     eot = eot if eot is not None else config.vocab_size - 1
@@ -96,8 +115,8 @@ def config_to_hf(config: GPTConfig, tokenizer: Tokenizer | None = None) -> dict[
 
 
 # ----------------------------------------------------------------------------- the tensors
-def expected_shapes(c: GPTConfig) -> dict[str, tuple[int, ...]]:
-    """The shape of every tensor of minigpt's GPT for config ``c`` (lm_head.weight, tied, left out)."""
+def expected_shapes(c: Shape | Any) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor of minigpt's GPT of shape ``c`` (lm_head.weight, tied, left out)."""
     C = c.n_embd
     shapes = {"transformer.wte.weight": (c.vocab_size, C), "transformer.wpe.weight": (c.block_size, C)}
     layer = {"ln_1.weight": (C,), "attn.c_attn.weight": (3 * C, C), "attn.c_proj.weight": (C, C),
@@ -120,7 +139,7 @@ def minigpt_name(name: str) -> str | None:
     return name if name.startswith(("transformer.", "lm_head.")) else "transformer." + name
 
 
-def check_layout(shapes: dict[str, tuple[int, ...]], config: GPTConfig, where: str) -> None:
+def check_layout(shapes: dict[str, tuple[int, ...]], config: Shape, where: str) -> None:
     """Raise PretrainedError unless ``shapes`` (minigpt's names and orientation) are exactly those
     of ``config``'s GPT: every tensor there, none extra, each of the right shape."""
     expected = expected_shapes(config)
@@ -134,7 +153,7 @@ def check_layout(shapes: dict[str, tuple[int, ...]], config: GPTConfig, where: s
         raise PretrainedError(f"{where} does not fit its config.json: " + "; ".join(problems))
 
 
-def state_from_hf(tensors: dict[str, numpy.ndarray], config: GPTConfig, where: str) -> dict[str, numpy.ndarray]:
+def state_from_hf(tensors: dict[str, numpy.ndarray], config: Shape, where: str) -> dict[str, numpy.ndarray]:
     """Hugging Face GPT-2 tensors -> minigpt's state_dict (nanoGPT's names, Linear weights (out, in))."""
     out: dict[str, numpy.ndarray] = {}
     for name, array in tensors.items():
@@ -149,7 +168,7 @@ def state_from_hf(tensors: dict[str, numpy.ndarray], config: GPTConfig, where: s
     return out
 
 
-def hf_from_state(model: GPT) -> dict[str, numpy.ndarray]:
+def hf_from_state(model: Any) -> dict[str, numpy.ndarray]:
     """minigpt's GPT -> Hugging Face GPT-2 tensors (``transformer.`` names, Conv1D weights (in, out)).
     A model without biases gets zero biases: GPT-2 always has them, and adding zero changes nothing."""
     out = {}
@@ -160,7 +179,7 @@ def hf_from_state(model: GPT) -> dict[str, numpy.ndarray]:
         out[key] = numpy.ascontiguousarray(array.T if key.endswith(CONV1D) else array)
     if not model.config.bias:
         dtype = out["transformer.wte.weight"].dtype
-        with_bias = GPTConfig(**{**vars(model.config), "bias": True})
+        with_bias = dataclasses.replace(Shape.of(model.config), bias=True)
         for key, shape in expected_shapes(with_bias).items():
             if key.endswith(".bias"):
                 out[key] = numpy.zeros(shape, dtype=dtype)
@@ -168,8 +187,8 @@ def hf_from_state(model: GPT) -> dict[str, numpy.ndarray]:
 
 
 # ----------------------------------------------------------------------------- folders and the Hub
-def read_folder(folder: str | os.PathLike) -> tuple[GPTConfig, dict[str, numpy.ndarray]]:
-    """The config and minigpt state_dict of a Hugging Face GPT-2 folder."""
+def read_folder(folder: str | os.PathLike) -> tuple[Shape, dict[str, numpy.ndarray]]:
+    """The shape and minigpt state_dict of a Hugging Face GPT-2 folder."""
     folder = Path(folder)
     weights, config_path = folder / WEIGHTS, folder / CONFIG
     if not weights.is_file():
@@ -220,8 +239,8 @@ def resolve(name_or_dir: str | os.PathLike, cache_dir: str | os.PathLike | None 
     return folder
 
 
-def read_config(name_or_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> GPTConfig:
-    """The GPTConfig of GPT-2 ``name`` or of a folder, from its config.json alone."""
+def read_config(name_or_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Shape:
+    """The shape of GPT-2 ``name`` or of a folder's model, from its config.json alone."""
     path = resolve(name_or_dir, cache_dir) / CONFIG
     try:
         return config_from_hf(json.loads(path.read_text(encoding="utf-8")), str(path))
@@ -231,19 +250,17 @@ def read_config(name_or_dir: str | os.PathLike, cache_dir: str | os.PathLike | N
         raise PretrainedError(f"{path} is not a readable config: {e}") from e
 
 
-def from_pretrained(cls: type[GPT], name_or_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None, *,
-                    block_size: int | None = None, dropout: float = 0.0) -> GPT:
-    """A ``cls`` (nn.GPT, or fast.GPT) holding the weights of GPT-2 ``name`` or of a folder, in eval
-    mode; ``block_size`` (up to the weights' context) keeps the first rows of the position table."""
-    config, state = read_folder(resolve(name_or_dir, cache_dir))
+def read_pretrained(name_or_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
+                    block_size: int | None = None) -> tuple[Shape, dict[str, numpy.ndarray]]:
+    """The shape and state_dict of GPT-2 ``name`` or of a folder (``GPT.from_pretrained`` builds the
+    model); ``block_size`` (up to the weights' context) keeps the first rows of the position table."""
+    shape, state = read_folder(resolve(name_or_dir, cache_dir))
     if block_size is not None:
-        if not 1 <= block_size <= config.block_size:
-            raise PretrainedError(f"block_size {block_size} must lie in [1, {config.block_size}], the weights' context")
+        if not 1 <= block_size <= shape.block_size:
+            raise PretrainedError(f"block_size {block_size} must lie in [1, {shape.block_size}], the weights' context")
         state["transformer.wpe.weight"] = state["transformer.wpe.weight"][:block_size]
-    config = GPTConfig(**{**vars(config), "block_size": block_size or config.block_size, "dropout": dropout})
-    model = cls(config)
-    model.load_state_dict(state)
-    return model.eval()
+        shape = dataclasses.replace(shape, block_size=block_size)
+    return shape, state
 
 
 def tokenizer_kind(name_or_dir: str | os.PathLike) -> str:
@@ -281,11 +298,11 @@ def load_tokenizer(name_or_dir: str | os.PathLike, cache_dir: str | os.PathLike 
         raise PretrainedError(f"{folder} holds no tokenizer ({TOKENIZER}, or vocab.json and merges.txt)") from e
 
 
-def save_pretrained(model: GPT, folder: str | os.PathLike, tokenizer: Tokenizer | None = None) -> None:
+def save_pretrained(model: Any, folder: str | os.PathLike, tokenizer: Tokenizer | None = None) -> None:
     """Write ``model`` as a Hugging Face GPT-2 folder: config.json + model.safetensors, and the
     tokenizer beside it (minigpt_tokenizer.json; a BPE or GPT-2 tokenizer also as vocab.json +
     merges.txt, which transformers' GPT2Tokenizer reads)."""
-    if not isinstance(model, GPT):
+    if not hasattr(getattr(model, "config", None), "n_embd"):
         raise TypeError(f"save_pretrained writes a GPT, got {type(model).__name__}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

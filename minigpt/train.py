@@ -80,7 +80,7 @@ def build_model(cfg: TrainConfig, vocab_size: int) -> nn.Module:
         return nn.BigramLanguageModel(vocab_size)
     cls = nn.GPT if cfg.reference else fast.GPT
     if cfg.init_from != "scratch" and not cfg.resume:  # a resumed run's weights come from its checkpoint
-        return pretrained.from_pretrained(cls, cfg.init_from, block_size=cfg.block_size, dropout=cfg.dropout).train()
+        return cls.from_pretrained(cfg.init_from, block_size=cfg.block_size, dropout=cfg.dropout).train()
     config = nn.GPTConfig(block_size=cfg.block_size, vocab_size=vocab_size, n_layer=cfg.n_layer,
                           n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias)
     return cls(config)

@@ -194,7 +194,7 @@ def test_pickled_weights_are_refused(tmp_path):
 
 def test_block_size_crops_the_position_table(model, tmp_path):
     folder = gpt2_folder(model, tmp_path / "m")
-    short = pretrained.from_pretrained(nn.GPT, folder, block_size=8)
+    short = nn.GPT.from_pretrained(folder, block_size=8)
     assert short.config.block_size == 8
     np.testing.assert_array_equal(short(IDX)[0].data, model(IDX)[0].data)  # IDX is 8 long
 

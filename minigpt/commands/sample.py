@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"cannot read the prompt file {path}: {e}") from e
     device = resolve_device(args.device, warn_on_stderr)
     if args.init_from is not None:
-        model = pretrained.from_pretrained(nn.GPT, args.init_from).to(device)
+        model = nn.GPT.from_pretrained(args.init_from).to(device)
         tokenizer = pretrained.load_tokenizer(args.init_from)
     else:
         ck = checkpoint.load(args.out_dir or "out", device=device)

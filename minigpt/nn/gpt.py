@@ -19,44 +19,14 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
 from typing import Any, Callable
 
 from minigpt import backend
 from minigpt import functional as F
+from minigpt.nn.config import GPTConfig, check_settings  # noqa: F401 - both also reachable here
 from minigpt.nn.layers import Dropout, Embedding, LayerNorm, Linear
 from minigpt.nn.module import Module, ModuleDict, ModuleList
 from minigpt.tensor import Tensor, no_grad
-
-
-@dataclass
-class GPTConfig:
-    """nanoGPT's model settings (its field names and defaults)."""
-
-    block_size: int = 256
-    vocab_size: int = 65
-    n_layer: int = 6
-    n_head: int = 6
-    n_embd: int = 384
-    dropout: float = 0.0
-    bias: bool = True
-
-    def __post_init__(self) -> None:
-        check_settings(vars(self))
-
-
-def check_settings(settings: dict[str, Any], prefix: str = "") -> None:
-    """Raise ValueError naming the first of the model's settings (GPTConfig's fields, those of
-    them present in ``settings``) that is out of range; names are written ``prefix + name``
-    (the training command line's flags pass "--")."""
-    for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd"):
-        if name in settings and int(settings[name]) < 1:
-            raise ValueError(f"{prefix}{name} must be a positive integer, got {settings[name]}")
-    if settings["n_embd"] % settings["n_head"]:
-        raise ValueError(f"{prefix}n_embd ({settings['n_embd']}) must be divisible by "
-                         f"{prefix}n_head ({settings['n_head']})")
-    if not 0.0 <= settings["dropout"] < 1.0:
-        raise ValueError(f"{prefix}dropout must lie in [0, 1), got {settings['dropout']}")
 
 
 class CausalSelfAttention(Module):
@@ -255,13 +225,18 @@ class GPT(Module):
 
     # ------------------------------------------------------------------ Hugging Face GPT-2 folders
     @classmethod
-    def from_pretrained(cls, name_or_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> GPT:
+    def from_pretrained(cls, name_or_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None, *,
+                        block_size: int | None = None, dropout: float = 0.0) -> GPT:
         """GPT-2's weights ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", downloaded once from the
         Hugging Face Hub) or a folder's (``config.json`` + ``model.safetensors``), as this class,
-        in eval mode. How GPT-2's tensors map onto this model: minigpt/pretrained.py."""
-        from minigpt import pretrained  # noqa: PLC0415 - it builds on this module
+        in eval mode; ``block_size`` (up to the weights' context) keeps the first rows of the
+        position table. How GPT-2's tensors map onto this model: minigpt/pretrained.py."""
+        from minigpt import pretrained  # noqa: PLC0415 - the Hub, files and formats: loaded when asked for
 
-        return pretrained.from_pretrained(cls, name_or_dir, cache_dir)
+        shape, state = pretrained.read_pretrained(name_or_dir, cache_dir, block_size)
+        model = cls(GPTConfig(**vars(shape), dropout=dropout))
+        model.load_state_dict(state)
+        return model.eval()
 
     def save_pretrained(self, folder: str | os.PathLike, tokenizer: Any = None) -> None:
         """Write this model as a Hugging Face GPT-2 folder that transformers' GPT2LMHeadModel loads,

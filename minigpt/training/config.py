@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from minigpt import backend, checkpoint
-from minigpt.nn.gpt import check_settings
+from minigpt.nn.config import check_settings
 
 # nanoGPT's recipes. CPU: its README's laptop command for shakespeare_char (--preset nanogpt); GPU:
 # config/train_shakespeare_char.py. Neither sets `bias`, so both take nanoGPT train.py's default,
