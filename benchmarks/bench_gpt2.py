@@ -64,9 +64,9 @@ def make_folder(folder: Path, config: nn.GPTConfig = GPT2) -> Path:
     return folder
 
 
-def bandwidth_gbs() -> float:
-    """GB/s of a 1 GB float32 copy (read + write), the best of 5."""
-    a = np.ones(1 << 28, np.float32)
+def bandwidth_gbs(n: int = 1 << 28) -> float:
+    """GB/s of a copy of n float32 (1 GB by default; read + write), the best of 5."""
+    a = np.ones(n, np.float32)
     b = np.empty_like(a)
     best = min(_time(lambda: np.copyto(b, a)) for _ in range(5))
     return 2 * a.nbytes / best / 1e9
@@ -108,7 +108,7 @@ def peak_memory(folder: Path, extra: list[str]) -> None:
         print(f"peak memory, {which} generating: {peak:.0f} MB")
 
 
-def generation(folder: Path, rounds: int, new: int) -> None:
+def generation(folder: Path, rounds: int, new: int, copy_elements: int = 1 << 28) -> None:
     prompt = np.random.default_rng(0).integers(0, 50257, (1, PROMPT))
     ours = nn.GPT.from_pretrained(folder)
     weight_bytes = sum(p.data.nbytes for p in ours.parameters())
@@ -139,7 +139,7 @@ def generation(folder: Path, rounds: int, new: int) -> None:
             mine.append(new / t_mine)
             if peer is not None:
                 theirs.append(new / t_theirs)
-    bw = bandwidth_gbs()
+    bw = bandwidth_gbs(copy_elements)
     bound = bw * 1e9 / weight_bytes
     m = statistics.median(mine)
     line = f"generate (batch 1, {PROMPT}-token prompt, {new} new): minigpt {m:.1f} tokens/s"
@@ -147,7 +147,7 @@ def generation(folder: Path, rounds: int, new: int) -> None:
         t = statistics.median(theirs)
         line += f" | transformers {t:.1f} tokens/s | minigpt / transformers {m / t:.2f}"
     print(line)
-    print(f"memory bandwidth {bw:.1f} GB/s (1 GB copy), weights {weight_bytes / 1e6:.0f} MB: bound {bound:.1f} "
+    print(f"memory bandwidth {bw:.1f} GB/s ({copy_elements * 4 / 1e9:.2g} GB copy), weights {weight_bytes / 1e6:.0f} MB: bound {bound:.1f} "
           f"tokens/s; minigpt at {m / bound:.0%} of it")
 
 
@@ -183,7 +183,7 @@ def main() -> None:
     if args.finetune:  # first, while this process is small (see peak_memory)
         finetune(args.folder)
     peak_memory(args.folder, extra)
-    generation(args.folder, args.rounds, new)
+    generation(args.folder, args.rounds, new, 1 << 22 if args.tiny else 1 << 28)
 
 
 if __name__ == "__main__":

@@ -118,6 +118,16 @@ def _read(path: Path, meta_only: bool = False) -> tuple[dict[str, numpy.ndarray]
     return arrays, meta
 
 
+def read_model_spec(path: str | os.PathLike) -> dict[str, Any]:
+    """The model a checkpoint holds, as saved: ``{"type": "gpt", "config": {...}}`` or the bigram's
+    ``{"type": "bigram", "vocab_size": V}``, read from its JSON metadata alone."""
+    path = resolve(path)
+    spec = _read(path, meta_only=True)[1].get("model")
+    if not isinstance(spec, dict):
+        raise CheckpointError(f"{path} has damaged metadata: no model description")
+    return spec
+
+
 def read_state(path: str | os.PathLike) -> dict[str, Any]:
     """The ``**state`` a checkpoint was saved with (iteration, settings, ...), read from its
     JSON metadata alone: no arrays are loaded and no model is built."""

@@ -16,7 +16,7 @@ import hashlib
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from minigpt.files import DOWNLOAD_TIMEOUT_S, DataError, default_cache_dir

@@ -80,6 +80,8 @@ class PretrainedError(ValueError):
 def config_from_hf(d: dict[str, Any], where: str) -> Shape:
     """The shape a Hugging Face GPT-2 ``config.json`` gives; settings minigpt's GPT does not have
     (another activation, layer-norm eps, MLP width) are refused, not silently ignored."""
+    if not isinstance(d, dict):
+        raise PretrainedError(f"{where} is not a JSON object of settings")
     if d.get("model_type", "gpt2") != "gpt2":
         raise PretrainedError(f"{where} describes a {d.get('model_type')!r} model, not GPT-2")
     rules = [("activation_function", d.get("activation_function", "gelu_new") in ("gelu_new", "gelu_pytorch_tanh"),
@@ -102,16 +104,16 @@ def config_from_hf(d: dict[str, Any], where: str) -> Shape:
     return shape
 
 
-def config_to_hf(config: Any, tokenizer: Tokenizer | None = None) -> dict[str, Any]:
-    """The ``config.json`` transformers' GPT2LMHeadModel needs for ``config``."""
+def config_to_hf(config: Any, tokenizer: Tokenizer | None = None, dtype: str = "float32") -> dict[str, Any]:
+    """The ``config.json`` transformers' GPT2LMHeadModel needs for ``config`` (weights of ``dtype``)."""
     eot = tokenizer.special_tokens.get(gpt2.ENDOFTEXT) if isinstance(tokenizer, BPETokenizer) else None
-    eot = eot if eot is not None else config.vocab_size - 1
     return {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": config.vocab_size,
             "n_positions": config.block_size, "n_ctx": config.block_size, "n_embd": config.n_embd,
             "n_layer": config.n_layer, "n_head": config.n_head, "n_inner": None, "activation_function": "gelu_new",
             "resid_pdrop": config.dropout, "embd_pdrop": config.dropout, "attn_pdrop": config.dropout,
             "layer_norm_epsilon": 1e-5, "initializer_range": 0.02, "scale_attn_weights": True,
-            "tie_word_embeddings": True, "bos_token_id": eot, "eos_token_id": eot, "torch_dtype": "float32"}
+            "tie_word_embeddings": True, "bos_token_id": eot, "eos_token_id": eot,  # null without <|endoftext|>
+            "dtype": dtype, "torch_dtype": dtype}  # transformers 5 reads dtype, earlier versions torch_dtype
 
 
 # ----------------------------------------------------------------------------- the tensors
@@ -191,6 +193,9 @@ def read_folder(folder: str | os.PathLike) -> tuple[Shape, dict[str, numpy.ndarr
     """The shape and minigpt state_dict of a Hugging Face GPT-2 folder."""
     folder = Path(folder)
     weights, config_path = folder / WEIGHTS, folder / CONFIG
+    if not weights.is_file() and (folder / "model.safetensors.index.json").is_file():
+        raise PretrainedError(f"{folder} holds a sharded model (model.safetensors.index.json); minigpt reads one "
+                              f"{WEIGHTS}: save it unsharded (transformers' save_pretrained(dir, max_shard_size=\"100GB\"))")
     if not weights.is_file():
         pickled = [p.name for p in folder.glob("*.bin")] + [p.name for p in folder.glob("*.pt")]
         if pickled:
@@ -212,8 +217,11 @@ def fetch(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
     weights are checked against their pinned sha256 where minigpt knows it, and by form always."""
     spec = MODELS[name]
 
-    def check_config(path: Path) -> None:
-        config_from_hf(json.loads(path.read_text(encoding="utf-8")), name + "'s config.json")
+    def check_config(path: Path) -> None:  # GPT-2 settings, and the shape this name has
+        shape = config_from_hf(json.loads(path.read_text(encoding="utf-8")), name + "'s config.json")
+        if (shape.n_layer, shape.n_head, shape.n_embd) != (spec.n_layer, spec.n_head, spec.n_embd):
+            raise PretrainedError(f"the config.json downloaded for {name} describes {shape.n_layer} layers of "
+                                  f"{shape.n_embd} ({shape.n_head} heads), not {name}'s {spec.n_layer} of {spec.n_embd}")
 
     def check_weights(path: Path) -> None:  # the header's names and shapes fit the config
         config = config_from_hf(json.loads((path.parent / CONFIG).read_text(encoding="utf-8")), name)
@@ -225,8 +233,15 @@ def fetch(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
         check_layout(shapes, config, f"the downloaded {name} {WEIGHTS}")
         safetensors.check(path)  # every tensor's offsets inside the file
 
-    return hub.fetch(spec.repo, [CONFIG, WEIGHTS], cache_dir, checks={CONFIG: check_config, WEIGHTS: check_weights},
-                     sha256={WEIGHTS: spec.sha256} if spec.sha256 else None)
+    try:
+        return hub.fetch(spec.repo, [CONFIG, WEIGHTS], cache_dir, checks={CONFIG: check_config, WEIGHTS: check_weights},
+                         sha256={WEIGHTS: spec.sha256} if spec.sha256 else None)
+    except hub.HubError as e:  # say everything a machine without the Hub needs, in one message
+        tokenizer = hub.repo_cache(gpt2.TOKENIZER_REPO, cache_dir)
+        if gpt2.has_files(tokenizer):
+            raise
+        raise hub.HubError(f"{e}; and GPT-2's tokenizer, vocab.json and merges.txt (from the Hub's "
+                           f"{gpt2.TOKENIZER_REPO}), into {tokenizer}") from e
 
 
 def resolve(name_or_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
@@ -276,9 +291,9 @@ def tokenizer_kind(name_or_dir: str | os.PathLike) -> str:
         if kind in ("char", "bpe", "gpt2"):
             return kind
         raise PretrainedError(f"{folder / TOKENIZER} names an unknown tokenizer type {kind!r}")
-    if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+    if gpt2.has_files(folder):
         return "gpt2"
-    raise PretrainedError(f"{folder} holds no tokenizer ({TOKENIZER}, or vocab.json and merges.txt)")
+    raise PretrainedError(f"{folder} holds no tokenizer ({TOKENIZER}, vocab.json and merges.txt, or tokenizer.json)")
 
 
 def load_tokenizer(name_or_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Tokenizer:
@@ -295,7 +310,8 @@ def load_tokenizer(name_or_dir: str | os.PathLike, cache_dir: str | os.PathLike 
     try:
         return GPT2Tokenizer.from_pretrained(folder)
     except hub.HubError as e:
-        raise PretrainedError(f"{folder} holds no tokenizer ({TOKENIZER}, or vocab.json and merges.txt)") from e
+        raise PretrainedError(f"{folder} holds no tokenizer ({TOKENIZER}, vocab.json and merges.txt, or "
+                              "tokenizer.json)") from e
 
 
 def save_pretrained(model: Any, folder: str | os.PathLike, tokenizer: Tokenizer | None = None) -> None:
@@ -306,8 +322,11 @@ def save_pretrained(model: Any, folder: str | os.PathLike, tokenizer: Tokenizer 
         raise TypeError(f"save_pretrained writes a GPT, got {type(model).__name__}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / CONFIG).write_text(json.dumps(config_to_hf(model.config, tokenizer), indent=2) + "\n", encoding="utf-8")
-    safetensors.save(folder / WEIGHTS, hf_from_state(model), metadata={"format": "pt"})
+    tensors = hf_from_state(model)
+    dtype = str(tensors["transformer.wte.weight"].dtype)  # float32, or float64 for a model trained in it
+    (folder / CONFIG).write_text(json.dumps(config_to_hf(model.config, tokenizer, dtype), indent=2) + "\n",
+                                 encoding="utf-8")
+    safetensors.save(folder / WEIGHTS, tensors, metadata={"format": "pt"})
     if tokenizer is not None:
         (folder / TOKENIZER).write_text(json.dumps(tokenizer.to_dict()), encoding="utf-8")
         if isinstance(tokenizer, BPETokenizer):

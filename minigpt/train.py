@@ -270,7 +270,10 @@ def _set_up(cfg: TrainConfig, world: distributed.World, log: Callable[[str], Non
             keep = pretrained.load_tokenizer(cfg.init_from)
         data = text.prepare(cfg, log, warn, keep)
         minigpt.manual_seed(cfg.seed)
-        model = build_model(cfg, data.tokenizer.vocab_size).to(device, numpy.dtype(cfg.dtype))
+        outputs = data.tokenizer.vocab_size
+        if cfg.resume and cfg.init_from != "scratch":  # pretrained weights may have more outputs than tokens
+            outputs = int(checkpoint.read_model_spec(Path(cfg.out_dir) / checkpoint.LATEST)["config"]["vocab_size"])
+        model = build_model(cfg, outputs).to(device, numpy.dtype(cfg.dtype))
         if isinstance(model, nn.GPT) and model.config.vocab_size < data.tokenizer.vocab_size:
             raise ValueError(f"the tokenizer has {data.tokenizer.vocab_size} tokens but the model only "
                              f"{model.config.vocab_size} outputs")

@@ -63,3 +63,25 @@ def test_minigpts_export_loads_into_transformers(tmp_path):
     text = load_text()[200_000:205_000] + " Crème brûlée 😀 'll 123"
     assert peer_tok.encode(text) == tok.encode(text).tolist()
     assert peer_tok.decode(tok.encode(text).tolist()) == text
+
+
+def test_a_folder_saved_by_transformers_with_its_tokenizer_samples(tmp_path):
+    """transformers 5 saves a tokenizer as tokenizer.json alone: minigpt reads that too."""
+    import subprocess
+    import sys
+
+    tok = BPETokenizer.train(load_text()[:100_000], 400, special_tokens=["<|endoftext|>"])
+    ours = nn.GPT(nn.GPTConfig(block_size=32, vocab_size=400, n_layer=1, n_head=2, n_embd=16))
+    ours.save_pretrained(tmp_path / "src", tokenizer=tok)
+    peer = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "src")
+    peer_tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "src")
+    peer.save_pretrained(tmp_path / "hf")
+    peer_tok.save_pretrained(tmp_path / "hf")
+    from minigpt import pretrained
+
+    ours_again = pretrained.load_tokenizer(tmp_path / "hf")
+    text = "ROMEO: Crème brûlée 😀 <|endoftext|> 'll 123"
+    assert ours_again.encode(text, allowed_special="all").tolist() == tok.encode(text, allowed_special="all").tolist()
+    r = subprocess.run([sys.executable, "-m", "minigpt", "sample", "--init_from", str(tmp_path / "hf"), "--start",
+                        "ROMEO:", "--num_samples", "1", "--max_new_tokens", "5"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.startswith("ROMEO:"), r.stderr

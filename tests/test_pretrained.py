@@ -166,6 +166,7 @@ def test_a_char_model_exports_with_its_tokenizer(tmp_path):
     (lambda d: d.update(model_type="llama"), "not GPT-2"),
     (lambda d: d.update(n_embd=16), "wrong shape"),
     (lambda d: d.update(n_layer=3), "missing transformer.h.2"),
+    (lambda d: d.clear() or d.update(), "lacks or garbles"),
 ])
 def test_a_config_minigpt_cannot_honour_is_refused(model, tmp_path, change, says):
     folder = gpt2_folder(model, tmp_path / "m")
@@ -206,6 +207,7 @@ def test_gpt2_weights_download_once_checked_against_the_pinned_sha256(model, tmp
     server = HubServer(files)
     monkeypatch.setenv("HF_ENDPOINT", server.url)
     real = pretrained.MODELS["gpt2"]
+    monkeypatch.setitem(pretrained.MODELS, "gpt2", pretrained.Pretrained(real.repo, real.sha256, 2, 2, 8))  # its shape
     try:
         # the real pinned hash: these test weights are refused and nothing is cached
         with pytest.raises(hub.HubError, match="sha256"):
@@ -231,16 +233,14 @@ def test_a_download_that_does_not_fit_its_config_is_not_kept(model, tmp_path, mo
              "openai-community/gpt2-medium/resolve/main/model.safetensors": (folder / "model.safetensors").read_bytes()}
     server = HubServer(files)
     monkeypatch.setenv("HF_ENDPOINT", server.url)
-    try:
+    real = pretrained.MODELS["gpt2-medium"]
+    monkeypatch.setitem(pretrained.MODELS, "gpt2-medium", pretrained.Pretrained(real.repo, None, 3, 2, 8))
+    try:  # the config is the name's shape, the weights are not the config's
         with pytest.raises(hub.HubError, match="missing transformer.h.2"):
             nn.GPT.from_pretrained("gpt2-medium", cache_dir=tmp_path / "cache")
     finally:
         server.close()
     assert not (hub.repo_cache("openai-community/gpt2-medium", tmp_path / "cache") / "model.safetensors").exists()
-
-
-def test_the_real_gpt2_hash_is_pinned():
-    assert pretrained.MODELS["gpt2"].sha256 == "248dfc3911869ec493c76e65bf2fcf7f615828b0254c12b473182f0f81d3a707"
 
 
 # ----------------------------------------------------------------------------- top-p
@@ -267,3 +267,54 @@ def test_top_p_sampling_draws_only_from_the_nucleus():
 def test_nonfinite_logits_are_one_clear_error():
     with pytest.raises(ValueError, match="not finite"):
         sample_next(np.array([[np.nan, 1.0]]))
+
+
+def test_a_config_that_is_not_an_object_is_one_clear_error(model, tmp_path):
+    folder = gpt2_folder(model, tmp_path / "m")
+    (folder / "config.json").write_text("[1, 2]")
+    with pytest.raises(pretrained.PretrainedError, match="not a JSON object"):
+        nn.GPT.from_pretrained(folder)
+
+
+def test_a_sharded_folder_is_one_clear_error(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps(hf_config(CONFIG)))
+    (tmp_path / "model.safetensors.index.json").write_text("{}")
+    with pytest.raises(pretrained.PretrainedError, match="sharded"):
+        nn.GPT.from_pretrained(tmp_path)
+
+
+def test_a_char_model_is_exported_without_an_end_of_text_token(tmp_path):
+    from minigpt.tokenizers import CharTokenizer
+
+    tok = CharTokenizer.from_text("abz")
+    nn.GPT(nn.GPTConfig(block_size=8, vocab_size=3, n_layer=1, n_head=1, n_embd=4)).save_pretrained(tmp_path, tok)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["eos_token_id"] is None and config["bos_token_id"] is None  # "z" is no end of text
+    assert config["dtype"] == "float32"
+
+
+def test_a_float64_model_says_so(tmp_path):
+    m = nn.GPT(nn.GPTConfig(block_size=8, vocab_size=5, n_layer=1, n_head=1, n_embd=4)).to(dtype=np.float64)
+    m.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["dtype"] == "float64"
+    assert safetensors.load(tmp_path / "model.safetensors")["transformer.wte.weight"].dtype == np.float64
+
+
+def test_top_p_of_one_keeps_every_token():
+    probs = np.array([[0.5, 0.5 - 1e-17, 1e-17]])
+    minigpt.manual_seed(0)
+    logits = np.log(np.array([[0.7, 0.3 - 1e-18, 1e-18]]))
+    assert sample_next(logits, top_p=1.0, temperature=1.0) is not None
+    np.testing.assert_array_equal(nucleus(probs, 1.0 + 1e-9) > 0, [[True, True, True]])
+
+
+def test_the_downloaded_config_must_be_the_names_shape(model, tmp_path, monkeypatch):
+    folder = gpt2_folder(model, tmp_path / "src", prefix="")
+    files = {f"openai-community/gpt2/resolve/main/{n}": (folder / n).read_bytes() for n in ("config.json", "model.safetensors")}
+    server = HubServer(files)
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    try:  # the real gpt2 is 12 layers of 768: a 2-layer model served under its name is refused
+        with pytest.raises(hub.HubError, match="not gpt2's 12 of 768"):
+            nn.GPT.from_pretrained("gpt2", cache_dir=tmp_path / "cache")
+    finally:
+        server.close()

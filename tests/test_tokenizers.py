@@ -17,7 +17,7 @@ from minigpt.data import load_text
 from minigpt.tokenizers import BPETokenizer, CharTokenizer, GPT2Tokenizer, bpe, bpe_fast, from_dict, gpt2
 
 tiktoken = pytest.importorskip("tiktoken", reason="tiktoken (the test extra) is the reference BPE")
-import tiktoken.load  # noqa: E402 - GPT-2 file reader
+import tiktoken.load  # noqa: E402, F811 - its GPT-2 file reader, a submodule
 
 # pieces hypothesis strings together from: the edges of GPT-2's pattern, and any character
 FRAGMENTS = ["'s", "'t", "'re", "'ve", "'m", "'ll", "'d", "'S", " 's", " ", "  ", "   ", "\n", "\n\n", "\t",

@@ -65,6 +65,9 @@ def run(args: argparse.Namespace) -> int:
     if args.init_from is not None:
         model = nn.GPT.from_pretrained(args.init_from).to(device)
         tokenizer = pretrained.load_tokenizer(args.init_from)
+        if tokenizer.vocab_size > model.config.vocab_size:
+            raise ValueError(f"{args.init_from}: its tokenizer has {tokenizer.vocab_size} tokens but the model only "
+                             f"{model.config.vocab_size} outputs")
     else:
         ck = checkpoint.load(args.out_dir or "out", device=device)
         if ck.tokenizer is None:

@@ -280,7 +280,7 @@ def sample_next(logits: Any, temperature: float = 1.0, top_k: int | None = None,
         kth = xp.sort(logits, axis=-1)[:, -k][:, None]  # (B, 1): the k-th largest logit of each row
         logits = xp.where(logits < kth, -xp.inf, logits)
     probs = F.softmax(Tensor(logits), axis=-1).data  # (B, V)
-    if top_p is not None:
+    if top_p is not None and top_p < 1:  # 1 keeps every token (no rounding may drop one)
         probs = nucleus(probs, top_p)
     if not xp.isfinite(probs).all():
         raise ValueError("the logits are not finite (NaN or inf): the model's weights or the temperature "

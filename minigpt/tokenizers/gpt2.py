@@ -17,6 +17,7 @@ import json
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from minigpt import hub
 from minigpt.tokenizers.byte_level import BPETokenizer
@@ -61,32 +62,57 @@ def read_files(vocab_path: str | os.PathLike, merges_path: str | os.PathLike) ->
         vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise TokenizerFileError(f"{vocab_path} is not a readable vocabulary (JSON): {e}") from e
-    if not isinstance(vocab, dict) or not all(isinstance(i, int) and not isinstance(i, bool) for i in vocab.values()):
-        raise TokenizerFileError(f"{vocab_path} must map token strings to integer ids")
-    byte_of = {ch: b for b, ch in bytes_to_unicode().items()}
-    try:
-        byte_ids = [vocab[bytes_to_unicode()[b]] for b in range(256)]
-    except KeyError as e:
-        raise TokenizerFileError(f"{vocab_path} lacks the token of a byte ({e.args[0]!r})") from None
-
-    merges, merged_ids = [], []
     try:
         lines = merges_path.read_text(encoding="utf-8").split("\n")
     except (OSError, UnicodeDecodeError) as e:
         raise TokenizerFileError(f"{merges_path} is not a readable merges file: {e}") from e
-    for number, line in enumerate(lines, start=1):
-        if (number == 1 and line.startswith("#version")) or not line.strip():
-            continue
+    skip_header = bool(lines) and lines[0].startswith("#version")
+    numbered = [(n, line) for n, line in enumerate(lines, start=1) if line.strip() and not (n == 1 and skip_header)]
+    return from_tables(vocab, numbered, str(vocab_path), str(merges_path))
+
+
+def read_tokenizer_json(path: str | os.PathLike) -> BPETokenizer:
+    """A tokenizer from Hugging Face's ``tokenizer.json`` (what transformers 5 saves): a byte-level
+    BPE's ``model.vocab`` and ``model.merges`` (``"a b"`` strings or ``[a, b]`` pairs), its
+    ``added_tokens`` as special tokens."""
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+        model = d["model"]
+        if model.get("type") != "BPE" or "ByteLevel" not in json.dumps(d.get("pre_tokenizer")):
+            raise TokenizerFileError(f"{path} is not a byte-level BPE (GPT-2's kind of tokenizer)")
+        vocab = dict(model["vocab"])
+        for added in d.get("added_tokens") or []:
+            vocab.setdefault(added["content"], added["id"])
+        merges = [m.split(" ") if isinstance(m, str) else m for m in model["merges"]]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
+        raise TokenizerFileError(f"{path} is not a readable tokenizer.json: {e}") from e
+    numbered = [(n, " ".join(m) if all(isinstance(x, str) for x in m) else repr(m)) for n, m in enumerate(merges, 1)]
+    return from_tables(vocab, numbered, str(path), f"{path} merge")
+
+
+def from_tables(vocab: Any, merge_lines: list[tuple[int, str]], vocab_where: str, merges_where: str) -> BPETokenizer:
+    """The tokenizer of GPT-2's tables: ``vocab`` (token string -> id) and the merges as numbered
+    ``"a b"`` lines. Tokens that are neither a byte nor made by a merge are special tokens."""
+    if not isinstance(vocab, dict) or not all(isinstance(i, int) and not isinstance(i, bool) for i in vocab.values()):
+        raise TokenizerFileError(f"{vocab_where} must map token strings to integer ids")
+    byte_of = {ch: b for b, ch in bytes_to_unicode().items()}
+    try:
+        byte_ids = [vocab[bytes_to_unicode()[b]] for b in range(256)]
+    except KeyError as e:
+        raise TokenizerFileError(f"{vocab_where} lacks the token of a byte ({e.args[0]!r})") from None
+    merges, merged_ids = [], []
+    for number, line in merge_lines:
         parts = line.split(" ")
         if len(parts) != 2 or not all(parts):
-            raise TokenizerFileError(f"{merges_path} line {number}: expected two tokens separated by one space, "
+            raise TokenizerFileError(f"{merges_where} line {number}: expected two tokens separated by one space, "
                                      f"got {line!r}")
         a, b = parts
         for token in (a, b, a + b):
             if token not in vocab:
-                raise TokenizerFileError(f"{merges_path} line {number}: {token!r} is not in {vocab_path.name}")
+                raise TokenizerFileError(f"{merges_where} line {number}: {token!r} is not in {Path(vocab_where).name}")
             if any(ch not in byte_of for ch in token):
-                raise TokenizerFileError(f"{merges_path} line {number}: {token!r} is not written in GPT-2's "
+                raise TokenizerFileError(f"{merges_where} line {number}: {token!r} is not written in GPT-2's "
                                          "byte alphabet")
         merges.append((vocab[a], vocab[b]))
         merged_ids.append(vocab[a + b])
@@ -95,7 +121,7 @@ def read_files(vocab_path: str | os.PathLike, merges_path: str | os.PathLike) ->
     try:
         return BPETokenizer(merges, special, byte_ids=byte_ids, merged_ids=merged_ids)
     except ValueError as e:
-        raise TokenizerFileError(f"{vocab_path} and {merges_path} do not fit together: {e}") from e
+        raise TokenizerFileError(f"{vocab_where} and {merges_where} do not fit together: {e}") from e
 
 
 def write_files(tokenizer: BPETokenizer, folder: str | os.PathLike) -> None:
@@ -110,6 +136,11 @@ def write_files(tokenizer: BPETokenizer, folder: str | os.PathLike) -> None:
     lines = ["#version: 0.2"] + [f"{_token_string(tokenizer.vocab[a])} {_token_string(tokenizer.vocab[b])}"
                                  for a, b in tokenizer.merges]
     (folder / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def has_files(folder: Path) -> bool:
+    """Whether ``folder`` holds a GPT-2 tokenizer's files in one of the forms read below."""
+    return _files_in(folder) is not None or (folder / "tokenizer.json").is_file()
 
 
 def _files_in(folder: Path) -> tuple[Path, Path] | None:
@@ -136,17 +167,19 @@ class GPT2Tokenizer(BPETokenizer):
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> GPT2Tokenizer:
-        """From a folder holding ``vocab.json`` + ``merges.txt`` (or ``encoder.json`` + ``vocab.bpe``),
+        """From a folder holding ``vocab.json`` + ``merges.txt`` (or ``encoder.json`` + ``vocab.bpe``, or
+        Hugging Face's ``tokenizer.json``),
         or by name ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl": one tokenizer) from the Hub,
         downloaded once into the cache (see ``minigpt.hub``) and checked to be GPT-2's."""
         folder = Path(name_or_dir)
         if str(name_or_dir) not in NAMES or folder.is_dir():
             files = _files_in(folder) if folder.is_dir() else None
-            if files is None:
-                known = ", ".join(NAMES)
-                raise hub.HubError(f"{name_or_dir} is neither a folder holding vocab.json and merges.txt (or "
-                                   f"encoder.json and vocab.bpe) nor one of {known}")
-            return cls.from_files(*files)
+            if files is not None:
+                return cls.from_files(*files)
+            if (folder / "tokenizer.json").is_file():
+                return cls.from_dict(read_tokenizer_json(folder / "tokenizer.json").to_dict())
+            raise hub.HubError(f"{name_or_dir} is neither a folder holding vocab.json and merges.txt (or "
+                               f"encoder.json and vocab.bpe, or tokenizer.json) nor one of {', '.join(NAMES)}")
 
         def check(path: Path) -> None:  # a download is kept only once it reads as GPT-2's
             if path.name.startswith("merges"):

@@ -33,9 +33,9 @@ GPU_PRESET = dict(NANOGPT_CPU_PRESET, n_layer=6, n_head=6, n_embd=384, block_siz
 # the notebook's bigram: a (V, V) table, short contexts, a higher rate for a table that starts at N(0, 1)
 BIGRAM_PRESET = dict(block_size=8, batch_size=32, max_iters=3000, lr_decay_iters=3000, learning_rate=1e-2,
                      min_lr=1e-3, warmup_iters=0, weight_decay=0.0, eval_iters=50, eval_interval=250)
-# Fine-tuning pretrained weights (--init_from gpt2 or a folder) on a CPU: GPT-2 124M at about 1.7 s a
-# step of 4 x 64 tokens on 2 cores, 200 steps, evaluations and the whole-split loss in under 10 minutes
-# (docs/gpt2.md). A constant small rate (nanoGPT's finetune_shakespeare: 3e-5, no decay): the weights
+# Fine-tuning pretrained weights (--init_from gpt2 or a folder) on a CPU: 200 steps of 4 x 64 tokens,
+# sized so that GPT-2 124M's whole run on Tiny Shakespeare fits in 10 minutes on 2 cores (measured in
+# docs/performance.md; the recipe in docs/gpt2.md). A constant small rate (nanoGPT's finetune_shakespeare: 3e-5, no decay): the weights
 # already know English, and a large step would undo it. block_size is capped by the weights' context.
 FINETUNE_PRESET = dict(block_size=64, batch_size=4, max_iters=200, lr_decay_iters=200, learning_rate=3e-5,
                        min_lr=3e-5, warmup_iters=0, weight_decay=0.1, dropout=0.0, eval_interval=100,
