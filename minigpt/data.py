@@ -31,8 +31,13 @@ TINY_SHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca
 _KNOWN_SHA256 = {TINY_SHAKESPEARE_URL: TINY_SHAKESPEARE_SHA256}
 PACKAGED_TEXT = "tinyshakespeare.txt.gz"  # in minigpt/assets: the text above, gzip -9 (434 KB)
 def _read_text(path: Path) -> str:
+    """The file's text as UTF-8, a byte-order mark at its start dropped (it is no character of the
+    text). Only a regular file is read: a device (/dev/zero never ends) or a pipe (it may never
+    send) is refused before any byte is read."""
+    if path.exists() and not path.is_file():
+        raise DataError(f"{path} is not a regular file (a folder, a device or a pipe): pass a text file")
     try:
-        return path.read_bytes().decode("utf-8")
+        return path.read_bytes().decode("utf-8-sig")
     except FileNotFoundError as e:
         raise DataError(f"data file not found: {path}") from e
     except UnicodeDecodeError as e:
@@ -59,6 +64,11 @@ def download(url: str, dest: Path, sha256: str | None = None, timeout: float = D
         if got != sha256:
             raise DataError(f"download from {url} is damaged or not the expected file: "
                             f"sha256 {got}, expected {sha256}; nothing was cached")
+    try:  # without a known hash, a text at least: a damaged download is never cached
+        body.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(f"download from {url} is not UTF-8 text ({e.reason} at byte {e.start}); nothing was "
+                        "cached") from e
     atomic_write_bytes(dest, body)
 
 

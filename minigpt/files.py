@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 DOWNLOAD_TIMEOUT_S = 30
 
@@ -42,3 +43,33 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+class FolderBusy(RuntimeError):
+    """Another process is writing into the folder."""
+
+
+def hold_folder(folder: Path) -> Any:
+    """Hold ``folder`` for this process (its ``.lock`` file, locked), or raise FolderBusy naming the
+    process that holds it. The lock is the operating system's: it ends with its holder, however that
+    ends (a run killed with SIGKILL leaves nothing stuck), and ``.close()`` on the returned file gives
+    it back. Where there are no such locks (not POSIX), nothing is held."""
+    folder.mkdir(parents=True, exist_ok=True)
+    f = open(folder / ".lock", "a+")
+    try:
+        import fcntl  # noqa: PLC0415 - POSIX
+    except ImportError:
+        return f
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise FolderBusy(f"{folder} is in use by another run ({holder}): one run at a time per --out_dir; "
+                         "wait for it, or pass another --out_dir") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()}")
+    f.flush()
+    return f

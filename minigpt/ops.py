@@ -133,11 +133,30 @@ class MatMul(Function):
         return da, db
 
 
+class AxisError(ValueError, IndexError):
+    """An axis outside an array's dimensions (NumPy's AxisError is both kinds of error too)."""
+
+
 def _normalize_axes(axis: Any, ndim: int) -> tuple[int, ...]:
+    """``axis`` (None, an int or ints) as non-negative axes of an ``ndim``-d array. An axis outside
+    [-ndim, ndim) or named twice is an error, as in NumPy and PyTorch (taking it modulo ndim would
+    quietly reduce over another axis). A 0-d array takes axis 0 or -1 and reduces over nothing,
+    as PyTorch's dim does."""
     if axis is None:
         return tuple(range(ndim))
-    axes = (axis,) if isinstance(axis, int) else tuple(axis)
-    return tuple(a % ndim for a in axes)
+    axes = tuple(axis) if isinstance(axis, (tuple, list)) else (axis,)
+    out = tuple(_axis(a, ndim) for a in axes)
+    if len(set(out)) != len(out):
+        raise ValueError(f"axis {axis} names an axis more than once")
+    return out if ndim else ()
+
+
+def _axis(a: Any, ndim: int) -> int:
+    """One axis in [-ndim, ndim) as a non-negative int."""
+    size = max(ndim, 1)
+    if not -size <= int(a) < size:
+        raise AxisError(f"axis {int(a)} is out of bounds for array of dimension {ndim}")
+    return int(a) % size
 
 
 def _expand_reduced(dy: Any, axes: tuple[int, ...], keepdims: bool) -> Any:
@@ -299,7 +318,7 @@ class Concatenate(Function):
 
     def forward(self, *arrays: Any, axis: int = -1) -> Any:
         xp = backend.get_array_module(arrays[0])
-        self.axis = axis % arrays[0].ndim
+        self.axis = _axis(axis, arrays[0].ndim)
         self.sizes = [a.shape[self.axis] for a in arrays]
         return xp.concatenate(arrays, axis=self.axis)
 

@@ -24,15 +24,8 @@ class AdamW:
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 1e-2) -> None:
-        if lr < 0.0:
-            raise ValueError(f"Invalid learning rate: {lr}")
-        if eps < 0.0:
-            raise ValueError(f"Invalid epsilon value: {eps}")
-        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
-            raise ValueError(f"Invalid betas: {betas} (each must lie in [0, 1))")
-        if weight_decay < 0.0:
-            raise ValueError(f"Invalid weight_decay value: {weight_decay}")
         self.defaults = {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay}
+        check_hyperparameters(self.defaults)
         params = list(params)
         if not params:
             raise ValueError("optimizer got an empty parameter list")
@@ -42,6 +35,7 @@ class AdamW:
         for group in params:
             group = {**self.defaults, **group, "params": list(iter_tensors(group["params"]))}
             group["betas"] = tuple(group["betas"])
+            check_hyperparameters(group)
             self.param_groups.append(group)
         seen: set[int] = set()
         for p in self._params():
@@ -124,6 +118,20 @@ class AdamW:
             group.update({k: v for k, v in saved.items() if k != "params"})
             group["betas"] = tuple(group["betas"])
         self.state = new_state
+
+
+def check_hyperparameters(group: dict[str, Any]) -> None:
+    """Raise ValueError for a negative or NaN setting, as torch does for a negative one (a NaN would
+    pass a test like ``lr < 0`` and then turn every weight into NaN at the first step)."""
+    lr, eps, betas, wd = group["lr"], group["eps"], tuple(group["betas"]), group["weight_decay"]
+    if not lr >= 0.0:
+        raise ValueError(f"Invalid learning rate: {lr}")
+    if not eps >= 0.0:
+        raise ValueError(f"Invalid epsilon value: {eps}")
+    if len(betas) != 2 or not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+        raise ValueError(f"Invalid betas: {betas} (each must lie in [0, 1))")
+    if not wd >= 0.0:
+        raise ValueError(f"Invalid weight_decay value: {wd}")
 
 
 def clip_grad_norm_(params: Iterable[Tensor] | Tensor, max_norm: float, norm_type: float = 2.0, *,

@@ -114,6 +114,8 @@ class Tensor:
             if data.dtype.kind == "f":  # Python floats: float32, as torch.tensor does
                 data = data.astype(backend.DEFAULT_DTYPE)
         data = xp.asarray(data, dtype=dtype)
+        if data.dtype.kind not in "biufc":  # strings, objects, dates: not numbers an op can use
+            raise TypeError(f"a Tensor holds numbers (bool, int, float, complex), not {data.dtype}")
         if requires_grad and not _is_float(data.dtype):
             raise TypeError(f"only floating-point tensors can require grad, not {data.dtype}")
         self.data = data

@@ -37,7 +37,7 @@ from typing import Any, Callable
 import numpy
 
 import minigpt
-from minigpt import backend, checkpoint, distributed, fast, nn, optim, pretrained
+from minigpt import backend, checkpoint, distributed, fast, files, nn, optim, pretrained
 from minigpt.tokenizers import CharTokenizer, Tokenizer
 from minigpt.data import get_batch
 from minigpt.training import expected, text
@@ -120,6 +120,7 @@ class Run:
     clock: float = 0.0  # time.time() when training started, resumes included
     warned_overfitting: bool = False
     preset: str | None = None  # the preset whose expected curve the run should follow (training/expected.py)
+    lock: Any = None  # rank 0's hold on out_dir (files.hold_folder): one run per folder
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -142,6 +143,17 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print, warn: Callabl
     if world.rank != 0:  # rank 0 alone prints and writes files
         log = warn = _silent
     run = _set_up(cfg, world, log, warn)
+    try:
+        return _run(run, world, start, log, warn, should_stop)
+    finally:
+        if run.lock is not None:  # the folder is free for the next run
+            run.lock.close()
+
+
+def _run(run: Run, world: distributed.World, start: float, log: Callable[[str], None],
+         warn: Callable[[str], None], should_stop: Callable[[], bool]) -> TrainResult:
+    """The loop, the whole-split loss and the sample, for a run that is set up."""
+    cfg = run.cfg
     model, optimizer = run.model, run.optimizer
     progress = Progress(cfg.max_iters, cfg.batch_size * cfg.block_size, cfg.log_interval,
                         stream=None if world.rank == 0 else io.StringIO())
@@ -256,7 +268,9 @@ def _set_up(cfg: TrainConfig, world: distributed.World, log: Callable[[str], Non
     An error here is usually every rank's alike: the ranks agree on it and report it once."""
     run: Run | None = None
     failure: BaseException | None = None
+    lock = None
     try:
+        lock = files.hold_folder(Path(cfg.out_dir)) if world.rank == 0 else None  # one run per out_dir
         device = resolve_device(cfg.device, warn)
         if device == "cpu" and not cfg.reference:
             fast.keep_freed_memory()  # each step reuses the last one's freed memory: no page faults
@@ -279,12 +293,14 @@ def _set_up(cfg: TrainConfig, world: distributed.World, log: Callable[[str], Non
                              f"{model.config.vocab_size} outputs")
         run = Run(cfg, Path(cfg.out_dir), data.tokenizer, data.train_ids, data.val_ids, data.bits_per_char,
                   data.chars_per_token, model, build_optimizer(model, cfg), numpy.random.default_rng(cfg.seed),
-                  clock=time.time())
+                  clock=time.time(), lock=lock)
         run.preset = expected.preset_of(cfg)
         if cfg.resume:
             _restore(run, device, log, world.size)
     except (ValueError, RuntimeError, OSError) as e:
         failure = e
+        if lock is not None:
+            lock.close()
     world.raise_if_any_failed(failure)  # one process: re-raises it; N ranks: every rank raises one error
     assert run is not None
     world.check_same_parameters(run.model.parameters())

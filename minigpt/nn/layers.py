@@ -44,6 +44,10 @@ class Linear(Module):
         self.bias = _uniform((out_features,), bound) if bias else None
 
     def forward(self, x: Tensor) -> Tensor:
+        shape = getattr(x, "shape", ())
+        if not shape or shape[-1] != self.in_features:
+            raise ValueError(f"Linear({self.in_features}, {self.out_features}) takes inputs whose last axis is "
+                             f"{self.in_features}, got shape {tuple(shape)}")
         return F.linear(x, self.weight, self.bias)  # (*, in) -> (*, out)
 
     def extra_repr(self) -> str:

@@ -154,8 +154,11 @@ class TrainConfig:
         for name in ("warmup_iters", "lr_decay_iters", "sample_chars"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"--{name} must not be negative, got {getattr(self, name)}")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            raise ValueError("--weight_decay and --grad_clip must not be negative")
+        for name in ("weight_decay", "grad_clip", "dropout"):  # `not >= 0` also refuses NaN
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"--{name} must be a non-negative number, got {getattr(self, name)}")
+        if int(self.seed) < 0:
+            raise ValueError(f"--seed must be a non-negative integer, got {self.seed}")
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise ValueError(f"--{name} must lie in [0, 1), got {getattr(self, name)}")

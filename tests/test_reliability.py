@@ -1,0 +1,164 @@
+"""Edges found by a hostile user: NaN settings, reductions over axes that do not exist, tensors of
+strings, files that are not text, downloads that are not text, two runs in one folder."""
+
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import minigpt
+from minigpt import Tensor, files, nn, optim
+from minigpt.data import DataError, load_text
+from tests.hubserver import HubServer
+
+
+def run(*args, **kw):
+    env = dict(os.environ)
+    env.pop("MINIGPT_DATA", None)
+    return subprocess.run([sys.executable, "-m", "minigpt", *args], capture_output=True, text=True, env=env,
+                          timeout=120, **kw)
+
+
+# ----------------------------------------------------------------------------- NaN settings
+@pytest.mark.parametrize("kw", [dict(lr=math.nan), dict(weight_decay=math.nan), dict(eps=math.nan),
+                                dict(betas=(math.nan, 0.9)), dict(lr=-1.0)])
+def test_adamw_refuses_nan_and_negative_settings(kw):
+    with pytest.raises(ValueError, match="Invalid"):
+        optim.AdamW([Tensor(np.ones(2, np.float32), requires_grad=True)], **kw)
+
+
+def test_adamw_checks_each_group_too():
+    p = Tensor(np.ones(2, np.float32), requires_grad=True)
+    with pytest.raises(ValueError, match="Invalid weight_decay"):
+        optim.AdamW([{"params": [p], "weight_decay": math.nan}])
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--weight_decay", "nan"], "--weight_decay must be a non-negative number, got nan"),
+    (["--grad_clip", "nan"], "--grad_clip must be a non-negative number, got nan"),
+    (["--learning_rate", "nan"], "--learning_rate must be positive, got nan"),
+    (["--beta2", "nan"], "--beta2 must lie in [0, 1), got nan"),
+    (["--dropout", "nan"], "--dropout must lie in [0, 1), got nan"),
+    (["--seed=-1"], "--seed must be a non-negative integer, got -1"),
+])
+def test_bad_numbers_are_refused_by_name(args, says):
+    r = run("train", *args)
+    assert r.returncode == 2 and r.stderr.strip() == f"error: {says}", r.stderr
+
+
+# ----------------------------------------------------------------------------- the API's own edges
+@pytest.mark.parametrize("name", ["sum", "mean", "max"])
+@pytest.mark.parametrize("axis", [2, -3, (0, 2)])
+def test_a_reduction_over_an_axis_that_does_not_exist_raises_as_numpy(name, axis):
+    x = np.arange(6.0).reshape(2, 3)
+    with pytest.raises((ValueError, IndexError)):
+        getattr(np, name if name != "max" else "amax")(x, axis=axis)  # NumPy refuses it...
+    with pytest.raises(IndexError, match="out of bounds"):
+        getattr(Tensor(x), name)(axis=axis)  # ...and so does minigpt, rather than wrap it around
+
+
+def test_valid_negative_axes_still_reduce():
+    x = np.arange(6.0).reshape(2, 3)
+    np.testing.assert_array_equal(Tensor(x).sum(axis=-2).data, x.sum(axis=-2))
+    np.testing.assert_array_equal(Tensor(x).max(axis=-1).data, x.max(axis=-1))
+    with pytest.raises(ValueError, match="more than once"):
+        Tensor(x).sum(axis=(0, -2))
+
+
+@pytest.mark.parametrize("data", [["1.5", "2.0"], np.array(["a", "b"]), [object()]])
+def test_a_tensor_of_strings_or_objects_is_refused_at_once(data):
+    with pytest.raises(TypeError, match="holds numbers"):
+        Tensor(data)
+
+
+def test_a_linear_layer_names_the_shapes_it_expects():
+    with pytest.raises(ValueError, match=r"Linear\(4, 3\) takes inputs whose last axis is 4, got shape \(2, 5\)"):
+        nn.Linear(4, 3)(Tensor(np.ones((2, 5), np.float32)))
+
+
+# ----------------------------------------------------------------------------- data that is not a file of text
+def test_a_device_is_refused_before_a_byte_is_read():
+    with pytest.raises(DataError, match="not a regular file"):
+        load_text("/dev/zero")  # reading it would never end
+
+
+def test_a_pipe_is_refused_instead_of_waiting_for_it(tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    t0 = time.time()
+    r = run("train", "--data", str(fifo), "--max_iters", "1")
+    assert r.returncode == 2 and "not a regular file" in r.stderr and time.time() - t0 < 60
+
+
+def test_a_byte_order_mark_is_no_character_of_the_text(tmp_path):
+    path = tmp_path / "bom.txt"
+    path.write_bytes(b"\xef\xbb\xbfhello")
+    assert load_text(path) == "hello"
+
+
+def test_a_download_that_is_not_text_is_not_cached(tmp_path):
+    server = HubServer({"data.txt": b"\xff\xfe not utf-8"})
+    url = server.url + "/data.txt"
+    try:
+        with pytest.raises(DataError, match="not UTF-8 text.*nothing was cached"):
+            load_text(url=url, cache_dir=tmp_path)
+        assert list(tmp_path.iterdir()) == []
+        server.files["data.txt"] = b"fixed text"
+        assert load_text(url=url, cache_dir=tmp_path) == "fixed text"
+    finally:
+        server.close()
+
+
+# ----------------------------------------------------------------------------- one run per folder
+def test_a_held_folder_names_its_holder_and_is_free_once_given_back(tmp_path):
+    held = files.hold_folder(tmp_path)
+    with pytest.raises(files.FolderBusy, match=f"in use by another run \\(pid {os.getpid()}\\)"):
+        files.hold_folder(tmp_path)
+    held.close()
+    files.hold_folder(tmp_path).close()
+
+
+def test_a_killed_runs_lock_is_not_stuck(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from minigpt import files; held = files.hold_folder(Path(sys.argv[1])); "
+                               "print('held', flush=True); time.sleep(60)", str(tmp_path)], stdout=subprocess.PIPE,
+                              text=True)
+    assert holder.stdout.readline().strip() == "held"
+    with pytest.raises(files.FolderBusy):
+        files.hold_folder(tmp_path)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    files.hold_folder(tmp_path).close()  # the operating system ended the lock with its holder
+
+
+def test_a_second_training_on_a_busy_folder_is_refused(tmp_path):
+    out = str(tmp_path / "run")
+    first = subprocess.Popen([sys.executable, "-m", "minigpt", "train", "--out_dir", out, "--max_iters", "100000",
+                              "--eval_interval", "100000", "--sample_chars", "0"], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(300):
+            if (tmp_path / "run" / ".lock").exists() and (tmp_path / "run" / ".lock").read_text().startswith("pid"):
+                break
+            time.sleep(0.1)
+        second = run("train", "--out_dir", out, "--max_iters", "1")
+        assert second.returncode == 2 and f"in use by another run (pid {first.pid})" in second.stderr
+    finally:
+        first.kill()
+        first.wait()
+
+
+def test_the_folder_is_given_back_when_a_run_ends(tmp_path):
+    from minigpt.train import train
+    from minigpt.training.config import TrainConfig
+
+    cfg = TrainConfig.preset(out_dir=str(tmp_path / "run"), n_layer=1, n_head=2, n_embd=8, block_size=8,
+                             batch_size=2, max_iters=2, eval_interval=1, eval_iters=1, sample_chars=0)
+    train(cfg, log=lambda m: None)
+    train(cfg, log=lambda m: None)  # the same folder again, in the same process: free
+    minigpt.manual_seed(0)
