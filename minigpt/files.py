@@ -73,3 +73,10 @@ def hold_folder(folder: Path) -> Any:
     f.write(f"pid {os.getpid()}")
     f.flush()
     return f
+
+
+def remove_leftovers(folder: Path) -> None:
+    """Delete the temporary files an interrupted :func:`atomic_write_bytes` left in ``folder``
+    (call it while holding the folder: no other writer can be mid-write)."""
+    for tmp in folder.glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)

@@ -129,6 +129,8 @@ def softmax_forward(x: Any, axis: int) -> Any:
     Subtracting the row max changes nothing (the factor exp(-max) cancels) and keeps every
     exp in (0, 1], so nothing overflows. A row that is all -inf gives NaN, as in torch."""
     xp = backend.get_array_module(x)
+    if x.size == 0:  # an empty batch or empty rows: nothing to normalise, an empty result (as torch)
+        return x.copy()
     e = xp.exp(x - x.max(axis=axis, keepdims=True))
     return e / e.sum(axis=axis, keepdims=True)
 
@@ -174,6 +176,8 @@ def log_softmax_forward(x: Any, axis: int) -> Any:
     log is subtracted from x - max, not added to max first: for logits near 1e4 in float32,
     max + log(sum) would round to a float32 ulp of 1e4 (0.001) before the subtraction (as torch)."""
     xp = backend.get_array_module(x)
+    if x.size == 0:  # an empty batch or empty rows: an empty result (as torch)
+        return x.copy()
     shifted = x - x.max(axis=axis, keepdims=True)
     return shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
 

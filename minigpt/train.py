@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +44,7 @@ from minigpt.data import get_batch
 from minigpt.training import expected, text
 from minigpt.training.config import (CPU_PRESET, GPU_PRESET, NANOGPT_CPU_PRESET, TrainConfig, resolve_device,
                                      resume_config)
-from minigpt.training.evaluate import estimate_loss, generate_text, split_loss
+from minigpt.training.evaluate import default_prompt, estimate_loss, generate_text, split_loss
 from minigpt.training.metrics import (Progress, can_plot, fmt_time, overfitting, plot_metrics, read_metrics,
                                       warn_on_stderr, write_metrics)
 from minigpt.training.steps import (TrainingError, asked_to_stop, data_parallel_step, parallel_train_step,
@@ -211,7 +212,8 @@ def _run(run: Run, world: distributed.World, start: float, log: Callable[[str], 
     if not interrupted:
         # as many tokens as hold sample_chars characters on average, then cut to sample_chars
         n_tokens = math.ceil(cfg.sample_chars / run.chars_per_token) if world.rank == 0 else 0
-        sample = generate_text(model, run.tokenizer, "\n", n_tokens)[:1 + cfg.sample_chars]
+        prompt = default_prompt(run.tokenizer)
+        sample = generate_text(model, run.tokenizer, prompt, n_tokens)[:len(prompt) + cfg.sample_chars]
         if cfg.sample_chars:
             log("sample:\n" + sample)
         interrupted = stopped_in_the_final_evaluation()
@@ -227,6 +229,10 @@ def _evaluate(run: Run, world: distributed.World, lr: float, progress: Progress,
     cfg = run.cfg
     losses = {s: estimate_loss(run.model, ids, cfg, run.batch_rng, world)
               for s, ids in (("train", run.train_ids), ("val", run.val_ids))}
+    if not all(math.isfinite(v) for v in losses.values()) or not _finite(run.model):
+        progress.end_line()  # weights or losses gone to inf or NaN: nothing of this is saved
+        raise TrainingError(f"the model diverged by iteration {run.it} (train loss {losses['train']:.4g}, val loss "
+                            f"{losses['val']:.4g}); stopping. The last good checkpoints are kept in {run.out_dir}")
     val_bpc = losses["val"] * run.bits_per_char
     verdict = expected.judge(run.preset, run.it, losses["val"]) if run.preset else None  # is my loss right?
     log(f"step {run.it}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f} ({val_bpc:.3f} bits per "
@@ -250,15 +256,24 @@ def _evaluate(run: Run, world: distributed.World, lr: float, progress: Progress,
              f"{run.model.num_params():,} parameters (fewer --max_iters, a smaller model or --dropout help)")
 
 
+def _finite(model: nn.Module) -> bool:
+    """Whether every weight is a finite number (one pass over them: a diverged run's never reach a file)."""
+    return all(bool(p.xp.isfinite(p.data).all()) for p in model.parameters())
+
+
 def _save(run: Run, world: distributed.World, name: str, evaluated: bool) -> None:
     """Write checkpoint ``name`` (rank 0 alone): the weights, the optimizer and everything --resume needs."""
     if world.rank != 0:
         return
+    if not _finite(run.model):  # never over a good checkpoint (the stop after a step saves here too)
+        raise TrainingError(f"the weights are not finite at iteration {run.it}: nothing was saved; the last good "
+                            f"checkpoints are kept in {run.out_dir}")
     checkpoint.save(run.out_dir / name, run.model, optimizer=run.optimizer, tokenizer=run.tokenizer,
                     iter_num=run.it, best_val_loss=run.best_val, evaluated=evaluated,
                     rng=backend.get_rng_state(), batch_rng=run.batch_rng.bit_generator.state,
                     train_config=dataclasses.asdict(run.cfg), ranks=world.size, elapsed_s=time.time() - run.clock,
-                    expected_preset=run.preset or "")  # decided with the run's own text (MINIGPT_DATA)
+                    expected_preset=run.preset or "",  # decided with the run's own text (MINIGPT_DATA)
+                    data_source=run.cfg.data or os.environ.get("MINIGPT_DATA") or None)  # what --resume reads
 
 
 # ----------------------------------------------------------------------------- set-up and resume
@@ -271,6 +286,8 @@ def _set_up(cfg: TrainConfig, world: distributed.World, log: Callable[[str], Non
     lock = None
     try:
         lock = files.hold_folder(Path(cfg.out_dir)) if world.rank == 0 else None  # one run per out_dir
+        if lock is not None:
+            files.remove_leftovers(Path(cfg.out_dir))  # an interrupted save's temporary files
         device = resolve_device(cfg.device, warn)
         if device == "cpu" and not cfg.reference:
             fast.keep_freed_memory()  # each step reuses the last one's freed memory: no page faults
@@ -296,7 +313,7 @@ def _set_up(cfg: TrainConfig, world: distributed.World, log: Callable[[str], Non
                   clock=time.time(), lock=lock)
         run.preset = expected.preset_of(cfg)
         if cfg.resume:
-            _restore(run, device, log, world.size)
+            _restore(run, device, log, warn, world.size)
     except (ValueError, RuntimeError, OSError) as e:
         failure = e
         if lock is not None:
@@ -318,7 +335,7 @@ def _set_up(cfg: TrainConfig, world: distributed.World, log: Callable[[str], Non
     return run
 
 
-def _restore(run: Run, device: str, log: Callable[[str], None], ranks: int) -> None:
+def _restore(run: Run, device: str, log: Callable[[str], None], warn: Callable[[str], None], ranks: int) -> None:
     """Put ``run`` back exactly as its ``latest.npz`` left it."""
     path = run.out_dir / checkpoint.LATEST
     ckpt = checkpoint.load(path, device=device)
@@ -340,7 +357,12 @@ def _restore(run: Run, device: str, log: Callable[[str], None], ranks: int) -> N
     if int(st.get("ranks", 1)) != ranks:
         log(f"note: {path} was written by a run of {st.get('ranks', 1)} rank(s), this one has {ranks}: the same "
             f"global batches follow, but sums split another way round differently, so the run is not bit-identical")
-    run.metrics = [r for r in read_metrics(run.out_dir / "metrics.csv") if int(r["iter"]) <= run.it]
+    try:
+        run.metrics = [r for r in read_metrics(run.out_dir / "metrics.csv") if int(r["iter"]) <= run.it]
+    except (KeyError, ValueError, TypeError, OSError) as e:  # a side file, not the run: start it afresh
+        run.metrics = []
+        warn(f"{run.out_dir / 'metrics.csv'} is damaged ({type(e).__name__}: {e}); it starts afresh from "
+             f"iteration {run.it}")
     run.warned_overfitting = overfitting(run.metrics)  # a run that already was has been told
     # metrics.csv's elapsed_s goes on from the time already trained (saved in the checkpoint; an
     # older checkpoint lacks it, and then the last evaluation's time is the best estimate)

@@ -162,3 +162,110 @@ def test_the_folder_is_given_back_when_a_run_ends(tmp_path):
     train(cfg, log=lambda m: None)
     train(cfg, log=lambda m: None)  # the same folder again, in the same process: free
     minigpt.manual_seed(0)
+
+
+# ----------------------------------------------------------------------------- empty tensors, as PyTorch
+@pytest.mark.parametrize("shape, axis", [((5, 0, 0), -1), ((0, 3), -1), ((5, 0, 0), 0), ((3, 0), 0)])
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+def test_softmax_of_an_empty_tensor_is_empty_forward_and_backward(shape, axis, name):
+    from minigpt import functional as F
+    from minigpt.fast import functional as fast_F
+
+    x = Tensor(np.zeros(shape, np.float32), requires_grad=True)
+    y = getattr(F, name)(x, axis=axis)
+    (y * 2).sum().backward()
+    assert y.shape == shape and x.grad.shape == shape  # torch: the same empty shapes, no error
+    if name == "softmax":
+        assert fast_F.softmax_forward(np.zeros(shape, np.float32), axis).shape == shape
+
+
+def test_reshape_of_an_empty_tensor():
+    x = Tensor(np.zeros((5, 5, 0), np.float32), requires_grad=True)
+    y = x.reshape(0, 5)
+    y.sum().backward()
+    assert y.shape == (0, 5) and x.grad.shape == (5, 5, 0)
+
+
+# ----------------------------------------------------------------------------- NaN never saved, resume remembers
+def tiny_cfg(tmp_path, **kw):
+    from minigpt.training.config import TrainConfig
+
+    base = dict(out_dir=str(tmp_path / "run"), n_layer=1, n_head=2, n_embd=8, block_size=8, batch_size=4,
+                max_iters=4, lr_decay_iters=4, eval_interval=2, eval_iters=1, sample_chars=0)
+    base.update(kw)
+    return TrainConfig.preset(**base)
+
+
+def test_a_diverged_evaluation_never_writes_a_checkpoint(tmp_path, monkeypatch):
+    from minigpt import checkpoint
+    from minigpt.train import train
+    from minigpt.training import steps
+
+    real_step = steps.train_step
+
+    calls = {"n": 0}
+
+    def poisoned(model, *args, **kwargs):  # the step before the evaluation at 2 sends the weights to inf,
+        out = real_step(model, *args, **kwargs)  # while the loss it reports is still a number
+        calls["n"] += 1
+        if calls["n"] == 2:
+            for p in model.parameters():
+                p.data[...] = np.inf
+        return out
+
+    monkeypatch.setattr(steps, "train_step", poisoned)
+    with pytest.raises(steps.TrainingError, match="last good checkpoints are kept"):
+        train(tiny_cfg(tmp_path, max_iters=6, lr_decay_iters=6, reference=True), log=lambda m: None)
+    for name in ("latest.npz", "best.npz"):  # the step-0 evaluation's, before the weights went
+        saved = checkpoint.load(tmp_path / "run" / name)
+        assert saved.state["iter_num"] == 0
+        assert all(np.isfinite(v).all() for v in saved.model.state_dict().values())
+
+
+def test_resume_reads_the_runs_own_data_source(tmp_path, monkeypatch):
+    from minigpt.train import train
+    from minigpt.training.config import resume_config
+
+    text = tmp_path / "own.txt"
+    text.write_text("a b c d e f g\n" * 200, encoding="utf-8")
+    monkeypatch.setenv("MINIGPT_DATA", str(text))
+    train(tiny_cfg(tmp_path, max_iters=2, lr_decay_iters=2), log=lambda m: None)
+    monkeypatch.delenv("MINIGPT_DATA")
+    cfg = resume_config(tmp_path / "run", max_iters=4)
+    assert cfg.data == str(text)
+    assert train(cfg, log=lambda m: None).iterations == 4
+
+
+def test_resume_with_a_lower_rate_lowers_the_floor_as_a_fresh_start_does(tmp_path):
+    from minigpt.train import train
+    from minigpt.training.config import resume_config
+
+    train(tiny_cfg(tmp_path, max_iters=2, lr_decay_iters=2), log=lambda m: None)
+    cfg = resume_config(tmp_path / "run", learning_rate=1e-4, max_iters=3)
+    assert cfg.min_lr == pytest.approx(1e-5)
+    cfg.validate()
+
+
+def test_a_damaged_metrics_file_is_a_warning_and_a_fresh_file(tmp_path):
+    from minigpt.train import train
+    from minigpt.training.config import resume_config
+
+    train(tiny_cfg(tmp_path, max_iters=2, lr_decay_iters=2), log=lambda m: None)
+    (tmp_path / "run" / "metrics.csv").write_text("garbage,without\nthe,columns\n")
+    (tmp_path / "run" / ".latest.npz.abc123.tmp").write_bytes(b"half a checkpoint")
+    warnings = []
+    train(resume_config(tmp_path / "run", max_iters=4), log=lambda m: None, warn=warnings.append)
+    assert any("metrics.csv is damaged" in w for w in warnings)
+    assert not (tmp_path / "run" / ".latest.npz.abc123.tmp").exists()  # an interrupted save's leftovers
+    assert "val_bpc" in (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0]
+
+
+def test_a_text_without_a_newline_trains_and_samples(tmp_path):
+    from minigpt.train import train
+
+    text = tmp_path / "flat.txt"
+    text.write_text("abcabcabd " * 300, encoding="utf-8")
+    result = train(tiny_cfg(tmp_path, data=str(text), sample_chars=20), log=lambda m: None)
+    assert len(result.sample) == 21 and result.sample[0] == " "  # its vocabulary's first character
+    r = run("sample", "--out_dir", str(tmp_path / "run"), "--num_samples", "1", "--max_new_tokens", "5")
+    assert r.returncode == 0, r.stderr

@@ -20,7 +20,7 @@ from typing import Any
 import minigpt
 from minigpt import checkpoint, nn, pretrained
 from minigpt.training.config import resolve_device
-from minigpt.training.evaluate import evaluating
+from minigpt.training.evaluate import default_prompt, evaluating
 from minigpt.training.metrics import warn_on_stderr
 
 
@@ -73,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
         if ck.tokenizer is None:
             raise ValueError(f"{ck.path} holds no tokenizer, so text cannot be encoded for it")
         model, tokenizer = ck.model, ck.tokenizer
+    if args.start == "\n":  # the default: a newline, or where the vocabulary has none its first token
+        prompt = default_prompt(tokenizer)
     ids = tokenizer.encode(prompt, allowed_special="all")  # names any character a char vocabulary lacks
     if len(ids) == 0:
         raise ValueError("--start must hold at least one token (the text to continue)")

@@ -226,6 +226,10 @@ def resume_config(out_dir: str | os.PathLike, **overrides: Any) -> TrainConfig:
     if changed:
         raise ValueError("--resume continues the same model; these flags differ from the checkpoint's: " +
                          ", ".join(f"--{k} {given[k]} (checkpoint: {saved.get(k, default[k])})" for k in changed))
+    if "learning_rate" in given and "min_lr" not in given:  # the rule of a fresh start: the floor follows
+        given["min_lr"] = given["learning_rate"] / (1 if saved.get("init_from", "scratch") != "scratch" else 10)
+    if given.get("data") is None and saved.get("data") is None and state.get("data_source"):
+        given["data"] = state["data_source"]  # the text the run was started on ($MINIGPT_DATA then)
     saved.update(given)
     saved.update(out_dir=str(out_dir), resume=True)
     return TrainConfig(**saved)

@@ -74,6 +74,16 @@ def summed_loss(model: Module, x: numpy.ndarray, y: numpy.ndarray) -> float:
     return float(F.cross_entropy(logits, y.reshape(logits.shape[:-1]), reduction="sum").item())
 
 
+def default_prompt(tokenizer: Tokenizer) -> str:
+    """"\n" (a new line: where nanoGPT starts its samples) where the vocabulary has it, else the text
+    of its first token (a text without a newline has a character vocabulary without one)."""
+    try:
+        tokenizer.encode("\n")
+        return "\n"
+    except ValueError:
+        return tokenizer.decode([0])
+
+
 def generate_text(model: Module, tokenizer: Tokenizer, prompt: str, n_tokens: int,
                   temperature: float = 0.8, top_k: int | None = 200) -> str:
     """``prompt`` followed by ``n_tokens`` sampled tokens (characters for a char model), decoded
