@@ -136,6 +136,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=3, help="untimed steps of each framework first")
     p.add_argument("--batch_size", type=int, help="override the preset's 64")
     p.add_argument("--block_size", type=int, help="override the preset's 256")
+    p.add_argument("--n_layer", type=int, help="override the preset's 6 (a small model: a smoke test)")
+    p.add_argument("--n_head", type=int, help="override the preset's 6")
+    p.add_argument("--n_embd", type=int, help="override the preset's 384")
     p.add_argument("--json", type=Path, help="also write the numbers to this JSON file")
     args = p.parse_args()
     if args.rounds < 1 or args.steps < 1 or args.warmup < 0:
@@ -159,7 +162,8 @@ def main() -> None:
     if reason := no_gpu_reason():
         print(f"bench_gpu: no CUDA GPU here ({reason}) - nothing measured")
         return
-    cfg = TrainConfig.preset(device="cuda", batch_size=args.batch_size, block_size=args.block_size)
+    cfg = TrainConfig.preset(device="cuda", batch_size=args.batch_size, block_size=args.block_size,
+                             n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd)
     tokens = cfg.batch_size * cfg.block_size
     steps: list[MinigptStep | TorchStep] = [MinigptStep(cfg)]
     skipped = torch_skip_reason()
@@ -167,7 +171,7 @@ def main() -> None:
         steps.append(TorchStep(cfg, steps[0].model))
     gpu = describe_gpu(skipped is None)
     print(gpu)
-    print(f"model: GPU preset, {steps[0].model.num_params():,} parameters, batch {cfg.batch_size} x block "
+    print(f"model: GPU preset{' (resized)' if args.n_layer or args.n_embd else ''}, {steps[0].model.num_params():,} parameters, batch {cfg.batch_size} x block "
           f"{cfg.block_size} = {tokens} tokens/step, dropout {cfg.dropout}")
     rounds = measure(steps, make_batches(cfg, 64), args)
     med = {k: statistics.median(v) for k, v in rounds.items()}

@@ -279,6 +279,38 @@ def _is_basic_index(index: Any) -> bool:
     return all(isinstance(i, (int, slice)) or i is None or i is Ellipsis for i in items)
 
 
+def check_index_bounds(x: Any, index: Any) -> None:
+    """Raise IndexError, as NumPy does, for an integer array in ``index`` that reaches outside its
+    axis of ``x``. NumPy checks this itself; CuPy wraps such indices around (its docs: "Differences
+    between CuPy and NumPy") and would read other rows, so on a GPU it is checked here (reading back
+    each index array's min and max)."""
+    if backend.device_of(x) == "cpu":
+        return
+    parts = index if isinstance(index, tuple) else (index,)
+    if any(p is Ellipsis for p in parts):  # the axes after it count from the end
+        at = next(i for i, p in enumerate(parts) if p is Ellipsis)
+        taken = sum(_axes_taken(p) for p in parts if p is not Ellipsis)
+        parts = parts[:at] + (slice(None),) * (x.ndim - taken) + parts[at + 1:]
+    axis = 0
+    for part in parts:
+        if hasattr(part, "dtype") and part.dtype.kind in "iu" and part.size:
+            n = x.shape[axis]
+            lo, hi = int(part.min()), int(part.max())
+            if hi >= n or lo < -n:
+                bad = hi if hi >= n else lo
+                raise IndexError(f"index {bad} is out of bounds for axis {axis} with size {n}")
+        axis += _axes_taken(part)
+
+
+def _axes_taken(part: Any) -> int:
+    """How many axes of the indexed array an index part consumes (None adds one, takes none)."""
+    if part is None:
+        return 0
+    if hasattr(part, "dtype") and part.dtype == bool:
+        return part.ndim
+    return 1
+
+
 class GetItem(Function):
     """y = x[index].
 
@@ -289,6 +321,7 @@ class GetItem(Function):
 
     def forward(self, x: Any, index: Any) -> Any:
         self.index, self.shape, self.dtype = index, x.shape, x.dtype
+        check_index_bounds(x, index)
         return x[index]
 
     def backward(self, dy: Any) -> Any:

@@ -40,6 +40,7 @@ from typing import Any, Callable, Iterator
 
 import numpy
 
+__version__ = "14.0.0+fake"  # the CuPy it stands for (minigpt's cuda extra asks for CuPy 14)
 _THIS_FILE = __file__
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository
 _MISSING = object()
@@ -201,7 +202,7 @@ class ndarray:
     # indexes, as CuPy's _core/_routines_indexing.pyx takes them
     def __getitem__(self, key: Any) -> ndarray:
         """Basic indexes give views (free); array indexes make a new array (a call)."""
-        key, advanced = _index(key)
+        key, advanced = _index(key, self._array.shape)
         if not advanced:
             if not any(part is Ellipsis for part in key):
                 key += (Ellipsis,)  # so that a[0, 0] is a 0-d view, not a NumPy scalar
@@ -210,7 +211,7 @@ class ndarray:
         return ndarray._make(self._array[key])
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        key, advanced = _index(key)
+        key, advanced = _index(key, self._array.shape)
         if isinstance(value, ndarray):
             value = value._array
         elif advanced:  # CuPy makes any other value a device array first
@@ -250,7 +251,7 @@ ndarray.__format__ = lambda self, spec: self._host(lambda a: format(a, spec))
 ndarray.__copy__ = ndarray.__deepcopy__ = lambda self, memo=None: self.copy()  # a device copy
 
 
-def _index(key: Any) -> tuple[tuple, bool]:
+def _index(key: Any, shape: tuple | None = None) -> tuple[tuple, bool]:
     """``key`` as a tuple for NumPy, and whether it holds an (integer or boolean) array.
     A host index is copied to the device (h2d); a mask syncs (CuPy reads its count back)."""
     parts, advanced = [], False
@@ -265,7 +266,25 @@ def _index(key: Any) -> tuple[tuple, bool]:
             if part.dtype == bool:
                 recorder.record("sync")
         parts.append(part)
+    if advanced and shape is not None and not any(p is Ellipsis for p in parts):
+        parts = _wrapped(parts, shape)
     return tuple(parts), advanced
+
+
+def _wrapped(parts: list, shape: tuple) -> list:
+    """Integer-array index parts wrapped around their axis, as CuPy's advanced indexing does (an
+    out-of-range index reads another row where NumPy raises; cupy's docs, "Differences between CuPy
+    and NumPy"). Code that needs NumPy's check must make it itself on a GPU."""
+    out, axis = [], 0
+    for part in parts:
+        if isinstance(part, numpy.ndarray) and part.dtype != bool and part.dtype.kind in "iu":
+            out.append(part % shape[axis] if axis < len(shape) and shape[axis] else part)
+            axis += 1
+        else:
+            out.append(part)
+            if part is not None:
+                axis += part.ndim if isinstance(part, numpy.ndarray) else 1  # a mask takes its ndim axes
+    return out
 
 
 def _operator(op: Callable, reflected: bool = False, inplace: bool = False) -> Callable:
@@ -385,10 +404,17 @@ def _device_attr(name: str) -> Any:
     return _cache[name]
 
 
+# NumPy names CuPy does not have (floating-point error state is NumPy's alone): code that reaches
+# for them through its array module would fail on a real GPU, so it fails here
+CUPY_LACKS = frozenset({"errstate", "seterr", "geterr", "seterrcall", "geterrcall", "geterrobj", "seterrobj"})
+
+
 def __getattr__(name: str) -> Any:
     """``fakecupy.exp``, ``fakecupy.float32``...: NumPy's, for device arrays (PEP 562)."""
     if name.startswith("_"):  # __path__, __wrapped__...: this module is no package
         raise AttributeError(name)
+    if name in CUPY_LACKS:
+        raise AttributeError(f"module 'cupy' has no attribute '{name}'")
     return _device_attr(name)
 
 
@@ -500,8 +526,17 @@ class _Device:
     __exit__ = lambda self, *exc: None  # noqa: E731
 
 
+def _device_properties(device: int) -> dict[str, Any]:
+    """``cupy.cuda.runtime.getDeviceProperties(i)``: a dict whose "name" is bytes, as CUDA's."""
+    if device != 0:
+        raise RuntimeError(f"cudaErrorInvalidDevice: invalid device ordinal {device}")
+    return {"name": b"fakecupy (NumPy on the CPU)", "totalGlobalMem": 16 << 30, "major": 8, "minor": 0,
+            "multiProcessorCount": 1}
+
+
 cuda = SimpleNamespace(Device=_Device, Stream=SimpleNamespace(null=_Device()), is_available=lambda: True,
-                       runtime=SimpleNamespace(getDeviceCount=lambda: 1), get_device_id=lambda: 0)
+                       runtime=SimpleNamespace(getDeviceCount=lambda: 1, getDeviceProperties=_device_properties),
+                       get_device_id=lambda: 0)
 _pool = SimpleNamespace(used_bytes=lambda: 0, total_bytes=lambda: 0, free_all_blocks=lambda: None)
 
 

@@ -306,3 +306,35 @@ def test_a_bigram_model_forward_on_the_device(gpu):
         minigpt.manual_seed(0)
         model = BigramLanguageModel(7).to("cuda")
         same(gpu, model(idx, idx)[1].item(), expected)
+
+
+def test_bench_gpu_runs_on_the_fake_device(capsys, monkeypatch):
+    """benchmarks/bench_gpu.py as a smoke test: on the fake device, a small model, no timing asserted."""
+    import runpy
+    import sys
+    from pathlib import Path
+
+    script = str(Path(__file__).resolve().parents[1] / "benchmarks" / "bench_gpu.py")
+    monkeypatch.setattr(sys, "argv", [script, "--rounds", "1", "--steps", "1", "--warmup", "0", "--batch_size", "2",
+                                      "--block_size", "8", "--n_layer", "1", "--n_head", "2", "--n_embd", "16"])
+    with fakecupy.installed():
+        runpy.run_path(script, run_name="__main__")
+    out = capsys.readouterr().out
+    assert "fakecupy (NumPy on the CPU)" in out and "minigpt :" in out and "ms/iter" in out
+
+
+def test_an_index_out_of_range_is_refused_on_the_device_where_cupy_would_wrap_it():
+    """The fake wraps out-of-range integer-array indices as CuPy does, so this test would read the
+    wrong rows without minigpt's own check."""
+    from tests import fakecupy
+
+    with fakecupy.installed() as cp:
+        raw = cp.asarray(numpy.arange(6.0).reshape(3, 2))
+        assert float(raw[cp.asarray(numpy.array([3]))][0, 0].get()) == 0.0  # CuPy's wrap: row 3 is row 0
+        x = minigpt.Tensor(raw)
+        for index in (cp.asarray(numpy.array([0, 3])), numpy.array([-4]), (slice(None), cp.asarray(numpy.array([2]))),
+                      (Ellipsis, cp.asarray(numpy.array([5])))):
+            with pytest.raises(IndexError, match="out of bounds"):
+                x[index]
+        numpy.testing.assert_array_equal(x[cp.asarray(numpy.array([2, -1, 0]))].data.get(),
+                                         numpy.arange(6.0).reshape(3, 2)[[2, -1, 0]])

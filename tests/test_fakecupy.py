@@ -329,3 +329,13 @@ def test_out_of_range_indices_raise_before_they_move_or_with_one_read_back_on_th
                 F.cross_entropy(F.linear(x, w), bad if where == "host" else fakecupy.asarray(bad))
     assert recorder.count("h2d") == (0 if where == "host" else 1)  # host: caught before the copy
     assert recorder.count("sync") == (0 if where == "host" else 1)  # device: one bool read back
+
+
+def test_the_fake_lacks_what_cupy_lacks():
+    from tests import fakecupy
+
+    with fakecupy.installed() as cp:
+        with pytest.raises(AttributeError, match="no attribute 'errstate'"):
+            cp.errstate  # noqa: B018 - NumPy's floating-point error state has no CuPy twin
+        assert cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
+        assert cp.__version__.startswith("14")
