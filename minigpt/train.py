@@ -126,13 +126,15 @@ class Run:
 
 # ----------------------------------------------------------------------------- the loop
 def train(cfg: TrainConfig, *, log: Callable[[str], None] = print, warn: Callable[[str], None] = warn_on_stderr,
-          should_stop: Callable[[], bool] = lambda: False) -> TrainResult:
+          should_stop: Callable[[], bool] = lambda: False, on_set_up: Callable[[], None] = lambda: None) -> TrainResult:
     """Train as ``cfg`` says, writing checkpoints and metrics into ``cfg.out_dir``.
 
     ``log`` gets the progress report, ``warn`` what the user should know although the run goes on
     (no matplotlib, so no loss.png; the val loss rising while the train loss falls). ``should_stop``
     is asked after every step, and during the final evaluation; when it says True the run saves
     ``latest.npz`` and returns (``interrupted=True``); ``--resume`` continues from there.
+    ``on_set_up`` is called once the text, the model and the optimizer are ready (before that there
+    is nothing to save: the command lets a signal then end the run at once).
     """
     cfg.validate()
     ranks = distributed.launched_ranks()
@@ -144,6 +146,7 @@ def train(cfg: TrainConfig, *, log: Callable[[str], None] = print, warn: Callabl
     if world.rank != 0:  # rank 0 alone prints and writes files
         log = warn = _silent
     run = _set_up(cfg, world, log, warn)
+    on_set_up()
     try:
         return _run(run, world, start, log, warn, should_stop)
     finally:

@@ -6,6 +6,7 @@ be told to serve damaged bytes or to drop the connection part-way through a file
 
 import http.server
 import threading
+import time
 
 
 class HubServer:
@@ -15,6 +16,7 @@ class HubServer:
         self.encodings = []  # the Accept-Encoding header of each request
         self.damage = set()  # paths served with their bytes changed
         self.cut_after = {}  # path -> bytes sent before the connection drops
+        self.delay = {}  # path -> seconds to wait before answering
         outer = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -24,6 +26,7 @@ class HubServer:
                 path = self.path.lstrip("/")
                 outer.requests.append((path, self.headers.get("Range")))
                 outer.encodings.append(self.headers.get("Accept-Encoding"))
+                time.sleep(outer.delay.get(path, 0))
                 body = outer.files.get(path)
                 if body is None:
                     self.send_response(404)

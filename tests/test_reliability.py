@@ -269,3 +269,25 @@ def test_a_text_without_a_newline_trains_and_samples(tmp_path):
     assert len(result.sample) == 21 and result.sample[0] == " "  # its vocabulary's first character
     r = run("sample", "--out_dir", str(tmp_path / "run"), "--num_samples", "1", "--max_new_tokens", "5")
     assert r.returncode == 0, r.stderr
+
+
+def test_a_signal_during_set_up_ends_the_run_at_once(tmp_path):
+    """Nothing is trained yet, so nothing waits for a step to save: SIGTERM while the text downloads
+    (a server that answers after 60 s) ends the command at once, exit 130."""
+    server = HubServer({"slow.txt": b"text " * 1000})
+    server.delay["slow.txt"] = 60
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "minigpt", "train", "--data", server.url + "/slow.txt",
+                                 "--out_dir", str(tmp_path / "run")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=dict(os.environ, MINIGPT_CACHE=str(tmp_path / "cache")))
+        for _ in range(400):  # until the request has reached the server: the command is in its set-up
+            if server.requests:
+                break
+            time.sleep(0.05)
+        t0 = time.time()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 130 and time.time() - t0 < 10, err
+        assert "Traceback" not in err
+    finally:
+        server.close()

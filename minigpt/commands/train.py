@@ -124,11 +124,11 @@ def run(args: argparse.Namespace) -> int:
     if ignored and distributed.launched_rank() == 0:
         warn_on_stderr(f"{', '.join('--' + k for k in ignored)}: the {cfg.model} model has no use for "
                        f"{'this setting' if len(ignored) == 1 else 'these settings'} (ignored)")
-    stop: dict[str, str | None] = {"signal": None}
+    stop: dict[str, Any] = {"signal": None, "set_up": False}
 
     def request_stop(signum: int, frame: Any) -> None:  # Ctrl-C / SIGTERM: finish the step, save, exit 130
-        if stop["signal"] is not None:
-            raise KeyboardInterrupt  # a second one: stop at once (checkpoints are written atomically)
+        if stop["signal"] is not None or not stop["set_up"]:
+            raise KeyboardInterrupt  # a second one, or one during set-up (nothing to save yet): stop at once
         stop["signal"] = signal.Signals(signum).name
         if distributed.launched_rank() == 0:  # under mpiexec every rank gets the signal; one says so
             print(f"\n{stop['signal']}: stopping after this step, with a checkpoint to --resume from "
@@ -136,7 +136,8 @@ def run(args: argparse.Namespace) -> int:
 
     before = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        result = train(cfg, should_stop=lambda: stop["signal"] is not None)
+        result = train(cfg, should_stop=lambda: stop["signal"] is not None,
+                       on_set_up=lambda: stop.update(set_up=True))
     finally:  # called from Python (a test, a notebook), the caller's handlers come back
         for s, handler in before.items():
             signal.signal(s, handler)
