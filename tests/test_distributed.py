@@ -434,3 +434,18 @@ def test_an_error_every_rank_meets_in_the_set_up_is_one_line(tmp_path, flags, me
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(message), r.stderr
+
+
+def test_under_mpiexec_rank_0_holds_the_folder(tmp_path):
+    from minigpt import files
+
+    out = tmp_path / "run"
+    held = files.hold_folder(out)  # another run holds it
+    r = launch(2, TRAIN, *TINY, "--max_iters", "2", "--eval_interval", "2", "--out_dir", out)
+    assert r.returncode == 2, r.stderr
+    lines = [line for line in r.stderr.strip().splitlines() if not line.startswith("warning: ")]
+    assert len(lines) == 1 and f"in use by another run (pid {os.getpid()})" in lines[0], r.stderr
+    held.close()
+    r = launch(2, TRAIN, *TINY, "--max_iters", "2", "--eval_interval", "2", "--out_dir", out)
+    assert r.returncode == 0, r.stderr
+    files.hold_folder(out).close()  # and the 2-rank run gave it back when it ended
