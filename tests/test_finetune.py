@@ -2,15 +2,13 @@
 saved in the Hub's format, then trained with --init_from on another part, beats the same model
 trained from scratch for the same steps; and the command's rules for --init_from."""
 
-import os
-import subprocess
-import sys
 
 import pytest
 
 from minigpt import checkpoint
 from minigpt.train import train
 from minigpt.training.config import TrainConfig
+from tests.commandline import run_minigpt as run
 
 
 def quiet(msg):
@@ -72,13 +70,6 @@ def test_fine_tuning_from_a_folder_beats_training_from_scratch(parts, pretrained
     ck = checkpoint.load(tmp_path / "tuned")
     assert ck.tokenizer == checkpoint.load(pretrained_dir.parent / "run").tokenizer  # the weights' own tokenizer
     assert ck.model.config.n_layer == 2 and ck.model.config.block_size == 32
-
-
-def run(*args):
-    env = dict(os.environ)
-    env.pop("MINIGPT_DATA", None)
-    return subprocess.run([sys.executable, "-m", "minigpt", *args], capture_output=True, text=True, env=env,
-                          timeout=300)
 
 
 @pytest.mark.parametrize("args, says", [
@@ -154,9 +145,8 @@ def test_sample_refuses_a_tokenizer_larger_than_the_model(tmp_path, parts):
 
 
 def test_sample_init_from_gpt2_offline_names_every_file_and_folder(tmp_path):
-    env_run = subprocess.run([sys.executable, "-m", "minigpt", "sample", "--init_from", "gpt2", "--start", "hi"],
-                             capture_output=True, text=True, timeout=120,
-                             env=dict(os.environ, MINIGPT_CACHE=str(tmp_path), HF_ENDPOINT="http://127.0.0.1:9"))
+    env_run = run("sample", "--init_from", "gpt2", "--start", "hi", timeout=120,
+                  env={"MINIGPT_CACHE": str(tmp_path), "HF_ENDPOINT": "http://127.0.0.1:9"})
     lines = env_run.stderr.strip().splitlines()
     assert env_run.returncode == 2 and len(lines) == 1, env_run.stderr
     for part in ("config.json and model.safetensors", str(tmp_path / "hub" / "openai-community--gpt2"),

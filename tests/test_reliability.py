@@ -14,14 +14,12 @@ import pytest
 import minigpt
 from minigpt import Tensor, files, nn, optim
 from minigpt.data import DataError, load_text
+from tests.commandline import run_minigpt
 from tests.hubserver import HubServer
 
 
-def run(*args, **kw):
-    env = dict(os.environ)
-    env.pop("MINIGPT_DATA", None)
-    return subprocess.run([sys.executable, "-m", "minigpt", *args], capture_output=True, text=True, env=env,
-                          timeout=120, **kw)
+def run(*args):
+    return run_minigpt(*args, timeout=120)
 
 
 # ----------------------------------------------------------------------------- NaN settings

@@ -3,8 +3,6 @@ rides in the checkpoint, decodes the samples, and the loss is also reported in b
 
 import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,6 +12,7 @@ from minigpt.tokenizers import BPETokenizer, GPT2Tokenizer
 from minigpt.train import train
 from minigpt.training.config import TrainConfig, resume_config
 from minigpt.training.metrics import read_metrics
+from tests.commandline import run_minigpt as run
 from tests.hubserver import HubServer
 from tests.test_hub import REPO, gpt2_shaped_files
 
@@ -93,14 +92,14 @@ def test_the_bigram_model_trains_on_bpe_tokens(tmp_path, text_file):
     assert checkpoint.load(result.out_dir).model.vocab_size == 300
 
 
-def run(*args, env=None):
-    import os
-
-    full = dict(os.environ)
-    full.pop("MINIGPT_DATA", None)
-    full.update(env or {})
-    return subprocess.run([sys.executable, "-m", "minigpt", *args], capture_output=True, text=True, env=full,
-                          timeout=300)
+def edit_meta(path, change):
+    """Rewrite a checkpoint's JSON metadata with ``change(meta)`` applied (its arrays untouched)."""
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(arrays["__meta__"].tobytes())
+    change(meta)
+    arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    np.savez(path, **arrays)
 
 
 def test_sampling_a_bpe_checkpoint_takes_any_prompt(tmp_path, text_file):
@@ -114,12 +113,7 @@ def test_sampling_a_bpe_checkpoint_takes_any_prompt(tmp_path, text_file):
 def test_a_damaged_tokenizer_in_a_checkpoint_is_one_clear_error(tmp_path, text_file):
     train(tiny(tmp_path, text_file), log=quiet)
     path = tmp_path / "run" / "best.npz"
-    with np.load(path) as z:
-        arrays = {k: z[k] for k in z.files}
-    meta = json.loads(arrays["__meta__"].tobytes())
-    meta["tokenizer"]["merges"][3] = [1, 99999]
-    arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    np.savez(path, **arrays)
+    edit_meta(path, lambda meta: meta["tokenizer"]["merges"].__setitem__(3, [1, 99999]))
     r = run("sample", "--out_dir", str(path))
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines() == [f"error: {path} has a damaged tokenizer: malformed bpe tokenizer table: "
@@ -169,12 +163,7 @@ def test_gpt2_tokenizer_from_the_hub(tmp_path, text_file, monkeypatch):
 def test_a_checkpoint_whose_tokenizer_outgrows_its_model_is_refused(tmp_path, text_file):
     train(tiny(tmp_path, text_file), log=quiet)
     path = tmp_path / "run" / "best.npz"
-    with np.load(path) as z:
-        arrays = {k: z[k] for k in z.files}
-    meta = json.loads(arrays["__meta__"].tobytes())
-    meta["tokenizer"]["special_tokens"] = {"<|endoftext|>": 10**7}
-    arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    np.savez(path, **arrays)
+    edit_meta(path, lambda meta: meta["tokenizer"].update(special_tokens={"<|endoftext|>": 10**7}))
     r = run("sample", "--out_dir", str(path))
     assert r.returncode == 2 and "a tokenizer of 10000001 tokens for a model of 300 outputs" in r.stderr
 
@@ -183,11 +172,10 @@ def test_an_older_run_resumes_with_the_default_tokenizer_named(tmp_path, text_fi
     cfg = tiny(tmp_path, text_file, tokenizer="char", vocab_size=None, max_iters=2, eval_interval=1)
     train(cfg, log=quiet)
     path = tmp_path / "run" / "latest.npz"  # as a checkpoint from before tokenizers were settings
-    with np.load(path) as z:
-        arrays = {k: z[k] for k in z.files}
-    meta = json.loads(arrays["__meta__"].tobytes())
-    for key in ("tokenizer", "vocab_size", "init_from"):
-        del meta["state"]["train_config"][key]
-    arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    np.savez(path, **arrays)
+
+    def older(meta):
+        for key in ("tokenizer", "vocab_size", "init_from"):
+            del meta["state"]["train_config"][key]
+
+    edit_meta(path, older)
     assert resume_config(tmp_path / "run", tokenizer="char", max_iters=3).tokenizer == "char"
