@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,25 +51,42 @@ class FolderBusy(RuntimeError):
     """Another process is writing into the folder."""
 
 
-def hold_folder(folder: Path) -> Any:
-    """Hold ``folder`` for this process (its ``.lock`` file, locked), or raise FolderBusy naming the
-    process that holds it. The lock is the operating system's: it ends with its holder, however that
-    ends (a run killed with SIGKILL leaves nothing stuck), and ``.close()`` on the returned file gives
-    it back. Where there are no such locks (not POSIX), nothing is held."""
-    folder.mkdir(parents=True, exist_ok=True)
-    f = open(folder / ".lock", "a+")
+def _lock(f: Any, wait: bool) -> bool:
+    """Take the operating system's exclusive lock on open file ``f``: it ends with its holder,
+    however that ends (a process killed with SIGKILL leaves nothing stuck), and with ``f.close()``.
+    ``wait``: until it is free; else False at once when another process holds it. Where there are
+    no such locks (not POSIX), True, holding nothing."""
     try:
         import fcntl  # noqa: PLC0415 - POSIX
     except ImportError:
-        return f
+        return True
     try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+        fcntl.flock(f, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # held by another process
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def exclusive(path: Path) -> Iterator[None]:
+    """Inside the block, this process alone among those that ask for ``path``'s lock (the others
+    wait their turn): for writers of a shared cache."""
+    with open(path, "a") as f:
+        _lock(f, wait=True)
+        yield
+
+
+def hold_folder(folder: Path) -> Any:
+    """Hold ``folder`` for this process (its ``.lock`` file, locked: see _lock), or raise FolderBusy
+    naming the process that holds it; ``.close()`` on the returned file gives it back."""
+    folder.mkdir(parents=True, exist_ok=True)
+    f = open(folder / ".lock", "a+")
+    if not _lock(f, wait=False):
         f.seek(0)
         holder = f.read().strip() or "another process"
         f.close()
         raise FolderBusy(f"{folder} is in use by another run ({holder}): one run at a time per --out_dir; "
-                         "wait for it, or pass another --out_dir") from None
+                         "wait for it, or pass another --out_dir")
     f.seek(0)
     f.truncate()
     f.write(f"pid {os.getpid()}")

@@ -11,14 +11,14 @@ renamed into place: only a verified file ever has the final name, so a cached fi
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
+from minigpt import files
 from minigpt.files import DOWNLOAD_TIMEOUT_S, DataError, default_cache_dir
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -146,7 +146,7 @@ def fetch(repo: str, filenames: list[str], cache_dir: str | os.PathLike | None =
     if all((folder / name).is_file() for name in filenames):
         return folder
     folder.mkdir(parents=True, exist_ok=True)
-    with _exclusive(folder / ".lock"):
+    with files.exclusive(folder / ".lock"):
         for name in filenames:
             if (folder / name).is_file():
                 continue
@@ -156,19 +156,3 @@ def fetch(repo: str, filenames: list[str], cache_dir: str | os.PathLike | None =
                 raise HubError(f"{e}. Where the Hub cannot be reached, put {' and '.join(filenames)} (from the "
                                f"Hub's {repo}) into {folder}, or pass a folder that holds them") from e
     return folder
-
-
-@contextlib.contextmanager
-def _exclusive(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on ``path`` (released when the process ends, however it ends)."""
-    with open(path, "a") as f:
-        try:
-            import fcntl  # noqa: PLC0415 - POSIX; elsewhere processes do not wait for each other
-        except ImportError:
-            yield
-            return
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
