@@ -51,7 +51,8 @@ def _token_string(token: bytes) -> str:
     return "".join(table[b] for b in token)
 
 
-def read_files(vocab_path: str | os.PathLike, merges_path: str | os.PathLike) -> BPETokenizer:
+def read_files(vocab_path: str | os.PathLike, merges_path: str | os.PathLike,
+               cls: type[BPETokenizer] = BPETokenizer) -> BPETokenizer:
     """A tokenizer from GPT-2's ``vocab.json`` + ``merges.txt`` (or ``encoder.json`` + ``vocab.bpe``).
 
     Tokens in vocab.json that are neither a byte nor made by a merge are special tokens. A
@@ -68,10 +69,10 @@ def read_files(vocab_path: str | os.PathLike, merges_path: str | os.PathLike) ->
         raise TokenizerFileError(f"{merges_path} is not a readable merges file: {e}") from e
     skip_header = bool(lines) and lines[0].startswith("#version")
     numbered = [(n, line) for n, line in enumerate(lines, start=1) if line.strip() and not (n == 1 and skip_header)]
-    return from_tables(vocab, numbered, str(vocab_path), str(merges_path))
+    return from_tables(vocab, numbered, str(vocab_path), str(merges_path), cls)
 
 
-def read_tokenizer_json(path: str | os.PathLike) -> BPETokenizer:
+def read_tokenizer_json(path: str | os.PathLike, cls: type[BPETokenizer] = BPETokenizer) -> BPETokenizer:
     """A tokenizer from Hugging Face's ``tokenizer.json`` (what transformers 5 saves): a byte-level
     BPE's ``model.vocab`` and ``model.merges`` (``"a b"`` strings or ``[a, b]`` pairs), its
     ``added_tokens`` as special tokens."""
@@ -88,12 +89,13 @@ def read_tokenizer_json(path: str | os.PathLike) -> BPETokenizer:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
         raise TokenizerFileError(f"{path} is not a readable tokenizer.json: {e}") from e
     numbered = [(n, " ".join(m) if all(isinstance(x, str) for x in m) else repr(m)) for n, m in enumerate(merges, 1)]
-    return from_tables(vocab, numbered, str(path), f"{path} merge")
+    return from_tables(vocab, numbered, str(path), f"{path} merge", cls)
 
 
-def from_tables(vocab: Any, merge_lines: list[tuple[int, str]], vocab_where: str, merges_where: str) -> BPETokenizer:
-    """The tokenizer of GPT-2's tables: ``vocab`` (token string -> id) and the merges as numbered
-    ``"a b"`` lines. Tokens that are neither a byte nor made by a merge are special tokens."""
+def from_tables(vocab: Any, merge_lines: list[tuple[int, str]], vocab_where: str, merges_where: str,
+                cls: type[BPETokenizer] = BPETokenizer) -> BPETokenizer:
+    """The tokenizer (a ``cls``) of GPT-2's tables: ``vocab`` (token string -> id) and the merges as
+    numbered ``"a b"`` lines. Tokens that are neither a byte nor made by a merge are special tokens."""
     if not isinstance(vocab, dict) or not all(isinstance(i, int) and not isinstance(i, bool) for i in vocab.values()):
         raise TokenizerFileError(f"{vocab_where} must map token strings to integer ids")
     byte_of = {ch: b for b, ch in bytes_to_unicode().items()}
@@ -119,7 +121,7 @@ def from_tables(vocab: Any, merge_lines: list[tuple[int, str]], vocab_where: str
     made = set(byte_ids) | set(merged_ids)
     special = {s: i for s, i in vocab.items() if i not in made}
     try:
-        return BPETokenizer(merges, special, byte_ids=byte_ids, merged_ids=merged_ids)
+        return cls(merges, special, byte_ids=byte_ids, merged_ids=merged_ids)
     except ValueError as e:
         raise TokenizerFileError(f"{vocab_where} and {merges_where} do not fit together: {e}") from e
 
@@ -163,7 +165,7 @@ class GPT2Tokenizer(BPETokenizer):
 
     @classmethod
     def from_files(cls, vocab_path: str | os.PathLike, merges_path: str | os.PathLike) -> GPT2Tokenizer:
-        return cls.from_dict(read_files(vocab_path, merges_path).to_dict())
+        return read_files(vocab_path, merges_path, cls)
 
     @classmethod
     def from_pretrained(cls, name_or_dir: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> GPT2Tokenizer:
@@ -177,7 +179,7 @@ class GPT2Tokenizer(BPETokenizer):
             if files is not None:
                 return cls.from_files(*files)
             if (folder / "tokenizer.json").is_file():
-                return cls.from_dict(read_tokenizer_json(folder / "tokenizer.json").to_dict())
+                return read_tokenizer_json(folder / "tokenizer.json", cls)
             raise hub.HubError(f"{name_or_dir} is neither a folder holding vocab.json and merges.txt (or "
                                f"encoder.json and vocab.bpe, or tokenizer.json) nor one of {', '.join(NAMES)}")
 
