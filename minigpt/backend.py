@@ -168,13 +168,14 @@ def move(array: Any, device: str) -> Any:
 
 # ----------------------------------------------------------------------------- randomness
 # One NumPy Generator drives every random choice minigpt makes on the host: init, batches,
-# sampling, and the CPU's dropout masks. On a GPU, dropout masks come from one CuPy generator
-# that lives on the device, so that drawing a mask never involves the host. Its stream is
+# sampling, and the CPU's dropout masks. On a GPU, dropout masks come from one cuRAND Philox
+# generator that lives on the device, so that drawing a mask never involves the host. Its stream is
 # numbered: stream n is seeded from (manual_seed's seed, n).
 _SEED = 1337
 _generator: numpy.random.Generator | None = None
-_device_generator: Any = None  # the CuPy generator of stream _device_stream, built on its first draw
+_device_generator: tuple[ModuleType, Any] | None = None  # (cupy, its RandomState over cuRAND's Philox)
 _device_stream = 0
+_device_seeded = False  # whether the device generator was seeded for the current stream
 
 
 def manual_seed(seed: int) -> None:
@@ -194,14 +195,14 @@ def generator() -> numpy.random.Generator:
 
 def start_device_stream(n: int) -> None:
     """Draw the GPU's dropout masks from the start of stream number ``n`` from now on (cheap:
-    the generator is built on the next draw, and only on a GPU).
+    the generator is re-seeded on the next draw, and only on a GPU).
 
     A CuPy generator's position in its stream cannot be read or saved (CuPy's documentation:
     "Random states cannot be serialized"), so a checkpoint cannot hold it. The training loop
     starts stream ``it`` before step ``it`` instead: a resumed run then draws exactly the masks
     of an uninterrupted one, and a step's masks depend on nothing but the seed and ``it``."""
-    global _device_generator, _device_stream
-    _device_generator, _device_stream = None, int(n)
+    global _device_stream, _device_seeded
+    _device_stream, _device_seeded = int(n), False
 
 
 def start_host_stream(*key: int) -> None:
@@ -214,19 +215,32 @@ def start_host_stream(*key: int) -> None:
     _generator = numpy.random.Generator(numpy.random.PCG64(numpy.random.SeedSequence((_SEED, *key))))
 
 
+def device_stream_seed(seed: int, stream: int) -> numpy.uint64:
+    """The 64-bit cuRAND seed of stream ``stream`` under ``manual_seed(seed)``: NumPy's
+    SeedSequence mixes the pair, so that neighbouring streams get unrelated seeds."""
+    return numpy.random.SeedSequence((seed, stream)).generate_state(1, numpy.uint64)[0]
+
+
 def uniform(shape: tuple[int, ...], dtype: Any, device: str) -> Any:
     """Uniform [0, 1) samples of ``shape`` on ``device``: from minigpt's NumPy generator on the
-    CPU; on a GPU from the generator of the current device stream (one kernel per draw, nothing
-    copied from the host). That generator is a counter-based Philox one, whose set-up on the
-    device is cheap, as a new one per training step needs; CuPy reduces its seed to 32 bits."""
-    global _device_generator
+    CPU; on a GPU from the device generator, seeded for the current stream (a kernel per draw,
+    nothing copied from the host).
+
+    The device generator is cuRAND's Philox4x32-10 through CuPy's ``RandomState``, built once.
+    Philox is counter-based: its whole state is a seed and an offset, so starting another stream
+    re-seeds the same generator on the host (``seed`` sets the key and rewinds the offset to 0)
+    with no allocation and no set-up kernel, however many steps a run takes."""
+    global _device_generator, _device_seeded
     if check_device(device) == "cpu":
         return generator().random(shape, dtype=numpy.dtype(dtype))
-    if _device_generator is None:
-        cupy_random = _import_cupy().random
-        seed = numpy.random.SeedSequence((_SEED, _device_stream))  # stream n of this seed
-        _device_generator = cupy_random.Generator(cupy_random.Philox4x3210(seed))
-    return _device_generator.random(shape, dtype=dtype)
+    cupy = _import_cupy()
+    if _device_generator is None or _device_generator[0] is not cupy:  # (tests swap CuPy modules)
+        philox = cupy.cuda.curand.CURAND_RNG_PSEUDO_PHILOX4_32_10
+        _device_generator, _device_seeded = (cupy, cupy.random.RandomState(method=philox)), False
+    if not _device_seeded:
+        _device_generator[1].seed(device_stream_seed(_SEED, _device_stream))
+        _device_seeded = True
+    return _device_generator[1].random_sample(shape, dtype=dtype)
 
 
 def get_rng_state() -> dict:

@@ -371,8 +371,20 @@ for _name in ("reshape", "transpose", "swapaxes", "squeeze", "ravel", "flatten",
             _run(getattr(numpy.ndarray, _name), _name, (self,) + args, kwargs))
 
 
+# What CuPy's ufuncs do beyond a call (cupy/_core/_kernel.pyx, _routines_indexing.pyx): outer for
+# every ufunc; reduce and accumulate for add and multiply only, reduceat for add only; at only for
+# the ufuncs with a scatter kernel, and there only for the dtypes its atomic operations take
+_REDUCE = {"reduce": {"add", "multiply"}, "accumulate": {"add", "multiply"}, "reduceat": {"add"}}
+_I32, _U32, _I64, _U64 = (numpy.dtype(t) for t in ("int32", "uint32", "int64", "uint64"))
+_F16, _F32, _F64 = (numpy.dtype(t) for t in ("float16", "float32", "float64"))
+_SCATTER = {"add": {_I32, _F16, _F32, _F64, _U32, _U64}, "subtract": {_I32, _U32},
+            "maximum": {_I32, _F32, _F64, _U32, _U64}, "minimum": {_I32, _F32, _F64, _U32, _U64},
+            **{f"bitwise_{op}": {_I32, _I64, _U32, _U64} for op in ("and", "or", "xor")}}
+
+
 class ufunc:
-    """A NumPy ufunc on device arrays: call it, or use at, reduce, accumulate, outer, reduceat."""
+    """A NumPy ufunc on device arrays: call it, or use what CuPy's ufunc of that name has of at,
+    reduce, accumulate, outer and reduceat (the rest raise NotImplementedError, as CuPy's)."""
 
     def __init__(self, np_ufunc: numpy.ufunc) -> None:
         self._ufunc, self.__name__ = np_ufunc, np_ufunc.__name__
@@ -380,10 +392,30 @@ class ufunc:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return _run(self._ufunc, self.__name__, args, kwargs)
 
+    def outer(self, *args: Any, **kwargs: Any) -> Any:
+        return _run(self._ufunc.outer, self.__name__, args, kwargs)
+
     def __getattr__(self, method: str) -> Callable:
-        if method not in ("at", "reduce", "accumulate", "outer", "reduceat"):
+        if method not in _REDUCE:
             raise AttributeError(method)
+        if self.__name__ not in _REDUCE[method]:
+            raise NotImplementedError(f"`cupy_{self.__name__}.{method}` is not supported yet")
         return lambda *args, **kwargs: _run(getattr(self._ufunc, method), self.__name__, args, kwargs)
+
+    def at(self, a: ndarray, indices: Any, b: Any = None) -> None:
+        """``a[indices] op= b`` unbuffered, through CuPy's scatter kernels: integer-array indices
+        wrap around their axis, and only the dtypes that CUDA's atomics take are accepted."""
+        if self.__name__ not in _SCATTER:
+            raise NotImplementedError(f"`cupy_{self.__name__}.at` is not supported yet")
+        key, advanced = _index(indices, a.shape)
+        integer = any(isinstance(p, numpy.ndarray) and p.dtype.kind in "iu" for p in key)
+        if advanced and integer and a.dtype not in _SCATTER[self.__name__]:
+            kinds = ", ".join(sorted(str(t) for t in _SCATTER[self.__name__]))
+            raise TypeError(f"cupy.{self.__name__}.at only supports {kinds} as data type")
+        if isinstance(b, numpy.ndarray):
+            raise TypeError(f"Unsupported type {type(b)}: a host array on the device (use asarray)")
+        recorder.record("call")
+        self._ufunc.at(a._array, key if len(key) > 1 else key[0], *(() if b is None else (_operand(b),)))
 
 
 _cache: dict = {}
@@ -459,8 +491,8 @@ def unravel_index(indices: Any, shape: Any, order: str = "C") -> tuple:
 
 # ----------------------------------------------------------------------------- random
 class Generator:
-    """``cupy.random.default_rng(seed)`` and ``cupy.random.RandomState(seed)`` (the legacy API) in
-    one, with a NumPy generator underneath (MT19937: it takes 64-bit seeds, as CuPy's do).
+    """``cupy.random.default_rng(seed)`` and ``cupy.random.Generator(bit_generator)``, with a
+    NumPy generator underneath (MT19937: it takes 64-bit seeds, as CuPy's do).
     Building one is a call (it seeds a state on the device), and so is each draw."""
 
     def __init__(self, seed: Any = None) -> None:
@@ -487,13 +519,6 @@ class Generator:
                  endpoint: bool = False) -> ndarray:
         return self._drawn(self._gen.integers(low, high, size, dtype=dtype, endpoint=endpoint))
 
-    random_sample = random  # RandomState's names
-
-    def rand(self, *size: int, dtype: Any = float) -> ndarray:
-        return self.random(size or None, dtype)
-
-    def randn(self, *size: int, dtype: Any = float) -> ndarray:
-        return self.standard_normal(size or None, dtype)
 
 
 class Philox4x3210:
@@ -504,9 +529,42 @@ class Philox4x3210:
         self.bit_generator = numpy.random.Philox(seed)
 
 
-RandomState = Generator
+class RandomState:
+    """``cupy.random.RandomState(seed, method)``: a generator of cuRAND's host API. Building one is
+    a call (cuRAND allocates its state on the device); ``seed`` is host work only (it sets the
+    key and rewinds the offset); each draw is a call. As CuPy's, the seed is an integer in
+    [0, 2**64) and ``random_sample`` draws float32 or float64 only. (NumPy's Philox underneath,
+    whatever the method: the streams differ from cuRAND's, the rules do not.)"""
+
+    def __init__(self, seed: Any = None, method: int = 100) -> None:
+        recorder.record("call")
+        self.method = method
+        self.seed(seed)
+
+    def seed(self, seed: Any = None) -> None:
+        if seed is not None:
+            value = numpy.asarray(seed)
+            if value.dtype.kind not in "biu":
+                raise TypeError("Seed must be an integer.")
+            if not 0 <= int(value) < 2**64:
+                raise ValueError("Seed must be an integer between 0 and 2**64 - 1")
+            seed = int(value)
+        self._gen = numpy.random.Generator(numpy.random.Philox(seed))
+
+    def random_sample(self, size: Any = None, dtype: Any = float) -> ndarray:
+        dtype = numpy.dtype(dtype)
+        if dtype.char not in "fd":
+            raise TypeError(f"cupy.random only supports float32 and float64 (not {dtype})")
+        recorder.record("call")
+        return ndarray._make(self._gen.random(size, dtype=dtype))
+
+
 random = SimpleNamespace(default_rng=Generator, Generator=Generator, RandomState=RandomState,
                          Philox4x3210=Philox4x3210)
+# cuRAND's generator kinds (cupy_backends/cuda/libs/curand.pyx)
+curand = SimpleNamespace(CURAND_RNG_PSEUDO_DEFAULT=100, CURAND_RNG_PSEUDO_XORWOW=101,
+                         CURAND_RNG_PSEUDO_MRG32K3A=121, CURAND_RNG_PSEUDO_MTGP32=141,
+                         CURAND_RNG_PSEUDO_MT19937=142, CURAND_RNG_PSEUDO_PHILOX4_32_10=161)
 
 
 # ----------------------------------------------------------------------------- cuda stubs
@@ -535,7 +593,7 @@ def _device_properties(device: int) -> dict[str, Any]:
 
 
 cuda = SimpleNamespace(Device=_Device, Stream=SimpleNamespace(null=_Device()), is_available=lambda: True,
-                       runtime=SimpleNamespace(getDeviceCount=lambda: 1, getDeviceProperties=_device_properties),
+                       runtime=SimpleNamespace(getDeviceCount=lambda: 1, getDeviceProperties=_device_properties), curand=curand,
                        get_device_id=lambda: 0)
 _pool = SimpleNamespace(used_bytes=lambda: 0, total_bytes=lambda: 0, free_all_blocks=lambda: None)
 

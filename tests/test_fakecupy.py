@@ -339,3 +339,22 @@ def test_the_fake_lacks_what_cupy_lacks():
             cp.errstate  # noqa: B018 - NumPy's floating-point error state has no CuPy twin
         assert cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
         assert cp.__version__.startswith("14")
+
+
+def test_ufunc_methods_exist_only_where_cupys_do():
+    a, rows = device([[1.0, 2.0], [3.0, 4.0]]), device([0, 0], numpy.int64)
+    assert fakecupy.multiply.reduce(a, axis=0).get().tolist() == [3.0, 8.0]
+    assert fakecupy.maximum.outer(device([1.0, 3.0]), device([2.0])).get().tolist() == [[2.0], [3.0]]
+    for method, call in (("reduce", lambda: fakecupy.maximum.reduce(a)),
+                         ("accumulate", lambda: fakecupy.subtract.accumulate(a)),
+                         ("reduceat", lambda: fakecupy.multiply.reduceat(a, device([0], numpy.int64))),
+                         ("at", lambda: fakecupy.multiply.at(a, rows, 2.0))):
+        with pytest.raises(NotImplementedError, match=f"{method}` is not supported"):
+            call()
+    with pytest.raises(TypeError, match="add.at only supports"):  # CUDA has no int64 atomicAdd
+        fakecupy.add.at(device(numpy.zeros(3), numpy.int64), rows, 1)
+    with pytest.raises(TypeError, match="subtract.at only supports"):
+        fakecupy.subtract.at(a, rows, 1.0)
+    counts_ = device(numpy.zeros(3), numpy.int32)
+    fakecupy.add.at(counts_, device([0, 4, -1], numpy.int64), 1)  # the scatter kernel wraps: 4 is row 1
+    assert counts_.get().tolist() == [1, 1, 1]
