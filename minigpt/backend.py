@@ -223,7 +223,7 @@ def device_stream_seed(seed: int, stream: int) -> numpy.uint64:
 
 def uniform(shape: tuple[int, ...], dtype: Any, device: str) -> Any:
     """Uniform [0, 1) samples of ``shape`` on ``device``: from minigpt's NumPy generator on the
-    CPU; on a GPU from the device generator, seeded for the current stream (a kernel per draw,
+    CPU; on a GPU from the device generator, seeded for the current stream (device work only,
     nothing copied from the host).
 
     The device generator is cuRAND's Philox4x32-10 through CuPy's ``RandomState``, built once.

@@ -7,6 +7,7 @@ input's shape (``unbroadcast``). Everything uses ``xp``, the inputs' array modul
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 from minigpt import backend
@@ -125,8 +126,8 @@ class MatMul(Function):
             da = unbroadcast(dy @ xp.swapaxes(b2, -1, -2), a2.shape).reshape(a.shape)
         if self.needs_input_grad[1]:
             if b2.ndim == 2 and a2.ndim > 2:  # shared weight: one big GEMM over all rows
-                k, m = b2.shape
-                db = a2.reshape(-1, k).T @ dy.reshape(-1, m)
+                (k, m), rows = b2.shape, math.prod(a2.shape[:-1])  # rows, not -1: k may be 0
+                db = a2.reshape(rows, k).T @ dy.reshape(rows, m)
             else:
                 db = unbroadcast(xp.swapaxes(a2, -1, -2) @ dy, b2.shape)
             db = db.reshape(b.shape)

@@ -173,8 +173,29 @@ def test_softmax_of_an_empty_tensor_is_empty_forward_and_backward(shape, axis, n
     y = getattr(F, name)(x, axis=axis)
     (y * 2).sum().backward()
     assert y.shape == shape and x.grad.shape == shape  # torch: the same empty shapes, no error
-    if name == "softmax":
-        assert fast_F.softmax_forward(np.zeros(shape, np.float32), axis).shape == shape
+    y_fast = getattr(fast_F if name == "softmax" else F, name)(x, axis=axis)  # the twin, forward and backward
+    (y_fast * 2).sum().backward()
+    assert y_fast.shape == shape and x.grad.shape == shape
+
+
+def test_softmax_of_one_number_is_one_and_its_gradient_zero():
+    from minigpt import fast
+    from minigpt import functional as F
+
+    for module in (F, fast):
+        x = Tensor(np.array(3.0), requires_grad=True)
+        y = module.softmax(x, axis=0)  # torch: softmax over the only axis a 0-d tensor has
+        y.backward()
+        assert float(y.data) == 1.0 and float(x.grad) == 0.0
+
+
+def test_matmul_with_an_empty_inner_axis_gives_zeros_and_empty_gradients():
+    a = Tensor(np.ones((5, 5, 0), np.float32), requires_grad=True)  # the shared-weight path of the backward
+    b = Tensor(np.ones((0, 5), np.float32), requires_grad=True)
+    y = a @ b
+    y.sum().backward()
+    assert y.shape == (5, 5, 5) and not y.data.any()  # a sum of no terms: 0, as torch
+    assert a.grad.shape == (5, 5, 0) and b.grad.shape == (0, 5)
 
 
 def test_reshape_of_an_empty_tensor():

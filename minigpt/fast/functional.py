@@ -108,10 +108,11 @@ def softmax_forward(x: Any, axis: int, out: Any = None) -> Any:
     not be x.
     """
     xp = backend.get_array_module(x)
-    if x.size == 0:  # empty: nothing to normalise, as the reference
+    if x.size == 0 or x.ndim == 0:  # empty, or a single number: nothing to gain, the reference's result
+        y = reference.softmax_forward(x, axis)
         if out is None:
-            return x.copy()
-        xp.copyto(out, x)
+            return y
+        xp.copyto(out, y)
         return out
     if axis not in (-1, x.ndim - 1):
         y = xp.subtract(x, x.max(axis=axis, keepdims=True), out=out)

@@ -22,7 +22,7 @@ MAX_TREE_MIN_WIDTH = 16  # narrower rows: x.max is as fast (tests patch it to ru
 def row_sum(x: Any) -> Any:
     """x.sum(axis=-1, keepdims=True), as one matrix-vector product when x is contiguous."""
     xp = backend.get_array_module(x)
-    if xp is not backend.numpy or not x.flags.c_contiguous or x.ndim < 2:
+    if xp is not backend.numpy or not x.flags.c_contiguous or x.ndim < 2 or x.size == 0:
         return x.sum(axis=-1, keepdims=True)
     n = x.shape[-1]
     return (x.reshape(-1, n) @ xp.ones(n, dtype=x.dtype)).reshape(x.shape[:-1] + (1,))
