@@ -199,7 +199,7 @@ def main() -> None:
         for f in frameworks:
             fwd = statistics.median(s[0] for s in per[f])
             bwd = statistics.median(s[1] for s in per[f])
-            totals[f] = statistics.median(s[0] + s[1] for s in per[f])
+            totals[f] = fwd + bwd
             sums[f] += totals[f]
             cells += [f"{fwd:.2f}", f"{bwd:.2f}" if bwd else "", f"{totals[f]:.2f}"]
         print(f"| {name:24s} | " + " | ".join(cells) + f" | {totals['minigpt'] / totals['pytorch']:.2f} |")

@@ -293,6 +293,17 @@ def test_reductions_equal_numpy_reductions(mode, shape, seed):
         inv_n = np.full(x2.shape[-1], 1.0 / x2.shape[-1])
         np.testing.assert_allclose(reductions.row_mean(x2, inv_n), x2.mean(axis=-1, keepdims=True),
                                    rtol=1e-12, atol=1e-13)
+        y2 = values(rng_from(seed + 1), x2.shape)
+        want = (x2 * y2).sum(axis=-1, keepdims=True)
+        np.testing.assert_allclose(reductions.row_dot(x2, y2, np.empty_like(x2)), want, rtol=1e-12, atol=1e-13)
+
+
+def test_row_dot_without_vecdot_takes_the_product_then_the_row_sum(monkeypatch):
+    x, y = np.arange(6.0).reshape(2, 3), np.ones((2, 3))
+    monkeypatch.delattr(np, "vecdot", raising=False)  # NumPy before 2.0
+    scratch = np.empty_like(x)
+    np.testing.assert_array_equal(reductions.row_dot(x, y, scratch), [[3.0], [12.0]])
+    np.testing.assert_array_equal(scratch, x * y)  # the product went through the scratch array
 
 
 @pytest.mark.parametrize("mode", MODES)

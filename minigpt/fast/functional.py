@@ -14,7 +14,7 @@ from typing import Any
 from minigpt import backend
 from minigpt import functional as reference
 from minigpt.fast import tiling
-from minigpt.fast.reductions import column_sum, row_max, row_mean, row_sum
+from minigpt.fast.reductions import column_sum, row_dot, row_max, row_mean, row_sum
 from minigpt.tensor import Function, Tensor, unbroadcast
 
 # ----------------------------------------------------------------------------- embedding
@@ -227,8 +227,10 @@ class LayerNorm(reference.LayerNorm):
 
     Each tile's chain (mean, center, square, mean, rsqrt, scale, shift) runs while the tile is
     in the L2 cache, writing into preallocated arrays (``out=``); row means are matrix-vector
-    products with a vector of 1/C (reductions.row_mean). The reference makes a new array per
-    step, each pass over the whole (N, C) array.
+    products with a vector of 1/C (reductions.row_mean), and the row sums of products (the
+    variance's squares, backward's g · xhat) one pass each that writes no product array
+    (reductions.row_dot). The reference makes a new array per step, each pass over the whole
+    (N, C) array.
     """
 
     def forward(self, x: Any, weight: Any = None, bias: Any = None, eps: float = 1e-5) -> Any:
@@ -242,10 +244,10 @@ class LayerNorm(reference.LayerNorm):
         for r in tiling.tiles(xp, N, C):
             xc = xhat[r]
             xp.subtract(x2[r], row_mean(x2[r], inv_c), out=xc)  # x - mu
-            yc = y[r]  # scratch for (x - mu)² before it holds y
-            xp.multiply(xc, xc, out=yc)
+            yc = y[r]  # scratch for (x - mu)² (where row_dot needs one) before it holds y
             rs = rstd[r]
-            rs[...] = row_mean(yc, inv_c)  # var
+            rs[...] = row_dot(xc, xc, yc)
+            rs *= 1.0 / C  # var
             rs += eps
             xp.sqrt(rs, out=rs)
             xp.divide(1.0, rs, out=rs)  # rstd
@@ -285,8 +287,8 @@ class LayerNorm(reference.LayerNorm):
             else:
                 g[...] = d
             # dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
-            xp.multiply(g, xh, out=tmp)
-            m2 = row_mean(tmp, inv_c)
+            m2 = row_dot(g, xh, tmp)
+            m2 *= 1.0 / C
             g -= row_mean(g, inv_c)
             xp.multiply(xh, m2, out=tmp)
             g -= tmp

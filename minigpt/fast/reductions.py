@@ -34,6 +34,16 @@ def row_mean(x: Any, inv_n: Any) -> Any:
     return (x @ inv_n)[:, None]
 
 
+def row_dot(a: Any, b: Any, scratch: Any) -> Any:
+    """(a * b).sum(axis=-1, keepdims=True) of a and b (N, C): NumPy's vecdot where it has it
+    (NumPy 2), one pass that writes no product array; else the product, into ``scratch`` (N, C),
+    then its row sum."""
+    xp = backend.get_array_module(a)
+    if hasattr(xp, "vecdot") and xp is backend.numpy:
+        return xp.vecdot(a, b)[:, None]
+    return row_sum(xp.multiply(a, b, out=scratch))
+
+
 def column_sum(x: Any) -> Any:
     """x.sum(axis=0) of x (N, C) -> (C,), as ones(N) @ x."""
     xp = backend.get_array_module(x)
