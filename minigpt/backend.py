@@ -227,9 +227,10 @@ def uniform(shape: tuple[int, ...], dtype: Any, device: str) -> Any:
     nothing copied from the host).
 
     The device generator is cuRAND's Philox4x32-10 through CuPy's ``RandomState``, built once.
-    Philox is counter-based: its whole state is a seed and an offset, so starting another stream
-    re-seeds the same generator on the host (``seed`` sets the key and rewinds the offset to 0)
-    with no allocation and no set-up kernel, however many steps a run takes."""
+    Philox is counter-based: its whole state is a key and an offset, so starting another stream
+    re-seeds the same generator from the host (``seed`` sets the key and rewinds the offset to 0),
+    allocating nothing, however many steps a run takes. (CuPy's ``Generator`` API would build a
+    Philox state per thread, some megabytes, for each stream.)"""
     global _device_generator, _device_seeded
     if check_device(device) == "cpu":
         return generator().random(shape, dtype=numpy.dtype(dtype))

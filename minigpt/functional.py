@@ -23,10 +23,17 @@ import math
 from typing import Any
 
 from minigpt import backend
+from minigpt.ops import AxisError
 from minigpt.tensor import Function, Tensor, unbroadcast
 
 __all__ = ["embedding", "linear", "softmax", "log_softmax", "cross_entropy", "layer_norm",
            "gelu", "dropout", "scaled_dot_product_attention"]
+
+
+def as_rows(a: Any) -> Any:
+    """a (*, C) as a matrix of rows (N, C), N = prod(*): ``a.reshape(-1, C)``, with N spelled out,
+    since NumPy cannot infer -1 for an empty array with C = 0 (a layer of width 0, as torch allows)."""
+    return a.reshape(math.prod(a.shape[:-1]), a.shape[-1])
 
 
 # ----------------------------------------------------------------------------- embedding
@@ -72,7 +79,7 @@ class Embedding(Function):
         V, C = self.weight_shape
         # forward: out[n] = weight[idx[n]]  =>  dweight[idx[n]] += dout[n], for every n
         dweight = xp.zeros((V, C), dtype=dout.dtype)
-        xp.add.at(dweight, idx.reshape(-1), dout.reshape(-1, C))  # add.at adds repeated indices up
+        xp.add.at(dweight, idx.reshape(-1), as_rows(dout))  # add.at adds repeated indices up
         return None, dweight
 
 
@@ -94,22 +101,21 @@ class Linear(Function):
 
     def forward(self, x: Any, weight: Any, bias: Any = None) -> Any:
         self.saved = (x, weight)
-        out_features, in_features = weight.shape
-        y = x.reshape(-1, in_features) @ weight.T  # (N, in) @ (in, out) -> (N, out)
+        out_features = weight.shape[0]
+        y = as_rows(x) @ weight.T  # (N, in) @ (in, out) -> (N, out)
         if bias is not None:
             y = y + bias
         return y.reshape(*x.shape[:-1], out_features)  # (N, out) -> (*, out)
 
     def backward(self, dy: Any) -> tuple[Any, Any, Any]:
         x, weight = self.saved
-        out_features, in_features = weight.shape
-        dy2 = dy.reshape(-1, out_features)  # (*, out) -> (N, out)
+        dy2 = as_rows(dy)  # (*, out) -> (N, out)
         dx = dW = db = None
         # forward: y = x @ Wᵀ + b
         if self.needs_input_grad[0]:
             dx = (dy2 @ weight).reshape(x.shape)  # (N, out) @ (out, in) -> (N, in) -> (*, in)
         if self.needs_input_grad[1]:
-            dW = dy2.T @ x.reshape(-1, in_features)  # (out, N) @ (N, in) -> (out, in)
+            dW = dy2.T @ as_rows(x)  # (out, N) @ (N, in) -> (out, in)
         if len(self.needs_input_grad) > 2 and self.needs_input_grad[2]:
             db = dy2.sum(axis=0)  # (N, out) -> (out,)
         return dx, dW, db
@@ -144,6 +150,16 @@ def softmax_backward(y: Any, dy: Any, axis: int) -> Any:
     return y * (dy - (y * dy).sum(axis=axis, keepdims=True))
 
 
+def as_row_if_scalar(x: Any, axis: int) -> Any:
+    """A 0-d x as a row of one element, whose softmax is over that row (torch takes axis 0 or -1 on
+    a 0-d tensor; a GPU's reductions take no axis at all on a 0-d array); anything else as it is."""
+    if x.ndim:
+        return x
+    if axis not in (0, -1):
+        raise AxisError(f"axis {axis} is out of bounds for array of dimension 0")
+    return x.reshape(1)
+
+
 class Softmax(Function):
     """y = exp(x - max x) / sum exp(x - max x) along ``axis``.
 
@@ -155,13 +171,13 @@ class Softmax(Function):
     backward_fn = staticmethod(softmax_backward)
 
     def forward(self, x: Any, axis: int = -1) -> Any:
-        self.axis = axis
-        self.saved = self.forward_fn(x, axis)
-        return self.saved
+        x, self.axis, self.shape = as_row_if_scalar(x, axis), axis if x.ndim else -1, x.shape
+        self.saved = self.forward_fn(x, self.axis)
+        return self.saved.reshape(self.shape)
 
     def backward(self, dy: Any) -> Any:
         # forward: y = softmax(x)  =>  dx = y * (dy - sum(y * dy))
-        return self.backward_fn(self.saved, dy, self.axis)
+        return self.backward_fn(self.saved, dy.reshape(self.saved.shape), self.axis).reshape(self.shape)
 
 
 def softmax(x: Tensor, axis: int = -1) -> Tensor:
@@ -190,14 +206,15 @@ class LogSoftmax(Function):
     """
 
     def forward(self, x: Any, axis: int = -1) -> Any:
-        self.axis = axis
-        self.saved = log_softmax_forward(x, axis)
-        return self.saved
+        x, self.axis, self.shape = as_row_if_scalar(x, axis), axis if x.ndim else -1, x.shape
+        self.saved = log_softmax_forward(x, self.axis)
+        return self.saved.reshape(self.shape)
 
     def backward(self, dy: Any) -> Any:
         # forward: y = x - logsumexp(x)  =>  dx = dy - softmax(x) * sum(dy), softmax(x) = exp(y)
         xp = backend.get_array_module(dy)
-        return dy - xp.exp(self.saved) * dy.sum(axis=self.axis, keepdims=True)
+        dy = dy.reshape(self.saved.shape)
+        return (dy - xp.exp(self.saved) * dy.sum(axis=self.axis, keepdims=True)).reshape(self.shape)
 
 
 def log_softmax(x: Tensor, axis: int = -1) -> Tensor:
@@ -223,7 +240,7 @@ class CrossEntropy(Function):
                 reduction: str = "mean") -> Any:
         xp = backend.get_array_module(logits)
         t, counted = check_targets(logits, targets, ignore_index, reduction)  # (N,), (N,)
-        z = logits.reshape(-1, logits.shape[-1])  # (*, V) -> (N, V)
+        z = as_rows(logits)  # (*, V) -> (N, V)
         z = xp.where(counted[:, None], z, 0.0)  # an ignored row may hold inf or NaN: keep it out of the math
         logp = log_softmax_forward(z, axis=-1)  # (N, V): z - logsumexp(z)
         nll = xp.where(counted, -logp[xp.arange(len(t)), t], 0.0)  # (N,), 0 where ignored
@@ -369,10 +386,10 @@ def gelu(x: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------- dropout
 def dropout_mask(like: Any, p: float) -> Any:
     """Inverted-dropout mask: 0 with probability p, else 1/(1-p), in like's dtype and device."""
-    keep = backend.uniform(like.shape, like.dtype, backend.device_of(like)) >= p
-    mask = keep.astype(like.dtype)
-    mask *= 1.0 / (1.0 - p) if p < 1 else 0.0
-    return mask
+    xp = backend.get_array_module(like)
+    u = backend.uniform(like.shape, like.dtype, backend.device_of(like))  # uniform in [0, 1)
+    keep = u >= p  # True with probability 1 - p
+    return xp.multiply(keep, 1.0 / (1.0 - p) if p < 1 else 0.0, out=u)  # 1/(1-p) or 0, written over u
 
 
 def check_p(p: float) -> None:

@@ -142,10 +142,11 @@ def _normalize_axes(axis: Any, ndim: int) -> tuple[int, ...]:
     """``axis`` (None, an int or ints) as non-negative axes of an ``ndim``-d array. An axis outside
     [-ndim, ndim) or named twice is an error, as in NumPy and PyTorch (taking it modulo ndim would
     quietly reduce over another axis). A 0-d array takes axis 0 or -1 and reduces over nothing,
-    as PyTorch's dim does."""
-    if axis is None:
-        return tuple(range(ndim))
+    as PyTorch's dim does; an empty tuple means every axis, as PyTorch's dim=() (NumPy's would
+    reduce over none)."""
     axes = tuple(axis) if isinstance(axis, (tuple, list)) else (axis,)
+    if axis is None or not axes:
+        return tuple(range(ndim))
     out = tuple(_axis(a, ndim) for a in axes)
     if len(set(out)) != len(out):
         raise ValueError(f"axis {axis} names an axis more than once")

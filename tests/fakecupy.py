@@ -348,8 +348,23 @@ def _wrap(result: Any, inputs: list, fresh: list) -> Any:
     return ndarray._make(result, base)
 
 
+# Reductions that take an axis. NumPy lets a 0-d array reduce over axis 0 or -1; CuPy does not
+# (cupy/_core/_reduction.pyx normalises each axis against ndim 0 and raises AxisError)
+_REDUCTIONS = {"sum", "mean", "prod", "max", "min", "amax", "amin", "argmax", "argmin", "any", "all", "std",
+               "var", "cumsum", "cumprod", "nansum", "nanmax", "nanmin", "nanmean", "count_nonzero"}
+
+
+def _check_axis_of_0d(name: str, args: tuple, kwargs: dict) -> None:
+    axis = kwargs.get("axis", args[1] if len(args) > 1 else None)
+    first = args[0] if args else None
+    if isinstance(first, ndarray) and first.ndim == 0 and axis is not None and axis != ():
+        raise numpy.exceptions.AxisError(f"axis {axis} is out of bounds for array of dimension 0")
+
+
 def _run(func: Callable, name: str, args: tuple, kwargs: dict) -> Any:
     """Call NumPy's ``func`` on device arrays as the device function ``name``, and count it."""
+    if name in _REDUCTIONS:
+        _check_axis_of_0d(name, args, kwargs)
     inputs: list = []
     args, kwargs = _unwrap(args, inputs), {k: _unwrap(v, inputs) for k, v in kwargs.items()}
     result = func(*args, **kwargs)
@@ -412,8 +427,9 @@ class ufunc:
         if advanced and integer and a.dtype not in _SCATTER[self.__name__]:
             kinds = ", ".join(sorted(str(t) for t in _SCATTER[self.__name__]))
             raise TypeError(f"cupy.{self.__name__}.at only supports {kinds} as data type")
-        if isinstance(b, numpy.ndarray):
-            raise TypeError(f"Unsupported type {type(b)}: a host array on the device (use asarray)")
+        if isinstance(b, (numpy.ndarray, list, tuple)):  # CuPy copies the values to the device (core.array)
+            recorder.record("h2d")
+            b = ndarray._make(numpy.array(b))
         recorder.record("call")
         self._ufunc.at(a._array, key if len(key) > 1 else key[0], *(() if b is None else (_operand(b),)))
 
@@ -438,7 +454,9 @@ def _device_attr(name: str) -> Any:
 
 # NumPy names CuPy does not have (floating-point error state is NumPy's alone): code that reaches
 # for them through its array module would fail on a real GPU, so it fails here
-CUPY_LACKS = frozenset({"errstate", "seterr", "geterr", "seterrcall", "geterrcall", "geterrobj", "seterrobj"})
+CUPY_LACKS = frozenset({"errstate", "seterr", "geterr", "seterrcall", "geterrcall", "geterrobj", "seterrobj",
+                        # NumPy 2's newer functions, and a few older ones, that CuPy 14 does not have
+                        "vecdot", "vecmat", "matvec", "unstack", "block", "einsum_path", "frompyfunc", "spacing"})
 
 
 def __getattr__(name: str) -> Any:
@@ -532,7 +550,7 @@ class Philox4x3210:
 class RandomState:
     """``cupy.random.RandomState(seed, method)``: a generator of cuRAND's host API. Building one is
     a call (cuRAND allocates its state on the device); ``seed`` is host work only (it sets the
-    key and rewinds the offset); each draw is a call. As CuPy's, the seed is an integer in
+    key and rewinds the offset); each draw is two calls. As CuPy's, the seed is an integer in
     [0, 2**64) and ``random_sample`` draws float32 or float64 only. (NumPy's Philox underneath,
     whatever the method: the streams differ from cuRAND's, the rules do not.)"""
 
@@ -552,9 +570,11 @@ class RandomState:
         self._gen = numpy.random.Generator(numpy.random.Philox(seed))
 
     def random_sample(self, size: Any = None, dtype: Any = float) -> ndarray:
+        """Two calls, as CuPy's: cuRAND draws in (0, 1], then a kernel maps 1 to 0."""
         dtype = numpy.dtype(dtype)
         if dtype.char not in "fd":
             raise TypeError(f"cupy.random only supports float32 and float64 (not {dtype})")
+        recorder.record("call")
         recorder.record("call")
         return ndarray._make(self._gen.random(size, dtype=dtype))
 

@@ -173,9 +173,11 @@ def test_softmax_of_an_empty_tensor_is_empty_forward_and_backward(shape, axis, n
     y = getattr(F, name)(x, axis=axis)
     (y * 2).sum().backward()
     assert y.shape == shape and x.grad.shape == shape  # torch: the same empty shapes, no error
-    y_fast = getattr(fast_F if name == "softmax" else F, name)(x, axis=axis)  # the twin, forward and backward
-    (y_fast * 2).sum().backward()
-    assert y_fast.shape == shape and x.grad.shape == shape
+    if name == "softmax":  # its fast twin too (log_softmax has none), forward and backward
+        x_fast = Tensor(np.zeros(shape, np.float32), requires_grad=True)
+        y_fast = fast_F.softmax(x_fast, axis=axis)
+        (y_fast * 2).sum().backward()
+        assert y_fast.shape == shape and x_fast.grad.shape == shape
 
 
 def test_softmax_of_one_number_is_one_and_its_gradient_zero():
@@ -187,6 +189,34 @@ def test_softmax_of_one_number_is_one_and_its_gradient_zero():
         y = module.softmax(x, axis=0)  # torch: softmax over the only axis a 0-d tensor has
         y.backward()
         assert float(y.data) == 1.0 and float(x.grad) == 0.0
+
+
+@pytest.mark.parametrize("module", ["reference", "fast"])
+def test_layers_of_width_zero_work_as_in_pytorch(module):
+    """A feature axis of size 0 (torch allows nn.Linear(0, 3)): the math on empty rows, no error."""
+    from minigpt import fast
+    from minigpt import functional as F
+
+    M = F if module == "reference" else fast
+    x, w, b = (Tensor(np.zeros(s, np.float32), requires_grad=True) for s in [(2, 0), (3, 0), (3,)])
+    b.data[:] = [1.0, 2.0, 3.0]
+    y = M.linear(x, w, b)  # in = 0: a sum of no terms is 0, and y is the bias
+    y.backward(np.ones((2, 3), np.float32))
+    assert y.data.tolist() == [[1.0, 2.0, 3.0]] * 2
+    assert x.grad.shape == (2, 0) and w.grad.shape == (3, 0) and b.grad.tolist() == [2.0, 2.0, 2.0]
+    x, w = Tensor(np.ones((2, 3), np.float32), requires_grad=True), Tensor(np.zeros((0, 3), np.float32), requires_grad=True)
+    y = M.linear(x, w)  # out = 0
+    y.backward(np.ones((2, 0), np.float32))
+    assert y.shape == (2, 0) and x.grad.tolist() == [[0.0] * 3] * 2 and w.grad.shape == (0, 3)
+    table = Tensor(np.zeros((5, 0), np.float32), requires_grad=True)
+    e = M.embedding(np.array([[1, 2], [0, 4]]), table)  # rows of width 0
+    e.backward(np.ones((2, 2, 0), np.float32))
+    assert e.shape == (2, 2, 0) and table.grad.shape == (5, 0)
+    x, g = Tensor(np.zeros((3, 0), np.float32), requires_grad=True), Tensor(np.zeros(0, np.float32), requires_grad=True)
+    with np.errstate(invalid="ignore", divide="ignore"):  # the reference's mean of an empty row warns
+        y = M.layer_norm(x, g)
+        y.backward(np.ones((3, 0), np.float32))
+    assert y.shape == (3, 0) and x.grad.shape == (3, 0) and g.grad.shape == (0,)
 
 
 def test_matmul_with_an_empty_inner_axis_gives_zeros_and_empty_gradients():

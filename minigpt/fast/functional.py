@@ -42,7 +42,7 @@ class Embedding(reference.Embedding):
         idx = self.saved
         xp = backend.get_array_module(dout)
         V, C = self.weight_shape
-        flat, rows = idx.reshape(-1), dout.reshape(-1, C)  # (N,), (N, C)
+        flat, rows = idx.reshape(-1), reference.as_rows(dout)  # (N,), (N, C)
         if V * flat.size <= ONE_HOT_LIMIT and xp.isfinite(rows).all():
             one_hot_t = (xp.arange(V)[:, None] == flat[None, :]).astype(dout.dtype)  # (V, N)
             return None, one_hot_t @ rows  # (V, N) @ (N, C) -> (V, C)
@@ -62,21 +62,20 @@ class Linear(reference.Linear):
 
     def forward(self, x: Any, weight: Any, bias: Any = None) -> Any:
         self.saved = (x, weight)
-        out_features, in_features = weight.shape
-        y = x.reshape(-1, in_features) @ weight.T  # (N, in) @ (in, out) -> (N, out)
+        out_features = weight.shape[0]
+        y = reference.as_rows(x) @ weight.T  # (N, in) @ (in, out) -> (N, out)
         if bias is not None:
             y += bias
         return y.reshape(*x.shape[:-1], out_features)  # (N, out) -> (*, out)
 
     def backward(self, dy: Any) -> tuple[Any, Any, Any]:
         x, weight = self.saved
-        out_features, in_features = weight.shape
-        dy2 = dy.reshape(-1, out_features)  # (N, out)
+        dy2 = reference.as_rows(dy)  # (N, out)
         dx = dW = db = None
         if self.needs_input_grad[0]:
             dx = (dy2 @ weight).reshape(x.shape)  # (N, out) @ (out, in) -> (*, in)
         if self.needs_input_grad[1]:
-            dW = dy2.T @ x.reshape(-1, in_features)  # (out, N) @ (N, in) -> (out, in)
+            dW = dy2.T @ reference.as_rows(x)  # (out, N) @ (N, in) -> (out, in)
         if len(self.needs_input_grad) > 2 and self.needs_input_grad[2]:
             db = column_sum(dy2)  # (out,)
         return dx, dW, db
@@ -108,7 +107,7 @@ def softmax_forward(x: Any, axis: int, out: Any = None) -> Any:
     not be x.
     """
     xp = backend.get_array_module(x)
-    if x.size == 0 or x.ndim == 0:  # empty, or a single number: nothing to gain, the reference's result
+    if x.size == 0:  # empty: nothing to normalise, the reference's result
         y = reference.softmax_forward(x, axis)
         if out is None:
             return y
@@ -182,7 +181,7 @@ class CrossEntropy(reference.CrossEntropy):
                 reduction: str = "mean") -> Any:
         xp = backend.get_array_module(logits)
         t, counted = reference.check_targets(logits, targets, ignore_index, reduction)
-        z = logits.reshape(-1, logits.shape[-1])  # (N, V)
+        z = reference.as_rows(logits)  # (N, V)
         if not counted.all():
             z = xp.where(counted[:, None], z, 0.0)  # an ignored row may hold inf or NaN: keep it out of the math
         shifted = z - row_max(z)  # (N, V), every row's max is 0
@@ -236,18 +235,18 @@ class LayerNorm(reference.LayerNorm):
     def forward(self, x: Any, weight: Any = None, bias: Any = None, eps: float = 1e-5) -> Any:
         xp = backend.get_array_module(x)
         C = x.shape[-1]
-        x2 = x.reshape(-1, C)  # (N, C)
+        x2 = reference.as_rows(x)  # (N, C)
         N = x2.shape[0]
         xhat, y = xp.empty_like(x2), xp.empty_like(x2)
         rstd = xp.empty((N, 1), dtype=x.dtype)
-        inv_c = xp.full(C, 1.0 / C, dtype=x.dtype)
+        inv_c = xp.full(C, 1.0 / max(C, 1), dtype=x.dtype)  # (rows of width 0: empty, any factor serves)
         for r in tiling.tiles(xp, N, C):
             xc = xhat[r]
             xp.subtract(x2[r], row_mean(x2[r], inv_c), out=xc)  # x - mu
             yc = y[r]  # scratch for (x - mu)² (where row_dot needs one) before it holds y
             rs = rstd[r]
             rs[...] = row_dot(xc, xc, yc)
-            rs *= 1.0 / C  # var
+            rs *= 1.0 / max(C, 1)  # var
             rs += eps
             xp.sqrt(rs, out=rs)
             xp.divide(1.0, rs, out=rs)  # rstd
@@ -270,7 +269,7 @@ class LayerNorm(reference.LayerNorm):
         need_x = self.needs_input_grad[0]
         need_w = self.has_weight and self.needs_input_grad[1]
         db = column_sum(dy2) if self.has_bias and self.needs_input_grad[2] else None
-        inv_c = xp.full(C, 1.0 / C, dtype=dy.dtype)
+        inv_c = xp.full(C, 1.0 / max(C, 1), dtype=dy.dtype)
         dw = xp.zeros(C, dtype=dy.dtype) if need_w else None
         dx = xp.empty_like(xhat) if need_x else None
         scratch = xp.empty((tiling.tile_rows(xp, N, C), C), dtype=dy.dtype)
@@ -288,7 +287,7 @@ class LayerNorm(reference.LayerNorm):
                 g[...] = d
             # dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
             m2 = row_dot(g, xh, tmp)
-            m2 *= 1.0 / C
+            m2 *= 1.0 / max(C, 1)
             g -= row_mean(g, inv_c)
             xp.multiply(xh, m2, out=tmp)
             g -= tmp

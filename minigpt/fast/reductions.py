@@ -25,7 +25,7 @@ def row_sum(x: Any) -> Any:
     if xp is not backend.numpy or not x.flags.c_contiguous or x.ndim < 2 or x.size == 0:
         return x.sum(axis=-1, keepdims=True)
     n = x.shape[-1]
-    return (x.reshape(-1, n) @ xp.ones(n, dtype=x.dtype)).reshape(x.shape[:-1] + (1,))
+    return (x.reshape(x.size // n, n) @ xp.ones(n, dtype=x.dtype)).reshape(x.shape[:-1] + (1,))  # size > 0
 
 
 def row_mean(x: Any, inv_n: Any) -> Any:
