@@ -615,3 +615,19 @@ def test_residual_add_never_writes_into_a_read_only_branch():
     y = add_over(Tensor(np.ones((2, 3))), branch)
     np.testing.assert_array_equal(y.data, np.arange(6.0).reshape(2, 3) + 1)
     np.testing.assert_array_equal(data, np.arange(6.0).reshape(2, 3))
+
+
+@pytest.mark.parametrize("bad", [np.inf, np.nan])
+def test_embedding_twin_keeps_an_inf_or_nan_in_its_own_row(bad):
+    """The one-hot product would spread 0 * inf = NaN over every row of the gradient; the twin
+    notices and scatters, as the reference (and torch) do."""
+    idx = np.array([[0, 2, 2, 1]])
+    dout = np.ones((1, 4, 3), np.float32)
+    dout[0, 1, 0] = bad  # reaches row 2 only
+    grads = []
+    for embedding in (fast.embedding, F.embedding):
+        w = Tensor(np.zeros((4, 3), np.float32), requires_grad=True)
+        embedding(idx, w).backward(dout)
+        grads.append(w.grad)
+    np.testing.assert_array_equal(grads[0], grads[1])
+    assert np.isfinite(grads[0][[0, 1, 3]]).all() and not np.isfinite(grads[0][2, 0])

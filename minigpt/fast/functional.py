@@ -34,8 +34,9 @@ class Embedding(reference.Embedding):
     dweight = onehot(idx)ᵀ @ dout, (V, N) @ (N, C): BLAS instead of add.at's element-by-element
     scatter, much faster for a small vocabulary (65 characters). Above ONE_HOT_LIMIT elements the
     one-hot matrix costs more than it saves, and the scatter-add runs as in the reference. So it
-    does when dout holds an inf or NaN: in the product, 0 * inf = NaN would reach every row of
-    dweight, where the scatter-add sends it to its own row only (as torch).
+    does when the product is not finite: an inf or NaN in dout would reach every row of dweight
+    there (0 * inf = NaN), where the scatter-add sends it to its own row only (as torch). Checking
+    the (V, C) product costs less than checking dout (N, C) first.
     """
 
     def backward(self, dout: Any) -> tuple[None, Any]:
@@ -43,9 +44,12 @@ class Embedding(reference.Embedding):
         xp = backend.get_array_module(dout)
         V, C = self.weight_shape
         flat, rows = idx.reshape(-1), reference.as_rows(dout)  # (N,), (N, C)
-        if V * flat.size <= ONE_HOT_LIMIT and xp.isfinite(rows).all():
-            one_hot_t = (xp.arange(V)[:, None] == flat[None, :]).astype(dout.dtype)  # (V, N)
-            return None, one_hot_t @ rows  # (V, N) @ (N, C) -> (V, C)
+        if V * flat.size <= ONE_HOT_LIMIT:
+            one_hot_t = xp.zeros((V, flat.size), dtype=dout.dtype)  # (V, N)
+            one_hot_t[flat, xp.arange(flat.size)] = 1.0  # column n has its 1 in row idx[n]
+            dweight = one_hot_t @ rows  # (V, N) @ (N, C) -> (V, C)
+            if xp.isfinite(dweight).all():  # else dout held an inf or NaN (or a sum overflowed): scatter
+                return None, dweight
         return None, scatter_add(xp.zeros((V, C), dtype=dout.dtype), flat, rows)
 
 
