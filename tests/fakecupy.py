@@ -415,7 +415,13 @@ class ufunc:
             raise AttributeError(method)
         if self.__name__ not in _REDUCE[method]:
             raise NotImplementedError(f"`cupy_{self.__name__}.{method}` is not supported yet")
-        return lambda *args, **kwargs: _run(getattr(self._ufunc, method), self.__name__, args, kwargs)
+
+        def run(*args: Any, **kwargs: Any) -> Any:
+            unknown = set(kwargs) - {"axis", "dtype", "out", "keepdims"}  # CuPy's signature: no initial, where
+            if unknown:
+                raise TypeError(f"{method}() got an unexpected keyword argument {sorted(unknown)[0]!r}")
+            return _run(getattr(self._ufunc, method), self.__name__, args, kwargs)
+        return run
 
     def at(self, a: ndarray, indices: Any, b: Any = None) -> None:
         """``a[indices] op= b`` unbuffered, through CuPy's scatter kernels: integer-array indices
@@ -444,7 +450,7 @@ def _device_attr(name: str) -> Any:
         value = getattr(numpy, name)
         if isinstance(value, ModuleType):
             raise AttributeError(f"fakecupy has no submodule {name!r}")
-        if isinstance(value, numpy.ufunc):
+        if isinstance(value, numpy.ufunc) and name != "matmul":  # CuPy's matmul is a gufunc: no methods
             value = ufunc(value)
         elif callable(value) and not isinstance(value, type):
             value = functools.wraps(value)(lambda *args, _f=value, **kwargs: _run(_f, name, args, kwargs))
@@ -452,18 +458,18 @@ def _device_attr(name: str) -> Any:
     return _cache[name]
 
 
-# NumPy names CuPy does not have (floating-point error state is NumPy's alone): code that reaches
-# for them through its array module would fail on a real GPU, so it fails here
-CUPY_LACKS = frozenset({"errstate", "seterr", "geterr", "seterrcall", "geterrcall", "geterrobj", "seterrobj",
-                        # NumPy 2's newer functions, and a few older ones, that CuPy 14 does not have
-                        "vecdot", "vecmat", "matvec", "unstack", "block", "einsum_path", "frompyfunc", "spacing"})
+# The names CuPy has (tests/cupy_names.txt, read from CuPy's own cupy/__init__.py): a NumPy name
+# outside it (errstate, vecdot, nditer...) is refused, as a GPU would refuse it, so code that reaches
+# for it through its array module fails here and not first on a real GPU
+CUPY_NAMES = frozenset(line.strip() for line in open(os.path.join(os.path.dirname(_THIS_FILE), "cupy_names.txt"))
+                       if line.strip() and not line.startswith("#"))
 
 
 def __getattr__(name: str) -> Any:
     """``fakecupy.exp``, ``fakecupy.float32``...: NumPy's, for device arrays (PEP 562)."""
     if name.startswith("_"):  # __path__, __wrapped__...: this module is no package
         raise AttributeError(name)
-    if name in CUPY_LACKS:
+    if name not in CUPY_NAMES:
         raise AttributeError(f"module 'cupy' has no attribute '{name}'")
     return _device_attr(name)
 

@@ -334,8 +334,10 @@ def test_the_fake_lacks_what_cupy_lacks():
     from tests import fakecupy
 
     with fakecupy.installed() as cp:
-        with pytest.raises(AttributeError, match="no attribute 'errstate'"):
-            cp.errstate  # noqa: B018 - NumPy's floating-point error state has no CuPy twin
+        for name in ("errstate", "vecdot", "nditer", "unstack"):  # NumPy's, not CuPy's
+            with pytest.raises(AttributeError, match=f"no attribute '{name}'"):
+                getattr(cp, name)
+        assert cp.exp is not None and cp.put_along_axis is not None and cp.float32 is numpy.float32
         assert cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
         assert cp.__version__.startswith("14")
 
@@ -354,6 +356,10 @@ def test_ufunc_methods_exist_only_where_cupys_do():
         fakecupy.add.at(device(numpy.zeros(3), numpy.int64), rows, 1)
     with pytest.raises(TypeError, match="subtract.at only supports"):
         fakecupy.subtract.at(a, rows, 1.0)
+    with pytest.raises(TypeError, match="initial"):  # CuPy's reduce takes axis, dtype, out, keepdims
+        fakecupy.add.reduce(a, initial=1.0)
+    with pytest.raises(AttributeError):  # matmul is a gufunc in CuPy, without ufunc methods
+        fakecupy.matmul.outer(a, a)
     counts_ = device(numpy.zeros(3), numpy.int32)
     fakecupy.add.at(counts_, device([0, 4, -1], numpy.int64), 1)  # the scatter kernel wraps: 4 is row 1
     assert counts_.get().tolist() == [1, 1, 1]
