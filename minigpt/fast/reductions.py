@@ -5,9 +5,10 @@ hundred run an unvectorised loop per row. A matrix-vector product with a vector 
 (BLAS) sums every row at once, several times faster; a tree of elementwise maxima of halves
 is vectorised. Each function names the plain reduction it equals.
 
-The row sum wins at every row length the GPT uses. The max tree wins on rows of even length
-(attention's scores) and can lose on an odd one (the logits' 65 columns), where the odd column
-costs a pass of its own; max is exact either way, so the choice changes no number, only time.
+The row sum wins at every row length the GPT uses. The max tree can win on rows of even length
+(attention's scores) and loses on an odd one (the logits' 65 columns), where the odd column costs
+a pass of its own: odd rows take NumPy's max. Max is exact either way, so the choice changes no
+number, only time.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def row_max(x: Any) -> Any:
     np.maximum of two halves is vectorised, and log2(n) of them on shrinking halves cost less
     than one pass of the slow reduction. NaN and -inf propagate as in max."""
     xp = backend.get_array_module(x)
-    if xp is not backend.numpy or x.shape[-1] < MAX_TREE_MIN_WIDTH:
+    if xp is not backend.numpy or x.shape[-1] < MAX_TREE_MIN_WIDTH or x.shape[-1] % 2:  # odd: NumPy's max
         return x.max(axis=-1, keepdims=True)
     m = x
     while m.shape[-1] > 1:
