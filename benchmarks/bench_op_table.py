@@ -5,8 +5,9 @@
     python benchmarks/bench_op_table.py --rounds 9 --repeats 10
 
 Every call a step of the recipe makes is run on its own, at its shape: minigpt as fast.GPT calls it
-(its fast twins), PyTorch eager as nanoGPT's model calls it (benchmarks/torch_gpt.py), alternating
-round by round so that both see the same machine load. The median forward and the median backward
+(its fast twins), PyTorch eager as nanoGPT's model calls it (benchmarks/torch_gpt.py), one right
+after the other for each op class, the first of the two alternating round by round, so that both
+see the same machine load. The median forward and the median backward
 of each call, times the calls per step, give each op class's milliseconds per step. AdamW and
 gradient clipping are timed over the two models' real parameters. Then whole steps of both
 (bench_train.py's), so the table can be set beside the step: what the classes leave out is the
@@ -143,7 +144,7 @@ def optimizer_steps(cfg: TrainConfig, mcfg: GPTConfig, threads: int) -> dict[str
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--recipe", choices=["nanogpt", "default"], default="nanogpt")
-    p.add_argument("--rounds", type=int, default=7, help="alternating rounds (minigpt, then PyTorch)")
+    p.add_argument("--rounds", type=int, default=7, help="rounds (each op class: minigpt and PyTorch in turn)")
     p.add_argument("--repeats", type=int, default=8, help="timed calls per op per framework per round")
     p.add_argument("--steps", type=int, default=10, help="whole steps per framework per round")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="PyTorch intra-op threads")
@@ -169,21 +170,24 @@ def main() -> None:
         for calls in classes.values():
             for call in calls:
                 time_call(call, f, 2)
-    for r in range(args.rounds):
-        for f in frameworks:
-            for name, calls in classes.items():
+    for r in range(args.rounds):  # within a round, each class's two frameworks one right after the other
+        order = frameworks if r % 2 == 0 else frameworks[::-1]  # and which goes first alternates
+        for name, calls in classes.items():
+            for f in order:
                 fwd = bwd = 0.0
                 for call in calls:
                     tf, tb = time_call(call, f, args.repeats)
                     fwd += statistics.median(tf) * call.per_step
                     bwd += statistics.median(tb) * call.per_step
                 samples[name][f].append((fwd * 1e3, bwd * 1e3))
+        for f in order:
             times = []
             for _ in range(args.repeats):
                 t0 = time.perf_counter()
                 opt[f]()
                 times.append(time.perf_counter() - t0)
             samples["AdamW + clip"][f].append((statistics.median(times) * 1e3, 0.0))
+        for f in order:
             steps[f] += time_steps(whole[f], batches, args.steps, r * args.steps)
 
     print(f"machine: {machine()}; PyTorch {torch.__version__}, {args.threads} threads")
