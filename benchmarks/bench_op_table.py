@@ -34,21 +34,49 @@ sys.path.insert(0, str(HERE))
 from bench_train import MinigptStep, TorchStep, machine, make_batches, time_steps  # noqa: E402
 
 from minigpt import Tensor, fast, optim  # noqa: E402
-from minigpt.fast.functional import ResidualAdd  # noqa: E402
+from minigpt.fast.functional import GELU, ResidualAdd  # noqa: E402
 from minigpt.nn import GPTConfig  # noqa: E402
+from minigpt.tensor import Function  # noqa: E402
 from minigpt.training.config import TrainConfig  # noqa: E402
 
 
 @dataclasses.dataclass
 class Call:
     """One op call of a step: its inputs, minigpt's and PyTorch's way of making the output from
-    them (each input a leaf that needs its gradient, as in the step), and how often a step makes it."""
+    them, how often a step makes it, which inputs are parameters (leaves of the graph in a step;
+    the others are activations, made by the op before), and whether minigpt's op writes over its
+    input (as fast.GPT's GELU and residual adds do, over arrays nothing else reads)."""
 
     inputs: list[np.ndarray]
     ours: Callable[..., Any]
     theirs: Callable[..., Any]
     per_step: int
-    grads: tuple[bool, ...] = ()  # which inputs need a gradient (default: the float ones)
+    params: tuple[int, ...] = ()
+    inplace: bool = False
+
+
+class Activation(Function):
+    """An activation as a step has it: made by an earlier op, so its gradient goes on to that op
+    and is not stored (a leaf's would be copied into ``.grad``, which a step does for parameters
+    only). Here the gradient stops."""
+
+    def forward(self, x: Any) -> Any:
+        return x
+
+    def backward(self, dy: Any) -> None:
+        return None
+
+
+class Seed(Function):
+    """The gradient that the next op would send back, handed over as it is: ``out.backward(seed)``
+    would copy it first, which a step never does."""
+
+    def forward(self, out: Any, seed: Any) -> Any:
+        self.seed = seed
+        return out.reshape(-1)[:1].sum() * 0  # a 0-d output, so that backward() needs no gradient
+
+    def backward(self, dy: Any) -> tuple[Any, None]:
+        return self.seed, None
 
 
 def recipe(name: str) -> tuple[TrainConfig, GPTConfig]:
@@ -69,7 +97,7 @@ def op_classes(cfg: TrainConfig, mcfg: GPTConfig, rng: np.random.Generator) -> d
 
     def linear(n_in: int, n_out: int, per_step: int, has_bias: bool = bias) -> Call:
         inputs = [f32(B, T, n_in), f32(n_out, n_in) * 0.02] + ([f32(n_out)] if has_bias else [])
-        return Call(inputs, fast.linear, TF.linear, per_step)
+        return Call(inputs, fast.linear, TF.linear, per_step, params=(1, 2))
 
     def torch_attention(qkv: Any) -> Any:  # nanoGPT's CausalSelfAttention between c_attn and c_proj
         q, k, v = (t.view(B, T, nh, C // nh).transpose(1, 2) for t in qkv.split(C, dim=2))
@@ -85,39 +113,48 @@ def op_classes(cfg: TrainConfig, mcfg: GPTConfig, rng: np.random.Generator) -> d
         "causal self-attention": [Call([f32(B, T, 3 * C)], lambda qkv: fast.causal_self_attention(qkv, nh),
                                        torch_attention, L)],
         "layer norm": [Call(ln, lambda x, *wb: fast.layer_norm(x, *wb),
-                            lambda x, *wb: TF.layer_norm(x, (C,), *wb), 2 * L + 1)],
-        "GELU": [Call([f32(B, T, 4 * C)], fast.gelu, lambda x: TF.gelu(x, approximate="tanh"), L)],
-        "residual add": [Call([f32(B, T, C), f32(B, T, C)], lambda x, f: ResidualAdd.apply(x, f),
-                              lambda x, f: x + f, 2 * L)],
-        "embedding + positions": [Call([f32(V, C) * 0.02, f32(T, C) * 0.02],
-                                       lambda wte, wpe: fast.embedding(idx, wte) + wpe,
-                                       lambda wte, wpe: TF.embedding(idx_t, wte) + TF.embedding(pos_t, wpe), 1)],
+                            lambda x, *wb: TF.layer_norm(x, (C,), *wb), 2 * L + 1, params=(1, 2))],
+        "GELU": [Call([f32(B, T, 4 * C)], lambda h: GELU.apply(h, inplace=True),
+                      lambda x: TF.gelu(x, approximate="tanh"), L, inplace=True)],
+        "residual add": [Call([f32(B, T, C), f32(B, T, C)], lambda x, f: ResidualAdd.apply(x, f, inplace=True),
+                              lambda x, f: x + f, 2 * L, inplace=True)],
+        "embedding + positions": [Call([f32(V, C) * 0.02, f32(mcfg.block_size, C) * 0.02],
+                                       lambda wte, wpe: fast.embedding(idx, wte) + wpe[:T],
+                                       lambda wte, wpe: TF.embedding(idx_t, wte) + TF.embedding(pos_t, wpe), 1,
+                                       params=(0, 1))],
         "cross-entropy": [Call([f32(B, T, V)], lambda z: fast.cross_entropy(z, targets, ignore_index=-1),
                                lambda z: TF.cross_entropy(z.view(-1, V), targets_t.view(-1), ignore_index=-1), 1)],
     }
 
 
 def time_call(call: Call, framework: str, repeats: int) -> tuple[list[float], list[float]]:
-    """``repeats`` forward and backward times of one call, each on a fresh graph."""
+    """``repeats`` forward and backward times of one call, each on a fresh graph, each framework's
+    gradient from the next op (ones) made before its backward is timed."""
     import torch
 
     fwd, bwd = [], []
     for _ in range(repeats):
         if framework == "minigpt":
-            leaves = [Tensor(a, requires_grad=True) for a in call.inputs]
+            arrays = [a.copy() if call.inplace else a for a in call.inputs]  # an in-place op writes over them
+            leaves = [Tensor(a, requires_grad=True) for a in arrays]
+            ins = [t if i in call.params else Activation.apply(t) for i, t in enumerate(leaves)]
             t0 = time.perf_counter()
-            out = call.ours(*leaves)
+            out = call.ours(*ins)
             t1 = time.perf_counter()
-            out.backward(np.ones(out.shape, np.float32) if out.ndim else None)
+            root = Seed.apply(out, np.ones(out.shape, np.float32))
+            t2 = time.perf_counter()
+            root.backward()
         else:
             leaves = [torch.from_numpy(a).requires_grad_() for a in call.inputs]
             t0 = time.perf_counter()
             out = call.theirs(*leaves)
             t1 = time.perf_counter()
-            out.backward(torch.ones_like(out) if out.dim() else None)
-        t2 = time.perf_counter()
+            seed = torch.ones_like(out)
+            t2 = time.perf_counter()
+            out.backward(seed)
+        t3 = time.perf_counter()
         fwd.append(t1 - t0)
-        bwd.append(t2 - t1)
+        bwd.append(t3 - t2)
     return fwd, bwd
 
 

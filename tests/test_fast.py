@@ -15,6 +15,7 @@ dropped, the max tree's odd column forgotten) and the very same properties must 
 """
 
 import contextlib
+import warnings
 from unittest import mock
 
 import numpy as np
@@ -46,6 +47,7 @@ def knobs(mode):
                (fast_functional, "ONE_HOT_LIMIT", big if on else 0),
                (fast_functional, "REDO_ALL_ABOVE", big if on else -1),  # redo each bad row (on) or all (off)
                (reductions, "MAX_TREE_MIN_WIDTH", 2 if on else big),
+               (reductions, "USE_VECDOT", on),  # off: the product, then a row sum (NumPy before 2.0)
                (fast_attention, "KT_COPY_MIN_T", 1 if on else big),  # each of the three blocks the copy
                (fast_attention, "KT_COPY_MAX_S", big if on else 0),  # when off, and allows it when on
                (fast_attention, "KT_COPY_MAX_HS", big if on else 0)]
@@ -283,6 +285,8 @@ def test_consecutive_pieces_is_the_concatenation_without_a_copy():
 
 @pytest.mark.parametrize("mode", MODES)
 @given(shape=st.lists(sides, min_size=1, max_size=3), seed=seeds)
+@example(shape=[3, 6], seed=0).via("the max tree meets an odd half (6 -> 3)")
+@example(shape=[2, 12], seed=1).via("the max tree meets an odd half (12 -> 6 -> 3)")
 def test_reductions_equal_numpy_reductions(mode, shape, seed):
     x = values(rng_from(seed), tuple(shape), maybe_transposed=True)
     with knobs(mode):
@@ -627,7 +631,9 @@ def test_embedding_twin_keeps_an_inf_or_nan_in_its_own_row(bad):
     grads = []
     for embedding in (fast.embedding, F.embedding):
         w = Tensor(np.zeros((4, 3), np.float32), requires_grad=True)
-        embedding(idx, w).backward(dout)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # the twin's product meets the inf quietly, as the reference does
+            embedding(idx, w).backward(dout)
         grads.append(w.grad)
     np.testing.assert_array_equal(grads[0], grads[1])
     assert np.isfinite(grads[0][[0, 1, 3]]).all() and not np.isfinite(grads[0][2, 0])

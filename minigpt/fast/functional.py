@@ -47,7 +47,8 @@ class Embedding(reference.Embedding):
         if V * flat.size <= ONE_HOT_LIMIT:
             one_hot_t = xp.zeros((V, flat.size), dtype=dout.dtype)  # (V, N)
             one_hot_t[flat, xp.arange(flat.size)] = 1.0  # column n has its 1 in row idx[n]
-            dweight = one_hot_t @ rows  # (V, N) @ (N, C) -> (V, C)
+            with tiling.overflow_ok(xp):  # an inf or NaN in dout: caught just below
+                dweight = one_hot_t @ rows  # (V, N) @ (N, C) -> (V, C)
             if xp.isfinite(dweight).all():  # else dout held an inf or NaN (or a sum overflowed): scatter
                 return None, dweight
         return None, scatter_add(xp.zeros((V, C), dtype=dout.dtype), flat, rows)
@@ -274,6 +275,7 @@ class LayerNorm(reference.LayerNorm):
         need_w = self.has_weight and self.needs_input_grad[1]
         db = column_sum(dy2) if self.has_bias and self.needs_input_grad[2] else None
         inv_c = xp.full(C, 1.0 / max(C, 1), dtype=dy.dtype)
+        w_over_c = weight * inv_c if need_w else None
         dw = xp.zeros(C, dtype=dy.dtype) if need_w else None
         dx = xp.empty_like(xhat) if need_x else None
         scratch = xp.empty((tiling.tile_rows(xp, N, C), C), dtype=dy.dtype)
@@ -290,8 +292,11 @@ class LayerNorm(reference.LayerNorm):
             else:
                 g[...] = d
             # dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
-            m2 = row_dot(g, xh, tmp)
-            m2 *= 1.0 / max(C, 1)
+            if need_w:  # mean(g * xhat) = (dy * xhat) @ (w / C): tmp holds dy * xhat already
+                m2 = row_mean(tmp, w_over_c)
+            else:
+                m2 = row_dot(g, xh, tmp)
+                m2 *= 1.0 / max(C, 1)
             g -= row_mean(g, inv_c)
             xp.multiply(xh, m2, out=tmp)
             g -= tmp

@@ -1,14 +1,14 @@
 """Row sums, row means and row maxima, each faster than NumPy's reduction on short rows.
 
-NumPy's sum and max over the last axis of a (N, C) array with C of a few dozen to a few
-hundred run an unvectorised loop per row. A matrix-vector product with a vector of ones
-(BLAS) sums every row at once, several times faster; a tree of elementwise maxima of halves
-is vectorised. Each function names the plain reduction it equals.
+NumPy's sum over the last axis of a (N, C) array with C of a few dozen to a few hundred runs a
+loop per row; a matrix-vector product with a vector of ones (BLAS) sums every row at once,
+several times faster. Each function names the plain reduction it equals.
 
-The row sum wins at every row length the GPT uses. The max tree can win on rows of even length
-(attention's scores) and loses on an odd one (the logits' 65 columns), where the odd column costs
-a pass of its own: odd rows take NumPy's max. Max is exact either way, so the choice changes no
-number, only time.
+The row sum wins at every row length the GPT uses. The max tree (elementwise maxima of halves)
+was faster than NumPy's max for the even rows of attention's scores where it was tuned; with
+NumPy 2's vectorised max on an AMD EPYC it is about even there, and it loses on an odd row (the
+logits' 65 columns), where the odd column costs a pass of its own: odd rows take NumPy's max.
+Max is exact either way, so the choice changes no number, only time.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 from minigpt import backend
 
 MAX_TREE_MIN_WIDTH = 16  # narrower rows: x.max is as fast (tests patch it to run the tree)
+USE_VECDOT = True  # row_dot through NumPy's vecdot where it exists (tests turn it off to run the fallback)
 
 
 def row_sum(x: Any) -> Any:
@@ -40,7 +41,7 @@ def row_dot(a: Any, b: Any, scratch: Any) -> Any:
     (NumPy 2), one pass that writes no product array; else the product, into ``scratch`` (N, C),
     then its row sum."""
     xp = backend.get_array_module(a)
-    if hasattr(xp, "vecdot") and xp is backend.numpy:
+    if USE_VECDOT and hasattr(xp, "vecdot") and xp is backend.numpy:
         return xp.vecdot(a, b)[:, None]
     return row_sum(xp.multiply(a, b, out=scratch))
 
@@ -52,11 +53,9 @@ def column_sum(x: Any) -> Any:
 
 
 def row_max(x: Any) -> Any:
-    """x.max(axis=-1, keepdims=True), computed as a tree of elementwise maxima of halves.
-
-    NumPy's max over short contiguous rows runs an unvectorised loop (about 1 ns an element);
-    np.maximum of two halves is vectorised, and log2(n) of them on shrinking halves cost less
-    than one pass of the slow reduction. NaN and -inf propagate as in max."""
+    """x.max(axis=-1, keepdims=True); for even rows of at least MAX_TREE_MIN_WIDTH, computed as
+    a tree of elementwise maxima of halves: log2(n) vectorised passes over shrinking halves, which
+    beat a reduction that loops row by row. NaN and -inf propagate as in max."""
     xp = backend.get_array_module(x)
     if xp is not backend.numpy or x.shape[-1] < MAX_TREE_MIN_WIDTH or x.shape[-1] % 2:  # odd: NumPy's max
         return x.max(axis=-1, keepdims=True)
