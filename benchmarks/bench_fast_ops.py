@@ -83,6 +83,27 @@ def time_adamw(make, repeats: int) -> float:
     return statistics.median(times)
 
 
+def pass_costs(repeats: int) -> dict[str, float]:
+    """What one NumPy elementwise pass costs over a (768, 128) float32 array (layer norm's rows at
+    nanoGPT's recipe): a multiply by an array of the same shape, and by a row or a column that
+    NumPy broadcasts along it (layer norm's · w and · rstd). Median seconds."""
+    rng = np.random.default_rng(0)
+    x, out = rng.standard_normal((768, 128)).astype(np.float32), np.empty((768, 128), np.float32)
+    operands = {"same shape (768, 128)": rng.standard_normal((768, 128)).astype(np.float32),
+                "a row (128,), broadcast": rng.standard_normal(128).astype(np.float32),
+                "a column (768, 1), broadcast": rng.standard_normal((768, 1)).astype(np.float32)}
+    costs = {}
+    for name, other in operands.items():
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for _ in range(20):
+                np.multiply(x, other, out=out)
+            times.append((time.perf_counter() - t0) / 20)
+        costs[name] = statistics.median(times)
+    return costs
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=5, help="alternating rounds (reference, then twin)")
@@ -103,6 +124,9 @@ def main() -> None:
     for name, r in results.items():
         ref_t, fast_t = statistics.median(r["reference"]), statistics.median(r["fast"])
         print(f"{name:36s} {ref_t * 1e3:8.3f}ms {fast_t * 1e3:8.3f}ms {ref_t / fast_t:8.2f}x")
+    print("one NumPy multiply over (768, 128) float32, by:")
+    for name, t in pass_costs(args.repeats * args.rounds).items():
+        print(f"  {name:34s} {t * 1e6:8.1f}us")
 
 
 if __name__ == "__main__":
