@@ -1,4 +1,4 @@
-"""The benchmark scripts still run (smallest settings, no PyTorch). Timings are never asserted:
+"""The benchmark scripts still run (smallest settings; PyTorch only where installed). Timings are never asserted:
 speed is measured by running the benchmarks themselves, on a quiet machine."""
 
 import os
@@ -45,3 +45,35 @@ def test_the_op_table_runs_where_pytorch_is_installed():
     classes = [row.split("|")[1].strip() for row in rows[1:]]
     assert classes[:3] == ["linear", "causal self-attention", "layer norm"] and classes[-1] == "whole step"
     assert "AdamW + clip" in classes and "GELU" in classes
+
+
+@pytest.mark.parametrize("recipe", ["nanogpt", "default"])
+def test_the_op_tables_calls_per_step_are_those_of_a_real_step(recipe, monkeypatch):
+    """bench_op_table.py times each op class as many times as fast.GPT's forward makes it: counted
+    here by recording every op the model's forward applies."""
+    pytest.importorskip("torch", reason="bench_op_table.py builds PyTorch's side of each call")
+    sys.path.insert(0, str(BENCH))
+    try:
+        import bench_op_table
+    finally:
+        sys.path.remove(str(BENCH))
+    import numpy as np
+
+    from minigpt import fast
+    from minigpt.tensor import Function
+
+    cfg, mcfg = bench_op_table.recipe(recipe)
+    made = []
+    apply = Function.apply.__func__
+    monkeypatch.setattr(Function, "apply", classmethod(lambda cls, *a, **k: (made.append(cls.__name__), apply(cls, *a, **k))[1]))
+    model = fast.GPT(mcfg)
+    idx = np.zeros((cfg.batch_size, cfg.block_size), dtype=np.int64)
+    model(idx, idx)
+    counts = {name: sum(call.per_step for call in calls)
+              for name, calls in bench_op_table.op_classes(cfg, mcfg, np.random.default_rng(0)).items()}
+    of = {"Linear": "linear", "CausalSelfAttentionQKV": "causal self-attention", "LayerNorm": "layer norm",
+          "GELU": "GELU", "ResidualAdd": "residual add", "Embedding": "embedding + positions",
+          "CrossEntropy": "cross-entropy"}
+    for op, name in of.items():
+        assert made.count(op) == counts[name], (op, made.count(op), counts[name])
+    assert set(made) - set(of) <= {"GetItem", "Add"}  # the position rows and their add: in "embedding + positions"
