@@ -372,3 +372,33 @@ def test_the_comparison_catches_planted_mistakes(monkeypatch):
     monkeypatch.setattr(F.Softmax, "backward_fn", staticmethod(lambda y, dy, axis: y * dy))  # the row sum lost
     ran, _, failures = run_op(("softmax", ""), FUNCTIONAL_OPS[("softmax", "")], torch.float64, F)
     assert failures and all("gradient" in f for f in failures)
+
+
+@pytest.mark.parametrize("device", ["cpu", "fake"])
+def test_dropout_in_training_keeps_or_drops_each_element_as_pytorch_does(device):
+    """PyTorch's samples of random dropout (0 < p < 1, training) cannot match number for number
+    (another generator), so each output is checked for what both do: every element is 0 or
+    x / (1 - p), and the gradient is dy / (1 - p) where kept, 0 where dropped."""
+    minigpt.manual_seed(0)
+    key, checked = ("nn.functional.dropout", ""), 0
+    with fakecupy.installed() if device == "fake" else contextlib.nullcontext():
+        xp = fakecupy if device == "fake" else np
+        for s in OPS[key].reference_inputs("cpu", torch.float64, requires_grad=True):
+            p, training = s.kwargs.get("p", 0.5), s.kwargs.get("training", True)
+            if set(s.kwargs) - {"p", "training"} or not (training and 0.0 < p < 1.0) or s.input.numel() == 0:
+                continue
+            x = s.input.detach().numpy()
+            leaf = Tensor(xp.asarray(x.copy()), requires_grad=True)
+            y = F.dropout(leaf, p=p, training=True)
+            g = np.random.default_rng(1).standard_normal(x.shape)
+            y.backward(xp.asarray(g))
+            got, grad = backend.to_numpy(y.data), backend.to_numpy(leaf.grad)
+            kept = np.isclose(got, x / (1 - p), rtol=1e-12, atol=0) & (x != 0)
+            dropped = (got == 0) & (x != 0)
+            assert (kept | dropped | (x == 0)).all(), describe(s)  # nothing else
+            np.testing.assert_allclose(grad[kept], g[kept] / (1 - p), rtol=1e-12)
+            assert (grad[dropped] == 0).all()
+            theirs = OPS[key].op(s.input, *s.args, **s.kwargs).detach().numpy()  # PyTorch: the same two outcomes
+            assert (np.isclose(theirs, x / (1 - p), rtol=1e-12, atol=0) | (theirs == 0)).all()
+            checked += 1
+    assert checked > 0
