@@ -178,6 +178,15 @@ def optimizer_steps(cfg: TrainConfig, mcfg: GPTConfig, threads: int) -> dict[str
     return {"minigpt": ours_step, "pytorch": theirs_step}
 
 
+def spread(ratios: list[float]) -> str:
+    """The middle half of a class's per-round ratios (its interquartile range), as "q1-q3": how
+    far one round's ratio can be trusted on this machine."""
+    if len(ratios) < 2:
+        return ""
+    q1, _, q3 = statistics.quantiles(ratios, n=4)
+    return f"{q1:.2f}-{q3:.2f}"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--recipe", choices=["nanogpt", "default"], default="nanogpt")
@@ -230,9 +239,9 @@ def main() -> None:
     print(f"machine: {machine()}; PyTorch {torch.__version__}, {args.threads} threads")
     print(f"recipe: {args.recipe} ({mcfg.n_layer} layers, {mcfg.n_head} heads, {mcfg.n_embd} wide, batch "
           f"{cfg.batch_size} x block {cfg.block_size}); medians of {args.rounds} rounds, ms per step")
-    head = f"| {'op class':24s} | minigpt fwd | bwd | total | PyTorch fwd | bwd | total | ratio |"
+    head = f"| {'op class':24s} | minigpt fwd | bwd | total | PyTorch fwd | bwd | total | ratio | round ratios |"
     print(head)
-    print("|" + "|".join("---" for _ in range(8)) + "|")
+    print("|" + "|".join("---" for _ in range(9)) + "|")
     sums = {f: 0.0 for f in frameworks}
     for name, per in samples.items():
         cells = []
@@ -243,12 +252,13 @@ def main() -> None:
             totals[f] = fwd + bwd
             sums[f] += totals[f]
             cells += [f"{fwd:.2f}", f"{bwd:.2f}" if bwd else "", f"{totals[f]:.2f}"]
-        print(f"| {name:24s} | " + " | ".join(cells) + f" | {totals['minigpt'] / totals['pytorch']:.2f} |")
+        print(f"| {name:24s} | " + " | ".join(cells) + f" | {totals['minigpt'] / totals['pytorch']:.2f} | "
+              f"{spread([sum(a) / sum(b) for a, b in zip(per['minigpt'], per['pytorch'])])} |")
     print(f"| {'sum of the classes':24s} | | | {sums['minigpt']:.2f} | | | {sums['pytorch']:.2f} | "
-          f"{sums['minigpt'] / sums['pytorch']:.2f} |")
+          f"{sums['minigpt'] / sums['pytorch']:.2f} | |")
     med = {f: statistics.median(steps[f]) * 1e3 for f in frameworks}
     print(f"| {'whole step':24s} | | | {med['minigpt']:.2f} | | | {med['pytorch']:.2f} | "
-          f"{med['minigpt'] / med['pytorch']:.2f} |")
+          f"{med['minigpt'] / med['pytorch']:.2f} | |")
 
 
 if __name__ == "__main__":
