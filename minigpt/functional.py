@@ -23,17 +23,11 @@ import math
 from typing import Any
 
 from minigpt import backend
-from minigpt.ops import AxisError
+from minigpt.ops import AxisError, as_rows
 from minigpt.tensor import Function, Tensor, unbroadcast
 
 __all__ = ["embedding", "linear", "softmax", "log_softmax", "cross_entropy", "layer_norm",
            "gelu", "dropout", "scaled_dot_product_attention"]
-
-
-def as_rows(a: Any) -> Any:
-    """a (*, C) as a matrix of rows (N, C), N = prod(*): ``a.reshape(-1, C)``, with N spelled out,
-    since NumPy cannot infer -1 for an empty array with C = 0 (a layer of width 0, as torch allows)."""
-    return a.reshape(math.prod(a.shape[:-1]), a.shape[-1])
 
 
 # ----------------------------------------------------------------------------- embedding
@@ -150,14 +144,15 @@ def softmax_backward(y: Any, dy: Any, axis: int) -> Any:
     return y * (dy - (y * dy).sum(axis=axis, keepdims=True))
 
 
-def as_row_if_scalar(x: Any, axis: int) -> Any:
-    """A 0-d x as a row of one element, whose softmax is over that row (torch takes axis 0 or -1 on
-    a 0-d tensor; a GPU's reductions take no axis at all on a 0-d array); anything else as it is."""
+def as_row_if_scalar(x: Any, axis: int) -> tuple[Any, int]:
+    """(x, axis) for a softmax: a 0-d x as a row of one element and its last axis (torch takes axis
+    0 or -1 on a 0-d tensor; a GPU's reductions take no axis at all on a 0-d array); anything
+    else as it is."""
     if x.ndim:
-        return x
+        return x, axis
     if axis not in (0, -1):
         raise AxisError(f"axis {axis} is out of bounds for array of dimension 0")
-    return x.reshape(1)
+    return x.reshape(1), -1
 
 
 class Softmax(Function):
@@ -171,7 +166,8 @@ class Softmax(Function):
     backward_fn = staticmethod(softmax_backward)
 
     def forward(self, x: Any, axis: int = -1) -> Any:
-        x, self.axis, self.shape = as_row_if_scalar(x, axis), axis if x.ndim else -1, x.shape
+        self.shape = x.shape
+        x, self.axis = as_row_if_scalar(x, axis)
         self.saved = self.forward_fn(x, self.axis)
         return self.saved.reshape(self.shape)
 
@@ -206,7 +202,8 @@ class LogSoftmax(Function):
     """
 
     def forward(self, x: Any, axis: int = -1) -> Any:
-        x, self.axis, self.shape = as_row_if_scalar(x, axis), axis if x.ndim else -1, x.shape
+        self.shape = x.shape
+        x, self.axis = as_row_if_scalar(x, axis)
         self.saved = log_softmax_forward(x, self.axis)
         return self.saved.reshape(self.shape)
 

@@ -98,6 +98,12 @@ class Pow(Function):
         return dy * (p * x ** (p - 1))
 
 
+def as_rows(a: Any) -> Any:
+    """a (*, C) as a matrix of rows (N, C), N = prod(*): ``a.reshape(-1, C)``, with N spelled out,
+    since NumPy cannot infer -1 for an empty array with C = 0 (a layer of width 0, as torch allows)."""
+    return a.reshape(math.prod(a.shape[:-1]), a.shape[-1])
+
+
 class MatMul(Function):
     """y = a @ b with numpy.matmul's batching and broadcasting.
 
@@ -126,8 +132,7 @@ class MatMul(Function):
             da = unbroadcast(dy @ xp.swapaxes(b2, -1, -2), a2.shape).reshape(a.shape)
         if self.needs_input_grad[1]:
             if b2.ndim == 2 and a2.ndim > 2:  # shared weight: one big GEMM over all rows
-                (k, m), rows = b2.shape, math.prod(a2.shape[:-1])  # rows, not -1: k may be 0
-                db = a2.reshape(rows, k).T @ dy.reshape(rows, m)
+                db = as_rows(a2).T @ as_rows(dy)
             else:
                 db = unbroadcast(xp.swapaxes(a2, -1, -2) @ dy, b2.shape)
             db = db.reshape(b.shape)

@@ -354,7 +354,7 @@ _REDUCTIONS = {"sum", "mean", "prod", "max", "min", "amax", "amin", "argmax", "a
                "var", "cumsum", "cumprod", "nansum", "nanmax", "nanmin", "nanmean", "count_nonzero"}
 
 
-def _check_axis_of_0d(name: str, args: tuple, kwargs: dict) -> None:
+def _check_axis_of_0d(args: tuple, kwargs: dict) -> None:
     axis = kwargs.get("axis", args[1] if len(args) > 1 else None)
     first = args[0] if args else None
     if isinstance(first, ndarray) and first.ndim == 0 and axis is not None and axis != ():
@@ -364,7 +364,7 @@ def _check_axis_of_0d(name: str, args: tuple, kwargs: dict) -> None:
 def _run(func: Callable, name: str, args: tuple, kwargs: dict) -> Any:
     """Call NumPy's ``func`` on device arrays as the device function ``name``, and count it."""
     if name in _REDUCTIONS:
-        _check_axis_of_0d(name, args, kwargs)
+        _check_axis_of_0d(args, kwargs)
     inputs: list = []
     args, kwargs = _unwrap(args, inputs), {k: _unwrap(v, inputs) for k, v in kwargs.items()}
     result = func(*args, **kwargs)

@@ -15,6 +15,7 @@ from minigpt import backend
 from minigpt import functional as reference
 from minigpt.fast import tiling
 from minigpt.fast.reductions import column_sum, row_dot, row_max, row_mean, row_sum
+from minigpt.ops import as_rows
 from minigpt.tensor import Function, Tensor, unbroadcast
 
 # ----------------------------------------------------------------------------- embedding
@@ -43,7 +44,7 @@ class Embedding(reference.Embedding):
         idx = self.saved
         xp = backend.get_array_module(dout)
         V, C = self.weight_shape
-        flat, rows = idx.reshape(-1), reference.as_rows(dout)  # (N,), (N, C)
+        flat, rows = idx.reshape(-1), as_rows(dout)  # (N,), (N, C)
         if V * flat.size <= ONE_HOT_LIMIT:
             one_hot_t = xp.zeros((V, flat.size), dtype=dout.dtype)  # (V, N)
             one_hot_t[flat, xp.arange(flat.size)] = 1.0  # column n has its 1 in row idx[n]
@@ -68,19 +69,19 @@ class Linear(reference.Linear):
     def forward(self, x: Any, weight: Any, bias: Any = None) -> Any:
         self.saved = (x, weight)
         out_features = weight.shape[0]
-        y = reference.as_rows(x) @ weight.T  # (N, in) @ (in, out) -> (N, out)
+        y = as_rows(x) @ weight.T  # (N, in) @ (in, out) -> (N, out)
         if bias is not None:
             y += bias
         return y.reshape(*x.shape[:-1], out_features)  # (N, out) -> (*, out)
 
     def backward(self, dy: Any) -> tuple[Any, Any, Any]:
         x, weight = self.saved
-        dy2 = reference.as_rows(dy)  # (N, out)
+        dy2 = as_rows(dy)  # (N, out)
         dx = dW = db = None
         if self.needs_input_grad[0]:
             dx = (dy2 @ weight).reshape(x.shape)  # (N, out) @ (out, in) -> (*, in)
         if self.needs_input_grad[1]:
-            dW = dy2.T @ reference.as_rows(x)  # (out, N) @ (N, in) -> (out, in)
+            dW = dy2.T @ as_rows(x)  # (out, N) @ (N, in) -> (out, in)
         if len(self.needs_input_grad) > 2 and self.needs_input_grad[2]:
             db = column_sum(dy2)  # (out,)
         return dx, dW, db
@@ -186,7 +187,7 @@ class CrossEntropy(reference.CrossEntropy):
                 reduction: str = "mean") -> Any:
         xp = backend.get_array_module(logits)
         t, counted = reference.check_targets(logits, targets, ignore_index, reduction)
-        z = reference.as_rows(logits)  # (N, V)
+        z = as_rows(logits)  # (N, V)
         if not counted.all():
             z = xp.where(counted[:, None], z, 0.0)  # an ignored row may hold inf or NaN: keep it out of the math
         shifted = z - row_max(z)  # (N, V), every row's max is 0
@@ -240,18 +241,19 @@ class LayerNorm(reference.LayerNorm):
     def forward(self, x: Any, weight: Any = None, bias: Any = None, eps: float = 1e-5) -> Any:
         xp = backend.get_array_module(x)
         C = x.shape[-1]
-        x2 = reference.as_rows(x)  # (N, C)
+        x2 = as_rows(x)  # (N, C)
         N = x2.shape[0]
         xhat, y = xp.empty_like(x2), xp.empty_like(x2)
         rstd = xp.empty((N, 1), dtype=x.dtype)
-        inv_c = xp.full(C, 1.0 / max(C, 1), dtype=x.dtype)  # (rows of width 0: empty, any factor serves)
+        inv_n = 1.0 / max(C, 1)  # rows of width 0 are empty: any factor serves
+        inv_c = xp.full(C, inv_n, dtype=x.dtype)
         for r in tiling.tiles(xp, N, C):
             xc = xhat[r]
             xp.subtract(x2[r], row_mean(x2[r], inv_c), out=xc)  # x - mu
             yc = y[r]  # scratch for (x - mu)² (where row_dot needs one) before it holds y
             rs = rstd[r]
             rs[...] = row_dot(xc, xc, yc)
-            rs *= 1.0 / max(C, 1)  # var
+            rs *= inv_n  # var
             rs += eps
             xp.sqrt(rs, out=rs)
             xp.divide(1.0, rs, out=rs)  # rstd
@@ -274,7 +276,8 @@ class LayerNorm(reference.LayerNorm):
         need_x = self.needs_input_grad[0]
         need_w = self.has_weight and self.needs_input_grad[1]
         db = column_sum(dy2) if self.has_bias and self.needs_input_grad[2] else None
-        inv_c = xp.full(C, 1.0 / max(C, 1), dtype=dy.dtype)
+        inv_n = 1.0 / max(C, 1)  # rows of width 0 are empty: any factor serves
+        inv_c = xp.full(C, inv_n, dtype=dy.dtype)
         w_over_c = weight * inv_c if need_w else None
         dw = xp.zeros(C, dtype=dy.dtype) if need_w else None
         dx = xp.empty_like(xhat) if need_x else None
@@ -296,7 +299,7 @@ class LayerNorm(reference.LayerNorm):
                 m2 = row_mean(tmp, w_over_c)
             else:
                 m2 = row_dot(g, xh, tmp)
-                m2 *= 1.0 / max(C, 1)
+                m2 *= inv_n
             g -= row_mean(g, inv_c)
             xp.multiply(xh, m2, out=tmp)
             g -= tmp

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from minigpt import backend
+from minigpt.ops import as_rows
 
 MAX_TREE_MIN_WIDTH = 16  # narrower rows: x.max is as fast (tests patch it to run the tree)
 USE_VECDOT = True  # row_dot through NumPy's vecdot where it exists (tests turn it off to run the fallback)
@@ -24,10 +25,9 @@ USE_VECDOT = True  # row_dot through NumPy's vecdot where it exists (tests turn 
 def row_sum(x: Any) -> Any:
     """x.sum(axis=-1, keepdims=True), as one matrix-vector product when x is contiguous."""
     xp = backend.get_array_module(x)
-    if xp is not backend.numpy or not x.flags.c_contiguous or x.ndim < 2 or x.size == 0:
+    if xp is not backend.numpy or not x.flags.c_contiguous or x.ndim < 2:
         return x.sum(axis=-1, keepdims=True)
-    n = x.shape[-1]
-    return (x.reshape(x.size // n, n) @ xp.ones(n, dtype=x.dtype)).reshape(x.shape[:-1] + (1,))  # size > 0
+    return (as_rows(x) @ xp.ones(x.shape[-1], dtype=x.dtype)).reshape(x.shape[:-1] + (1,))
 
 
 def row_mean(x: Any, inv_n: Any) -> Any:
