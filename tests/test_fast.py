@@ -637,3 +637,50 @@ def test_embedding_twin_keeps_an_inf_or_nan_in_its_own_row(bad):
         grads.append(w.grad)
     np.testing.assert_array_equal(grads[0], grads[1])
     assert np.isfinite(grads[0][[0, 1, 3]]).all() and not np.isfinite(grads[0][2, 0])
+
+
+def _dtypes_of(value: object) -> set[str]:
+    """The dtypes of the arrays in what a forward or backward returned (a tuple, an array, None)."""
+    values = value if isinstance(value, tuple) else (value,)
+    return {str(v.dtype) for v in values if hasattr(v, "dtype")}
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_a_float32_training_step_is_float32_in_every_op_gradient_and_state(dropout, monkeypatch):
+    """A float32 GPT's whole training step (fast twins, forward, backward, clipping, AdamW) makes no
+    float64 array where it can be seen: no op's output, no gradient an op sends back, no .grad,
+    no weight or AdamW moment. (One float64 constant slipped into an op doubles its memory traffic
+    and casts everything after it.)"""
+    from minigpt.tensor import Function
+    from minigpt.training.steps import train_step
+
+    seen: dict[str, set[str]] = {}
+
+    def subclasses(cls: type) -> list[type]:
+        return [c for s in cls.__subclasses__() for c in (s, *subclasses(s))]
+
+    for cls in set(subclasses(Function)):
+        for phase in ("forward", "backward"):
+            if phase in vars(cls):
+                def recorded(self, *args, _f=vars(cls)[phase], _name=f"{cls.__name__}.{phase}", **kwargs):
+                    out = _f(self, *args, **kwargs)
+                    seen.setdefault(_name, set()).update(_dtypes_of(out))
+                    return out
+                monkeypatch.setattr(cls, phase, recorded)
+    minigpt.manual_seed(0)
+    cfg = nn.GPTConfig(block_size=16, vocab_size=11, n_layer=2, n_head=2, n_embd=16, dropout=dropout)
+    model = fast.GPT(cfg).train()
+    opt = fast.AdamW(model.parameters(), lr=1e-3)
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 11, (3, 16)), rng.integers(0, 11, (3, 16))
+    for _ in range(2):  # the second step runs on AdamW's moments made by the first
+        train_step(model, opt, x, y, grad_clip=1.0)
+    for name in ("LayerNorm.forward", "LayerNorm.backward", "GELU.forward", "CausalSelfAttentionQKV.backward",
+                 "Linear.backward", "CrossEntropy.forward", "Embedding.backward"):
+        assert name in seen, f"{name} never ran: the test no longer watches what a step runs"
+    wider = {name: d for name, d in seen.items() if d - {"float32"}}
+    assert not wider, f"ops that made arrays other than float32: {wider}"
+    for p in model.parameters():
+        assert p.dtype == p.grad.dtype == np.float32
+        state = opt.state[id(p)]
+        assert state["exp_avg"].dtype == state["exp_avg_sq"].dtype == np.float32
