@@ -3,6 +3,7 @@
     python benchmarks/bench_op_table.py                    # nanoGPT's CPU recipe (--preset nanogpt)
     python benchmarks/bench_op_table.py --recipe default   # minigpt's default CPU recipe
     python benchmarks/bench_op_table.py --rounds 9 --repeats 10
+    python benchmarks/bench_op_table.py --cold 16           # each call's data out of the caches first
 
 Every call a step of the recipe makes is run on its own, at its shape: minigpt as fast.GPT calls it
 (its fast twins), PyTorch eager as nanoGPT's model calls it (benchmarks/torch_gpt.py), one right
@@ -12,6 +13,12 @@ of each call, times the calls per step, give each op class's milliseconds per st
 gradient clipping are timed over the two models' real parameters. Then whole steps of both
 (bench_train.py's), so the table can be set beside the step: what the classes leave out is the
 autograd bookkeeping, the graph's glue and Python. Needs PyTorch (pip install -e ".[bench]").
+
+Run on its own, each call finds its inputs and its output buffers in the CPU's caches, from its
+last repeat. In a step they are not all there: a backward reads what the forward saved long before,
+and outputs go to memory other ops used last. ``--cold MB`` reads an array of MB megabytes before
+each timed forward and each timed backward (untimed), pushing both frameworks' data out of the
+private caches: the other bound, so that the two tables bracket what ops cost inside a step.
 """
 
 from __future__ import annotations
@@ -127,9 +134,11 @@ def op_classes(cfg: TrainConfig, mcfg: GPTConfig, rng: np.random.Generator) -> d
     }
 
 
-def time_call(call: Call, framework: str, repeats: int) -> tuple[list[float], list[float]]:
+def time_call(call: Call, framework: str, repeats: int,
+              evict: Callable[[], Any] = lambda: None) -> tuple[list[float], list[float]]:
     """``repeats`` forward and backward times of one call, each on a fresh graph, each framework's
-    gradient from the next op (ones) made before its backward is timed."""
+    gradient from the next op (ones) made before its backward is timed; ``evict`` runs (untimed)
+    just before each timed forward and backward."""
     import torch
 
     fwd, bwd = [], []
@@ -138,18 +147,22 @@ def time_call(call: Call, framework: str, repeats: int) -> tuple[list[float], li
             arrays = [a.copy() if call.inplace else a for a in call.inputs]  # an in-place op writes over them
             leaves = [Tensor(a, requires_grad=True) for a in arrays]
             ins = [t if i in call.params else Activation.apply(t) for i, t in enumerate(leaves)]
+            evict()
             t0 = time.perf_counter()
             out = call.ours(*ins)
             t1 = time.perf_counter()
             root = Seed.apply(out, np.ones(out.shape, np.float32))
+            evict()
             t2 = time.perf_counter()
             root.backward()
         else:
             leaves = [torch.from_numpy(a).requires_grad_() for a in call.inputs]
+            evict()
             t0 = time.perf_counter()
             out = call.theirs(*leaves)
             t1 = time.perf_counter()
             seed = torch.ones_like(out)
+            evict()
             t2 = time.perf_counter()
             out.backward(seed)
         t3 = time.perf_counter()
@@ -194,6 +207,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=8, help="timed calls per op per framework per round")
     p.add_argument("--steps", type=int, default=10, help="whole steps per framework per round")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="PyTorch intra-op threads")
+    p.add_argument("--cold", type=float, default=0.0, metavar="MB",
+                   help="read an array of MB megabytes before each timed forward and backward")
     args = p.parse_args()
     try:
         import torch
@@ -206,6 +221,11 @@ def main() -> None:
     opt = optimizer_steps(cfg, mcfg, args.threads)
     whole = {"minigpt": MinigptStep(cfg, mcfg), "pytorch": TorchStep(cfg, mcfg, args.threads)}
     batches = make_batches(cfg, 64)
+    sweep = np.ones(int(args.cold * (1 << 20)) // 4, np.float32)
+    torch_sweep = torch.from_numpy(sweep)
+    # each framework reads the array itself: PyTorch's sum runs on its own threads, so that they are
+    # awake when its op starts, as in a step (a NumPy sum would leave them asleep: a wake-up a step never pays)
+    evicts = {"minigpt": lambda: sweep.sum(), "pytorch": lambda: torch_sweep.sum()}
     frameworks = ("minigpt", "pytorch")
     # samples[class][framework] = (forward ms/step, backward ms/step) per round
     samples: dict[str, dict[str, list[tuple[float, float]]]] = {c: {f: [] for f in frameworks} for c in classes}
@@ -222,7 +242,7 @@ def main() -> None:
             for f in order:
                 fwd = bwd = 0.0
                 for call in calls:
-                    tf, tb = time_call(call, f, args.repeats)
+                    tf, tb = time_call(call, f, args.repeats, evicts[f] if args.cold else lambda: None)
                     fwd += statistics.median(tf) * call.per_step
                     bwd += statistics.median(tb) * call.per_step
                 samples[name][f].append((fwd * 1e3, bwd * 1e3))
@@ -238,7 +258,8 @@ def main() -> None:
 
     print(f"machine: {machine()}; PyTorch {torch.__version__}, {args.threads} threads")
     print(f"recipe: {args.recipe} ({mcfg.n_layer} layers, {mcfg.n_head} heads, {mcfg.n_embd} wide, batch "
-          f"{cfg.batch_size} x block {cfg.block_size}); medians of {args.rounds} rounds, ms per step")
+          f"{cfg.batch_size} x block {cfg.block_size}); medians of {args.rounds} rounds, ms per step"
+          + (f"; {args.cold:g} MB read before each timed call" if args.cold else "; caches warm"))
     head = f"| {'op class':24s} | minigpt fwd | bwd | total | PyTorch fwd | bwd | total | ratio | round ratios |"
     print(head)
     print("|" + "|".join("---" for _ in range(9)) + "|")
