@@ -96,13 +96,15 @@ def shift_by_diagonal(s: Any) -> None:
     s -= diag[..., None]
 
 
-def attention_forward(q: Any, k: Any, v: Any, is_causal: bool, dropout_p: float, scale: float) -> tuple:
+def attention_forward(q: Any, k: Any, v: Any, is_causal: bool, dropout_p: float, scale: float,
+                      out: Any = None) -> tuple:
     """The reference's forward, per batch tile: returns y (B, nh, T, hs), att (B, nh, T, S) and
-    the dropout mask (or None), which backward needs."""
+    the dropout mask (or None), which backward needs. ``out``: an array (a view allowed) of y's
+    shape to write y into, instead of a new one."""
     xp = backend.get_array_module(q)
     T, S = q.shape[-2], k.shape[-2]
     att = xp.empty(q.shape[:-2] + (T, S), dtype=q.dtype)  # (B, nh, T, S)
-    y = xp.empty(q.shape[:-1] + (v.shape[-1],), dtype=q.dtype)  # (B, nh, T, hs)
+    y = xp.empty(q.shape[:-1] + (v.shape[-1],), dtype=q.dtype) if out is None else out  # (B, nh, T, hs)
     drop = reference.dropout_mask(att, dropout_p) if dropout_p > 0.0 else None
     mask = additive_causal_mask(T, S, xp, att.dtype) if is_causal else None
     tiles = batch_tiles(xp, att.shape)
@@ -194,9 +196,10 @@ class CausalSelfAttentionQKV(Function):
         y = scaled_dot_product_attention(q, k, v, is_causal=True)
         y = y.transpose(0, 2, 1, 3).reshape(B, T, C)
 
-    Fused, the heads are strided views of qkv (no copies), and backward writes dq, dk, dv
-    straight into the one d(qkv) buffer, instead of three zero-filled slice gradients summed
-    together. Saves qkv and att (B, nh, T, T) (plus the dropout mask).
+    Fused, the heads are strided views of qkv (no copies), att @ v writes each head's y straight
+    into its columns of the merged (B, T, C) output (no transposed copy), and backward writes
+    dq, dk, dv straight into the one d(qkv) buffer, instead of three zero-filled slice gradients
+    summed together. Saves qkv and att (B, nh, T, T) (plus the dropout mask).
     """
 
     def forward(self, qkv: Any, n_head: int, dropout_p: float = 0.0) -> Any:
@@ -204,10 +207,12 @@ class CausalSelfAttentionQKV(Function):
         C = C3 // 3
         q, k, v = reference.split_heads(qkv, n_head)  # 3 × (B, nh, T, hs), views
         self.scale = 1.0 / math.sqrt(C // n_head)
-        y, att, drop = attention_forward(q, k, v, True, dropout_p, self.scale)
+        merged = backend.get_array_module(qkv).empty((B, T, n_head, C // n_head), dtype=qkv.dtype)
+        # y (B, nh, T, hs) is written as a view of merged heads (B, T, nh, hs)
+        _, att, drop = attention_forward(q, k, v, True, dropout_p, self.scale, out=merged.transpose(0, 2, 1, 3))
         self.saved = (qkv, att, drop)
         self.n_head = n_head
-        return y.transpose(0, 2, 1, 3).reshape(B, T, C)  # (B, nh, T, hs) -> (B, T, nh, hs) -> (B, T, C)
+        return merged.reshape(B, T, C)  # (B, T, nh, hs) -> (B, T, C), a view
 
     def backward(self, dy: Any) -> Any:
         qkv, att, drop = self.saved
