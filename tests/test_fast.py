@@ -453,6 +453,11 @@ def max_forgotten(x):
     return np.zeros(x.shape[:-1] + (1,), dtype=x.dtype)
 
 
+def every_sum_usable(total):
+    """unusable_sums that finds nothing to redo: an overflowed or NaN row is kept as it is."""
+    return np.zeros(total.shape, dtype=bool)
+
+
 MUTANTS = {
     "layer norm drops its last row tile": (tiling, "tiles", tiles_without_the_last(tiling.tiles),
                                            test_layer_norm_twin, "tiny tiles, branches on"),
@@ -476,6 +481,8 @@ MUTANTS = {
                                                   test_softmax_twin, "tiny tiles, branches on"),
     "softmax redoes every row without its max": (fast_functional, "row_max", max_forgotten,
                                                  test_softmax_twin, "tiny tiles, branches off"),
+    "cross-entropy keeps rows whose exp overflowed": (fast_functional, "unusable_sums", every_sum_usable,
+                                                      test_cross_entropy_twin, "tiny tiles, branches on"),
     "cross-entropy's max tree forgets the odd column": (fast_functional, "row_max",
                                                         max_tree_forgetting_the_odd_column, test_cross_entropy_twin,
                                                         "tiny tiles, branches on"),

@@ -179,9 +179,20 @@ def softmax(x: Tensor, axis: int = -1) -> Tensor:
 
 # ----------------------------------------------------------------------------- cross-entropy
 class CrossEntropy(reference.CrossEntropy):
-    """Twin of ``functional.CrossEntropy``: softmax computed once with the max tree and a BLAS
-    row sum, -log p[t] taken from the shifted logits, and p's buffer reused for the gradient
-    (the reference builds logp, then exp(logp) in backward: two more (N, V) passes)."""
+    """Twin of ``functional.CrossEntropy``: softmax computed once, each row shifted by its
+    target's logit rather than by its max, with a BLAS row sum; -log p[t] taken from the
+    shifted logits, and p's buffer reused for the gradient (the reference builds logp, then
+    exp(logp) in backward: two more (N, V) passes).
+
+    softmax(z) = softmax(z - c) for any c per row; the reference takes c = the row max, which
+    on rows as short as the logits' (65 characters) costs NumPy about as much as the exp. The
+    target's logit z[t] is one gathered number per row, and shifted by it a row's sum of exp
+    holds exp(0) = 1: it is at least 1, and -log p[t] = log(sum) - 0 is the log of a number
+    >= 1, never a difference of two large ones. Where a logit lies more than ~88 above the
+    target's (float32; exp overflows), or a row holds inf or NaN, the sum is not usable
+    (fast softmax's test, ``unusable_sums``) and that row is redone shifted by its max, as
+    the reference does.
+    """
 
     def forward(self, logits: Any, targets: Any, ignore_index: int = -100,
                 reduction: str = "mean") -> Any:
@@ -190,12 +201,25 @@ class CrossEntropy(reference.CrossEntropy):
         z = as_rows(logits)  # (N, V)
         if not counted.all():
             z = xp.where(counted[:, None], z, 0.0)  # an ignored row may hold inf or NaN: keep it out of the math
-        shifted = z - row_max(z)  # (N, V), every row's max is 0
-        p = xp.exp(shifted)
-        total = row_sum(p)  # (N, 1), in [1, V]
+        rows = xp.arange(len(t))
+        with tiling.overflow_ok(xp):  # a row whose exp overflows is caught below and redone
+            shifted = z - z[rows, t][:, None]  # (N, V), 0 at each row's target
+            p = xp.exp(shifted)
+            total = row_sum(p)  # (N, 1), at least 1 where usable
+        bad = unusable_sums(total)[:, 0]  # (N,)
+        n_bad = int(xp.count_nonzero(bad))
+        if n_bad > REDO_ALL_ABOVE * len(t):  # many: shift every row by its max, as the reference does
+            xp.subtract(z, row_max(z), out=shifted)
+            xp.exp(shifted, out=p)
+            total = row_sum(p)  # (N, 1), in [1, V]
+        elif n_bad:
+            zb = z[bad]  # (rows, V)
+            shifted[bad] = sb = zb - row_max(zb)
+            p[bad] = pb = xp.exp(sb)
+            total[bad] = row_sum(pb)
         p /= total  # softmax(z)
         # -log p[t] = log(sum exp) - shifted[t]: from the shifted logits, not log(p), so p[t] = 0 stays finite
-        nll = xp.where(counted, xp.log(total[:, 0]) - shifted[xp.arange(len(t)), t], 0.0)  # (N,)
+        nll = xp.where(counted, xp.log(total[:, 0]) - shifted[rows, t], 0.0)  # (N,)
         self.saved = (p, t, counted)
         self.reduction, self.targets_shape = reduction, logits.shape[:-1]
         if reduction == "none":
