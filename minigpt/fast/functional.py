@@ -179,10 +179,11 @@ def softmax(x: Tensor, axis: int = -1) -> Tensor:
 
 # ----------------------------------------------------------------------------- cross-entropy
 class CrossEntropy(reference.CrossEntropy):
-    """Twin of ``functional.CrossEntropy``: softmax computed once, each row shifted by its
-    target's logit rather than by its max, with a BLAS row sum; -log p[t] taken from the
-    shifted logits, and p's buffer reused for the gradient (the reference builds logp, then
-    exp(logp) in backward: two more (N, V) passes).
+    """Twin of ``functional.CrossEntropy``: exp computed once, each row shifted by its target's
+    logit rather than by its max, with a BLAS row sum; -log p[t] taken from the shifted logits
+    and the sums; softmax's division left to backward, which does it in the pass that applies
+    the chain rule's factor, over exp's buffer (the reference builds logp, then exp(logp) in
+    backward: more (N, V) passes).
 
     softmax(z) = softmax(z - c) for any c per row; the reference takes c = the row max, which
     on rows as short as the logits' (65 characters) costs NumPy about as much as the exp. The
@@ -199,7 +200,8 @@ class CrossEntropy(reference.CrossEntropy):
         xp = backend.get_array_module(logits)
         t, counted = reference.check_targets(logits, targets, ignore_index, reduction)
         z = as_rows(logits)  # (N, V)
-        if not counted.all():
+        self.all_counted = bool(counted.all())
+        if not self.all_counted:
             z = xp.where(counted[:, None], z, 0.0)  # an ignored row may hold inf or NaN: keep it out of the math
         rows = xp.arange(len(t))
         with tiling.overflow_ok(xp):  # a row whose exp overflows is caught below and redone
@@ -217,10 +219,13 @@ class CrossEntropy(reference.CrossEntropy):
             shifted[bad] = sb = zb - row_max(zb)
             p[bad] = pb = xp.exp(sb)
             total[bad] = row_sum(pb)
-        p /= total  # softmax(z)
         # -log p[t] = log(sum exp) - shifted[t]: from the shifted logits, not log(p), so p[t] = 0 stays finite
-        nll = xp.where(counted, xp.log(total[:, 0]) - shifted[rows, t], 0.0)  # (N,)
-        self.saved = (p, t, counted)
+        nll = xp.log(total[:, 0]) - shifted[rows, t]  # (N,)
+        if not self.all_counted:
+            nll = xp.where(counted, nll, 0.0)
+        # p = exp(shifted) is kept undivided: backward divides it by the row sums in the pass
+        # that applies the chain rule's factor (the loss needs only the sums)
+        self.saved = (p, total, t, counted)
         self.reduction, self.targets_shape = reduction, logits.shape[:-1]
         if reduction == "none":
             return nll.reshape(self.targets_shape)
@@ -230,17 +235,20 @@ class CrossEntropy(reference.CrossEntropy):
         return loss
 
     def backward(self, dloss: Any) -> tuple[Any, None]:
-        p, t, counted = self.saved
+        # forward: nll_n = -log softmax(z_n)[t_n]  =>  dz_n = (softmax(z_n) - onehot(t_n)) · s_n,
+        # s_n the gradient reaching nll_n; softmax(z_n) = p_n / total_n, so dz_n = p_n · (s_n / total_n) - s_n onehot
+        p, total, t, counted = self.saved
         xp = backend.get_array_module(p)
-        dz = p  # p is not needed after this: its buffer becomes the gradient
-        dz[xp.arange(len(t)), t] -= 1
         if self.reduction == "none":
-            dz *= dloss.reshape(-1, 1)
+            s = dloss.reshape(-1, 1)  # (N, 1)
         elif self.reduction == "mean":
-            dz *= dloss / self.count
+            s = dloss / self.count  # 0-d
         else:
-            dz *= dloss
-        if not counted.all():
+            s = dloss
+        dz = p  # p is not needed after this: its buffer becomes the gradient
+        dz *= s / total  # (N, 1): softmax's division and the chain rule's factor, one pass
+        dz[xp.arange(len(t)), t] -= s[:, 0] if self.reduction == "none" else s
+        if not self.all_counted:
             dz[~counted] = 0.0
         return dz.reshape(*self.targets_shape, p.shape[-1]), None
 
