@@ -3,7 +3,7 @@
     python benchmarks/bench_op_table.py                    # nanoGPT's CPU recipe (--preset nanogpt)
     python benchmarks/bench_op_table.py --recipe default   # minigpt's default CPU recipe
     python benchmarks/bench_op_table.py --rounds 9 --repeats 10
-    python benchmarks/bench_op_table.py --cold 16           # each call's data out of the caches first
+    python benchmarks/bench_op_table.py --cold 16           # and a second table: each call's data out of the caches
 
 Every call a step of the recipe makes is run on its own, at its shape: minigpt as fast.GPT calls it
 (its fast twins), PyTorch eager as nanoGPT's model calls it (benchmarks/torch_gpt.py), one right
@@ -16,9 +16,10 @@ autograd bookkeeping, the graph's glue and Python. Needs PyTorch (pip install -e
 
 Run on its own, each call finds its inputs and its output buffers in the CPU's caches, from its
 last repeat. In a step they are not all there: a backward reads what the forward saved long before,
-and outputs go to memory other ops used last. ``--cold MB`` reads an array of MB megabytes before
-each timed forward and each timed backward (untimed), pushing both frameworks' data out of the
-private caches: the other bound, so that the two tables bracket what ops cost inside a step.
+and outputs go to memory other ops used last. ``--cold MB`` also times every call, in the same
+rounds, after reading an array of MB megabytes before each timed forward, backward and optimizer
+step (untimed), which pushes both frameworks' data out of the private caches, and prints that table
+too: the other bound, so that the two tables bracket what ops cost inside a step.
 """
 
 from __future__ import annotations
@@ -208,7 +209,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10, help="whole steps per framework per round")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="PyTorch intra-op threads")
     p.add_argument("--cold", type=float, default=0.0, metavar="MB",
-                   help="read an array of MB megabytes before each timed forward and backward")
+                   help="also time every call after reading an array of MB megabytes (a second table)")
     args = p.parse_args()
     try:
         import torch
@@ -221,15 +222,22 @@ def main() -> None:
     opt = optimizer_steps(cfg, mcfg, args.threads)
     whole = {"minigpt": MinigptStep(cfg, mcfg), "pytorch": TorchStep(cfg, mcfg, args.threads)}
     batches = make_batches(cfg, 64)
-    sweep = np.ones(int(args.cold * (1 << 20)) // 4, np.float32)
-    torch_sweep = torch.from_numpy(sweep)
-    # each framework reads the array itself: PyTorch's sum runs on its own threads, so that they are
-    # awake when its op starts, as in a step (a NumPy sum would leave them asleep: a wake-up a step never pays)
-    evicts = {"minigpt": lambda: sweep.sum(), "pytorch": lambda: torch_sweep.sum()}
     frameworks = ("minigpt", "pytorch")
-    # samples[class][framework] = (forward ms/step, backward ms/step) per round
-    samples: dict[str, dict[str, list[tuple[float, float]]]] = {c: {f: [] for f in frameworks} for c in classes}
-    samples["AdamW + clip"] = {f: [] for f in frameworks}
+
+    def nothing() -> None:
+        pass
+
+    modes = {"caches warm": {f: nothing for f in frameworks}}  # mode -> framework -> what runs before a timing
+    if args.cold:
+        sweep = np.ones(int(args.cold * (1 << 20)) // 4, np.float32)
+        torch_sweep = torch.from_numpy(sweep)
+        # each framework reads the array itself: PyTorch's sum runs on its own threads, so that they are awake
+        # when its op starts, as in a step (after a NumPy sum they would be asleep: a wake-up a step never pays)
+        modes[f"{args.cold:g} MB read before each timed call"] = {"minigpt": lambda: sweep.sum(),
+                                                                  "pytorch": lambda: torch_sweep.sum()}
+    # samples[mode][class][framework] = (forward ms/step, backward ms/step) per round
+    samples: dict[str, dict[str, dict[str, list[tuple[float, float]]]]] = {
+        m: {c: {f: [] for f in frameworks} for c in [*classes, "AdamW + clip"]} for m in modes}
     steps: dict[str, list[float]] = {f: [] for f in frameworks}
     for f in frameworks:  # warm-up
         time_steps(whole[f], batches, 3, 0)
@@ -240,31 +248,42 @@ def main() -> None:
         order = frameworks if r % 2 == 0 else frameworks[::-1]  # and which goes first alternates
         for name, calls in classes.items():
             for f in order:
-                fwd = bwd = 0.0
-                for call in calls:
-                    tf, tb = time_call(call, f, args.repeats, evicts[f] if args.cold else lambda: None)
-                    fwd += statistics.median(tf) * call.per_step
-                    bwd += statistics.median(tb) * call.per_step
-                samples[name][f].append((fwd * 1e3, bwd * 1e3))
+                for mode, before in modes.items():  # warm, then cold, in the same round
+                    fwd = bwd = 0.0
+                    for call in calls:
+                        tf, tb = time_call(call, f, args.repeats, before[f])
+                        fwd += statistics.median(tf) * call.per_step
+                        bwd += statistics.median(tb) * call.per_step
+                    samples[mode][name][f].append((fwd * 1e3, bwd * 1e3))
         for f in order:
-            times = []
-            for _ in range(args.repeats):
-                t0 = time.perf_counter()
-                opt[f]()
-                times.append(time.perf_counter() - t0)
-            samples["AdamW + clip"][f].append((statistics.median(times) * 1e3, 0.0))
+            for mode, before in modes.items():
+                times = []
+                for _ in range(args.repeats):
+                    before[f]()
+                    t0 = time.perf_counter()
+                    opt[f]()
+                    times.append(time.perf_counter() - t0)
+                samples[mode]["AdamW + clip"][f].append((statistics.median(times) * 1e3, 0.0))
         for f in order:
             steps[f] += time_steps(whole[f], batches, args.steps, r * args.steps)
 
     print(f"machine: {machine()}; PyTorch {torch.__version__}, {args.threads} threads")
     print(f"recipe: {args.recipe} ({mcfg.n_layer} layers, {mcfg.n_head} heads, {mcfg.n_embd} wide, batch "
-          f"{cfg.batch_size} x block {cfg.block_size}); medians of {args.rounds} rounds, ms per step"
-          + (f"; {args.cold:g} MB read before each timed call" if args.cold else "; caches warm"))
-    head = f"| {'op class':24s} | minigpt fwd | bwd | total | PyTorch fwd | bwd | total | ratio | round ratios |"
-    print(head)
+          f"{cfg.batch_size} x block {cfg.block_size}); medians of {args.rounds} rounds, ms per step")
+    med = {f: statistics.median(steps[f]) * 1e3 for f in frameworks}
+    for mode, per_class in samples.items():
+        print_table(mode, per_class, med)
+
+
+def print_table(mode: str, per_class: dict[str, dict[str, list[tuple[float, float]]]], step: dict[str, float]) -> None:
+    """One table: each class's median forward, backward and total per framework, their ratio and
+    the spread of the rounds' ratios; the sum of the classes, and the whole step beside it."""
+    frameworks = ("minigpt", "pytorch")
+    print(f"\n{mode}:")
+    print(f"| {'op class':24s} | minigpt fwd | bwd | total | PyTorch fwd | bwd | total | ratio | round ratios |")
     print("|" + "|".join("---" for _ in range(9)) + "|")
     sums = {f: 0.0 for f in frameworks}
-    for name, per in samples.items():
+    for name, per in per_class.items():
         cells = []
         totals = {}
         for f in frameworks:
@@ -277,10 +296,8 @@ def main() -> None:
               f"{spread([sum(a) / sum(b) for a, b in zip(per['minigpt'], per['pytorch'])])} |")
     print(f"| {'sum of the classes':24s} | | | {sums['minigpt']:.2f} | | | {sums['pytorch']:.2f} | "
           f"{sums['minigpt'] / sums['pytorch']:.2f} | |")
-    med = {f: statistics.median(steps[f]) * 1e3 for f in frameworks}
-    print(f"| {'whole step':24s} | | | {med['minigpt']:.2f} | | | {med['pytorch']:.2f} | "
-          f"{med['minigpt'] / med['pytorch']:.2f} | |")
-
+    print(f"| {'whole step':24s} | | | {step['minigpt']:.2f} | | | {step['pytorch']:.2f} | "
+          f"{step['minigpt'] / step['pytorch']:.2f} | |")
 
 if __name__ == "__main__":
     main()

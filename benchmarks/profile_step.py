@@ -4,13 +4,15 @@
 
 Every ``Function`` subclass's forward and backward is wrapped with a timer, as are AdamW.step
 and clip_grad_norm_; "autograd + glue" is what remains of the step (graph bookkeeping,
-gradient accumulation, Python). Times are per step, averaged.
+gradient accumulation, Python). Times are per step, averaged. Then the page faults a step takes
+(memory the kernel hands over afresh): a handful means each step reuses the blocks of the last.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import resource
 import sys
 import time
 from pathlib import Path
@@ -70,10 +72,12 @@ def main() -> None:
         step(x, y)
     instrument()
     totals.clear()
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     t0 = time.perf_counter()
     for x, y in batches[args.warmup:]:
         step(x, y)
     wall = (time.perf_counter() - t0) / args.steps
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / args.steps
     print(f"machine: {machine()}")
     ops = "reference ops" if args.reference else "fast twins"
     print(f"step: {wall * 1e3:.2f} ms (nanoGPT's CPU recipe, {ops}, mean of {args.steps})")
@@ -83,6 +87,8 @@ def main() -> None:
         print(f"{name:40s} {t / args.steps * 1e3:8.2f} {t / args.steps / wall:6.1%}")
     rest = wall - sum(totals.values()) / args.steps
     print(f"{'autograd + glue (the rest)':40s} {rest * 1e3:8.2f} {rest / wall:6.1%}")
+    # a page fault is memory the kernel hands over afresh (and zeroes): few means malloc reuses its blocks
+    print(f"page faults per step: {faults:.1f}")
 
 
 if __name__ == "__main__":

@@ -16,9 +16,10 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
      "ratio reference / minigpt"),
     ("bench_train.py", ["--rounds", "1", "--steps", "2", "--warmup", "1", "--no-torch", "--ranks", "2",
                         "--ranks-plain"], "ratio 2 ranks / 2 ranks, plain all-reduce"),
-    ("profile_step.py", ["--steps", "2", "--warmup", "1"], "fast.AdamW.step"),
+    ("profile_step.py", ["--steps", "2", "--warmup", "1"], "page faults per step"),
     ("profile_step.py", ["--steps", "2", "--warmup", "1", "--reference"], "LayerNorm.backward"),
     ("bench_overlap.py", ["--steps", "2"], "the all-reduce adds"),
+    ("bench_fast_ops.py", ["--rounds", "1", "--repeats", "1"], "sorted rows, np.add.reduceat"),
     ("bench_gemm_floor.py", ["--rounds", "1", "--repeats", "1", "--no-torch"], "ms per step"),
     ("bench_gemm_floor.py", ["--rounds", "1", "--repeats", "1", "--no-torch", "--ranks", "2"], "ranks' share"),
     ("bench_generate.py", ["--new_tokens", "12", "--n_layer", "1", "--n_embd", "16", "--n_head", "2",
@@ -41,7 +42,7 @@ def test_the_op_table_runs_where_pytorch_is_installed():
                         "--repeats", "1", "--steps", "1", "--cold", "1"], capture_output=True, text=True, timeout=300,
                        env=dict(os.environ, PYTHONPATH=str(BENCH.parent)))
     assert r.returncode == 0, r.stderr
-    assert "1 MB read before each timed call" in r.stdout
+    assert "caches warm:" in r.stdout and "1 MB read before each timed call:" in r.stdout
     rows = [line for line in r.stdout.splitlines() if line.startswith("| ")]
     classes = [row.split("|")[1].strip() for row in rows[1:]]
     assert classes[:3] == ["linear", "causal self-attention", "layer norm"] and classes[-1] == "whole step"
