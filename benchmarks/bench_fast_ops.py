@@ -5,7 +5,7 @@
 
 Shapes: batch 12 x block 64 (768 rows), C = 128, 4 heads of 32, vocab 65: what one layer of
 nanoGPT's CPU recipe feeds each op. Prints, per op, the reference's time, the twin's and their ratio
-(the speed-up the twin's docstring quotes), with the machine they came from.
+(the twin's speed-up), with the machine they came from.
 """
 
 from __future__ import annotations
