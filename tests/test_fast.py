@@ -15,6 +15,7 @@ dropped, the max tree's odd column forgotten) and the very same properties must 
 """
 
 import contextlib
+import math
 import warnings
 from unittest import mock
 
@@ -130,7 +131,7 @@ def test_softmax_twin(mode, shape, axis, seed):
        three_d=st.booleans(), seed=seeds)
 def test_cross_entropy_twin(mode, N, V, reduction, ignored, three_d, seed):
     rng = rng_from(seed)
-    z = values(rng, (N, V), huge_rows=True)
+    z = values(rng, (N, V), huge_rows=True, maybe_transposed=True)
     t = rng.integers(0, V, size=N)
     if ignored:
         t[rng.random(N) < 0.3] = -100
@@ -140,6 +141,27 @@ def test_cross_entropy_twin(mode, N, V, reduction, ignored, three_d, seed):
     with knobs(mode):
         assert_twins_equal(lambda x: fast.cross_entropy(x, t, reduction=reduction),
                            lambda x: F.cross_entropy(x, t, reduction=reduction), [z], seed)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reduction", ["none", "mean"])
+def test_cross_entropy_keeps_a_small_gradient_over_a_large_sum(dtype, reduction):
+    """A logit just short of the redo (half a unit below log(1/tiny) above the target's) makes a
+    row's sum of exp huge; a small upstream gradient over it is a subnormal factor. The twin
+    must then divide first, as the reference does: the row's gradient keeps its max's share
+    (a factor of 0 would leave only -s at the target) and sums to 0."""
+    gap = -math.log(np.finfo(dtype).tiny) - 0.5
+    z = np.array([[0.0, gap, 0.0], [0.0, 1.0, 2.0]], dtype=dtype)
+    t = np.array([0, 2])
+    s = np.full(2, 1e-9, dtype=dtype) if reduction == "none" else np.asarray(1e-9, dtype=dtype)
+    grads = []
+    for impl in (F, fast):
+        x = Tensor(z.copy(), requires_grad=True)
+        impl.cross_entropy(x, t, reduction=reduction).backward(s)
+        grads.append(x.grad)
+    rtol = 1e-6 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(grads[1], grads[0], rtol=rtol, atol=0)
+    assert grads[1][0, 1] > 0 and abs(grads[1][0].sum()) <= rtol * abs(grads[1][0, 0])
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -453,6 +475,14 @@ def max_forgotten(x):
     return np.zeros(x.shape[:-1] + (1,), dtype=x.dtype)
 
 
+def every_small_gradient_case(mode):
+    """test_cross_entropy_keeps_a_small_gradient_over_a_large_sum over all its parameters (``mode``:
+    the twins' knobs play no part in it)."""
+    for dtype in (np.float32, np.float64):
+        for reduction in ("none", "mean"):
+            test_cross_entropy_keeps_a_small_gradient_over_a_large_sum(dtype, reduction)
+
+
 def every_sum_usable(total):
     """unusable_sums that finds nothing to redo: an overflowed or NaN row is kept as it is."""
     return np.zeros(total.shape, dtype=bool)
@@ -483,6 +513,8 @@ MUTANTS = {
                                                  test_softmax_twin, "tiny tiles, branches off"),
     "cross-entropy keeps rows whose exp overflowed": (fast_functional, "unusable_sums", every_sum_usable,
                                                       test_cross_entropy_twin, "tiny tiles, branches on"),
+    "cross-entropy multiplies by a subnormal factor": (fast_functional, "loses_digits", lambda factor: False,
+                                                      every_small_gradient_case, "as shipped"),
     "cross-entropy's max tree forgets the odd column": (fast_functional, "row_max",
                                                         max_tree_forgetting_the_odd_column, test_cross_entropy_twin,
                                                         "tiny tiles, branches on"),

@@ -189,10 +189,12 @@ class CrossEntropy(reference.CrossEntropy):
     on rows as short as the logits' (65 characters) costs NumPy about as much as the exp. The
     target's logit z[t] is one gathered number per row, and shifted by it a row's sum of exp
     holds exp(0) = 1: it is at least 1, and -log p[t] = log(sum) - 0 is the log of a number
-    >= 1, never a difference of two large ones. Where a logit lies more than ~88 above the
-    target's (float32; exp overflows), or a row holds inf or NaN, the sum is not usable
-    (fast softmax's test, ``unusable_sums``) and that row is redone shifted by its max, as
-    the reference does.
+    >= 1, never a difference of two large ones. Where a logit lies about 87 or more above the
+    target's (float32; exp overflows, or the sum's reciprocal would be subnormal), or a row
+    holds inf or NaN, the sum is not usable (fast softmax's test, ``unusable_sums``) and that
+    row is redone shifted by its max, as the reference does. Backward multiplies exp's row by
+    s / total in one pass, unless that factor is subnormal (``loses_digits``: a small upstream
+    gradient over a large sum), where it divides first, as the reference does.
     """
 
     def forward(self, logits: Any, targets: Any, ignore_index: int = -100,
@@ -246,11 +248,25 @@ class CrossEntropy(reference.CrossEntropy):
         else:
             s = dloss
         dz = p  # p is not needed after this: its buffer becomes the gradient
-        dz *= s / total  # (N, 1): softmax's division and the chain rule's factor, one pass
+        factor = s / total  # (N, 1)
+        if loses_digits(factor):  # a small s over a large sum (a logit far above the target's)
+            dz /= total  # softmax, then the chain rule's factor: the reference's order, two passes
+            dz *= s
+        else:
+            dz *= factor  # softmax's division and the chain rule's factor, one pass
         dz[xp.arange(len(t)), t] -= s[:, 0] if self.reduction == "none" else s
         if not self.all_counted:
             dz[~counted] = 0.0
         return dz.reshape(*self.targets_shape, p.shape[-1]), None
+
+
+def loses_digits(factor: Any) -> bool:
+    """Whether any of cross-entropy's per-row factors s / total is below the smallest normal float
+    (subnormal or 0): multiplied into exp's row it would lose the digits that softmax's own
+    division, made first, keeps. (A factor of exactly 0 from s = 0 counts too: harmless, just
+    the slower order.)"""
+    xp = backend.get_array_module(factor)
+    return bool((xp.abs(factor) < xp.finfo(factor.dtype).tiny).any())
 
 
 def cross_entropy(logits: Tensor, targets: Any, ignore_index: int = -100, reduction: str = "mean") -> Tensor:
