@@ -104,6 +104,23 @@ def pass_costs(repeats: int) -> dict[str, float]:
     return costs
 
 
+def logits_costs(repeats: int) -> dict[str, float]:
+    """Two NumPy passes over the logits of nanoGPT's recipe, (768, 65) float32: the max of each
+    row (what the reference's softmax shifts by; NumPy reduces each short row on its own) and the
+    exp of every element (what cross-entropy cannot do without). Median seconds."""
+    z = np.random.default_rng(0).standard_normal((768, 65)).astype(np.float32)
+    costs = {}
+    for name, fn in (("the max of each row", lambda: z.max(axis=-1, keepdims=True)), ("exp", lambda: np.exp(z))):
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for _ in range(20):
+                fn()
+            times.append((time.perf_counter() - t0) / 20)
+        costs[name] = statistics.median(times)
+    return costs
+
+
 def scatter_costs(repeats: int) -> dict[str, float]:
     """Three NumPy ways to sum the embedding's gradient rows into its table, dweight[idx[n]] +=
     dout[n], at nanoGPT's recipe (768 rows of 128, 65 characters): the twin's one-hot matrix
@@ -166,6 +183,9 @@ def main() -> None:
         print(f"{name:36s} {ref_t * 1e3:8.3f}ms {fast_t * 1e3:8.3f}ms {ref_t / fast_t:8.2f}x")
     print("one NumPy multiply over (768, 128) float32, by:")
     for name, t in pass_costs(args.repeats * args.rounds).items():
+        print(f"  {name:34s} {t * 1e6:8.1f}us")
+    print("over the logits, (768, 65) float32:")
+    for name, t in logits_costs(args.repeats * args.rounds).items():
         print(f"  {name:34s} {t * 1e6:8.1f}us")
     print("the embedding's backward scatter, 768 rows of 128 into 65, by:")
     for name, t in scatter_costs(args.repeats * args.rounds).items():
