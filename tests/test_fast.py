@@ -698,14 +698,17 @@ def test_a_float32_training_step_is_float32_in_every_op_gradient_and_state(dropo
     def subclasses(cls: type) -> list[type]:
         return [c for s in cls.__subclasses__() for c in (s, *subclasses(s))]
 
+    def recording(method, name: str):
+        def recorded(self, *args, **kwargs):
+            out = method(self, *args, **kwargs)
+            seen.setdefault(name, set()).update(_dtypes_of(out))
+            return out
+        return recorded
+
     for cls in set(subclasses(Function)):
         for phase in ("forward", "backward"):
             if phase in vars(cls):
-                def recorded(self, *args, _f=vars(cls)[phase], _name=f"{cls.__name__}.{phase}", **kwargs):
-                    out = _f(self, *args, **kwargs)
-                    seen.setdefault(_name, set()).update(_dtypes_of(out))
-                    return out
-                monkeypatch.setattr(cls, phase, recorded)
+                monkeypatch.setattr(cls, phase, recording(vars(cls)[phase], f"{cls.__name__}.{phase}"))
     minigpt.manual_seed(0)
     cfg = nn.GPTConfig(block_size=16, vocab_size=11, n_layer=2, n_head=2, n_embd=16, dropout=dropout)
     model = fast.GPT(cfg).train()
