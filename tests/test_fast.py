@@ -153,7 +153,8 @@ def test_cross_entropy_keeps_a_small_gradient_over_a_large_sum(dtype, reduction)
     gap = -math.log(np.finfo(dtype).tiny) - 0.5
     z = np.array([[0.0, gap, 0.0], [0.0, 1.0, 2.0]], dtype=dtype)
     t = np.array([0, 2])
-    s = np.full(2, 1e-9, dtype=dtype) if reduction == "none" else np.asarray(1e-9, dtype=dtype)
+    small = 1e-3 if dtype == np.float32 else 1e-9  # s / sum: a subnormal, not 0, in either dtype
+    s = np.full(2, small, dtype=dtype) if reduction == "none" else np.asarray(small, dtype=dtype)
     grads = []
     for impl in (F, fast):
         x = Tensor(z.copy(), requires_grad=True)
@@ -162,6 +163,20 @@ def test_cross_entropy_keeps_a_small_gradient_over_a_large_sum(dtype, reduction)
     rtol = 1e-6 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(grads[1], grads[0], rtol=rtol, atol=0)
     assert grads[1][0, 1] > 0 and abs(grads[1][0].sum()) <= rtol * abs(grads[1][0, 0])
+
+
+@pytest.mark.parametrize("s", [np.inf, -np.inf])
+def test_cross_entropy_twin_passes_an_infinite_gradient_as_the_reference(s):
+    """An infinite upstream gradient: ±inf where softmax - onehot is non-zero, as the reference's
+    (softmax - onehot) · s gives (the target's entry too, never inf - inf = NaN)."""
+    z = np.array([[0.0, 1.0, 2.0]], dtype=np.float32)
+    grads = []
+    for impl in (F, fast):
+        x = Tensor(z.copy(), requires_grad=True)
+        impl.cross_entropy(x, np.array([0]), reduction="sum").backward(np.float32(s))
+        grads.append(x.grad)
+    np.testing.assert_array_equal(grads[1], grads[0])
+    assert np.isinf(grads[1]).all()
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -186,7 +186,7 @@ class CrossEntropy(reference.CrossEntropy):
     backward: more (N, V) passes).
 
     softmax(z) = softmax(z - c) for any c per row; the reference takes c = the row max, which
-    on rows as short as the logits' (65 characters) costs NumPy about as much as the exp. The
+    on rows as short as the logits' (65 characters) costs NumPy more than the exp. The
     target's logit z[t] is one gathered number per row, and shifted by it a row's sum of exp
     holds exp(0) = 1: it is at least 1, and -log p[t] = log(sum) - 0 is the log of a number
     >= 1, never a difference of two large ones. Where a logit lies about 87 or more above the
@@ -247,6 +247,9 @@ class CrossEntropy(reference.CrossEntropy):
             s = dloss / self.count  # 0-d
         else:
             s = dloss
+        rows = xp.arange(len(t))
+        s_rows = s[:, 0] if self.reduction == "none" else s  # (N,) or 0-d
+        at_target = p[rows, t] / total[:, 0]  # (N,) softmax at each target, read before p is overwritten
         dz = p  # p is not needed after this: its buffer becomes the gradient
         factor = s / total  # (N, 1)
         if loses_digits(factor):  # a small s over a large sum (a logit far above the target's)
@@ -254,7 +257,9 @@ class CrossEntropy(reference.CrossEntropy):
             dz *= s
         else:
             dz *= factor  # softmax's division and the chain rule's factor, one pass
-        dz[xp.arange(len(t)), t] -= s[:, 0] if self.reduction == "none" else s
+        # at the targets (softmax - 1) · s, the reference's formula (p · s/total - s would make an
+        # infinite s into inf - inf = NaN there)
+        dz[rows, t] = (at_target - 1.0) * s_rows
         if not self.all_counted:
             dz[~counted] = 0.0
         return dz.reshape(*self.targets_shape, p.shape[-1]), None
