@@ -16,10 +16,11 @@ autograd bookkeeping, the graph's glue and Python. Needs PyTorch (pip install -e
 
 Run on its own, each call finds its inputs and its output buffers in the CPU's caches, from its
 last repeat. In a step they are not all there: a backward reads what the forward saved long before,
-and outputs go to memory other ops used last. ``--cold MB`` also times every call, in the same
-rounds, after reading an array of MB megabytes before each timed forward, backward and optimizer
+and outputs go to memory other ops used last. ``--cold MIB`` also times every call, in the same
+rounds, after reading an array of MIB mebibytes before each timed forward, backward and optimizer
 step (untimed; each framework reads it on its own threads, so both cores' private caches lose
-what they held), and prints that table too. The "ratio" column is the ratio of the two medians;
+what they held: NumPy through its BLAS, which splits a matrix-vector product over its threads
+only from a few MiB up, so give 16), and prints that table too. The "ratio" column is the ratio of the two medians;
 "round ratios" the middle half of the rounds' own ratios, which need not contain it.
 """
 
@@ -209,8 +210,9 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=8, help="timed calls per op per framework per round")
     p.add_argument("--steps", type=int, default=10, help="whole steps per framework per round")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="PyTorch intra-op threads")
-    p.add_argument("--cold", type=float, default=0.0, metavar="MB",
-                   help="also time every call after reading an array of MB megabytes (a second table)")
+    p.add_argument("--cold", type=float, default=0.0, metavar="MIB",
+                   help="also time every call after reading an array of MIB mebibytes (a second table; 16 empties "
+                        "a 2-core machine's private caches)")
     args = p.parse_args()
     try:
         import torch
@@ -234,7 +236,7 @@ def main() -> None:
         ones, torch_sweep = np.ones(1024, np.float32), torch.from_numpy(sweep)
         # each framework reads the array on its own threads, both cores' caches alike: NumPy through its BLAS
         # (a matrix-vector product), PyTorch by a sum; so its threads are awake when its op starts, as in a step
-        modes[f"{args.cold:g} MB read before each timed call"] = {"minigpt": lambda: sweep @ ones,
+        modes[f"{args.cold:g} MiB read before each timed call"] = {"minigpt": lambda: sweep @ ones,
                                                                   "pytorch": lambda: torch_sweep.sum()}
     # samples[mode][class][framework] = (forward ms/step, backward ms/step) per round
     samples: dict[str, dict[str, dict[str, list[tuple[float, float]]]]] = {

@@ -42,7 +42,7 @@ def test_the_op_table_runs_where_pytorch_is_installed():
                         "--repeats", "1", "--steps", "1", "--cold", "1"], capture_output=True, text=True, timeout=300,
                        env=dict(os.environ, PYTHONPATH=str(BENCH.parent)))
     assert r.returncode == 0, r.stderr
-    assert "caches warm:" in r.stdout and "1 MB read before each timed call:" in r.stdout
+    assert "caches warm:" in r.stdout and "1 MiB read before each timed call:" in r.stdout
     rows = [line for line in r.stdout.splitlines() if line.startswith("| ")]
     classes = [row.split("|")[1].strip() for row in rows[1:]]
     assert classes[:3] == ["linear", "causal self-attention", "layer norm"] and classes[-1] == "whole step"
