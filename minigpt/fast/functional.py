@@ -127,20 +127,35 @@ def softmax_forward(x: Any, axis: int, out: Any = None) -> Any:
     with tiling.overflow_ok(xp):  # an overflowing row is caught below and redone
         y = xp.exp(x, out=out)
         total = row_sum(y)  # (*, 1)
-    bad = unusable_sums(total)[..., 0]  # (*): rows to redo, each on its own
-    n_bad = int(xp.count_nonzero(bad))
-    if n_bad:
-        if n_bad > REDO_ALL_ABOVE * bad.size:  # many: shift every row, as the reference does
-            xp.subtract(x, row_max(x), out=y)
-            xp.exp(y, out=y)
-            total = row_sum(y)
-        else:  # a few (unshifted attention: ~1% of rows, a first row whose one score is below 0)
-            xb = x[bad]  # (rows, n)
-            yb = xp.exp(xb - row_max(xb))  # every row's max becomes 0, so 1 <= sum <= n
-            y[bad] = yb
-            total[bad] = row_sum(yb)
+    total = redo_unusable_rows(x, y, total)
     y *= xp.reciprocal(total, out=total)
     return y
+
+
+def redo_unusable_rows(x: Any, e: Any, total: Any, shifted: Any = None) -> Any:
+    """The rows of e = exp(x - c) (*, n) whose sums ``total`` (*, 1) are unusable (unusable_sums)
+    done again with c = the row's max, as the reference does, in place in ``e`` (and in
+    ``shifted``, x - c, for a caller that keeps it apart from e); returns the sums. A few rows
+    (unshifted attention: ~1% of them, a first row whose one score is below 0) are redone each
+    on its own; above REDO_ALL_ABOVE of them, gathering and scattering cost more than one pass
+    over every row, and every row is redone."""
+    xp = backend.get_array_module(x)
+    bad = unusable_sums(total)[..., 0]  # (*): rows to redo
+    n_bad = int(xp.count_nonzero(bad))
+    if not n_bad:
+        return total
+    s = e if shifted is None else shifted
+    if n_bad > REDO_ALL_ABOVE * bad.size:  # many: shift every row, as the reference does
+        xp.subtract(x, row_max(x), out=s)
+        xp.exp(s, out=e)
+        return row_sum(e)
+    xb = x[bad]  # (rows, n)
+    sb = xb - row_max(xb)  # every row's max becomes 0, so 1 <= sum <= n
+    if shifted is not None:
+        shifted[bad] = sb
+    e[bad] = eb = xp.exp(sb)
+    total[bad] = row_sum(eb)
+    return total
 
 
 def unusable_sums(total: Any) -> Any:
@@ -191,10 +206,11 @@ class CrossEntropy(reference.CrossEntropy):
     holds exp(0) = 1: it is at least 1, and -log p[t] = log(sum) - 0 is the log of a number
     >= 1, never a difference of two large ones. Where a logit lies about 87 or more above the
     target's (float32; exp overflows, or the sum's reciprocal would be subnormal), or a row
-    holds inf or NaN, the sum is not usable (fast softmax's test, ``unusable_sums``) and that
-    row is redone shifted by its max, as the reference does. Backward multiplies exp's row by
-    s / total in one pass, unless that factor is subnormal (``loses_digits``: a small upstream
-    gradient over a large sum), where it divides first, as the reference does.
+    holds inf or NaN, the sum is not usable and that row is redone shifted by its max, as the
+    reference does (``redo_unusable_rows``, which the fast softmax uses too). Backward
+    multiplies exp's row by s / total in one pass, unless that factor is subnormal
+    (``loses_digits``: a small upstream gradient over a large sum), where it divides first, as
+    the reference does.
     """
 
     def forward(self, logits: Any, targets: Any, ignore_index: int = -100,
@@ -210,17 +226,7 @@ class CrossEntropy(reference.CrossEntropy):
             shifted = z - z[rows, t][:, None]  # (N, V), 0 at each row's target
             p = xp.exp(shifted)
             total = row_sum(p)  # (N, 1), at least 1 where usable
-        bad = unusable_sums(total)[:, 0]  # (N,)
-        n_bad = int(xp.count_nonzero(bad))
-        if n_bad > REDO_ALL_ABOVE * len(t):  # many: shift every row by its max, as the reference does
-            xp.subtract(z, row_max(z), out=shifted)
-            xp.exp(shifted, out=p)
-            total = row_sum(p)  # (N, 1), in [1, V]
-        elif n_bad:
-            zb = z[bad]  # (rows, V)
-            shifted[bad] = sb = zb - row_max(zb)
-            p[bad] = pb = xp.exp(sb)
-            total[bad] = row_sum(pb)
+        total = redo_unusable_rows(z, p, total, shifted)
         # -log p[t] = log(sum exp) - shifted[t]: from the shifted logits, not log(p), so p[t] = 0 stays finite
         nll = xp.log(total[:, 0]) - shifted[rows, t]  # (N,)
         if not self.all_counted:
