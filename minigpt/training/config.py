@@ -103,8 +103,7 @@ class TrainConfig:
             values.update(BIGRAM_PRESET)
         values.update(device=device, model=model)
         given = {k: v for k, v in overrides.items() if v is not None}
-        if "learning_rate" in given and "min_lr" not in given:  # the floor follows the rate: a tenth of it
-            given["min_lr"] = given["learning_rate"] / 10
+        floor_follows_rate(given, fine_tuning=False)
         values.update(given)
         return cls(**values)
 
@@ -129,8 +128,7 @@ class TrainConfig:
         if given.get("block_size", 0) > weights.block_size:
             raise ValueError(f"--block_size {given['block_size']} is larger than the weights' context "
                              f"({weights.block_size}): the position table has no rows beyond it")
-        if "learning_rate" in given and "min_lr" not in given:
-            given["min_lr"] = given["learning_rate"]  # the recipe's rate is constant
+        floor_follows_rate(given, fine_tuning=True)
         values: dict[str, Any] = dict(CPU_PRESET, **FINETUNE_PRESET)
         values.update(n_layer=weights.n_layer, n_head=weights.n_head, n_embd=weights.n_embd, bias=weights.bias,
                       block_size=min(FINETUNE_PRESET["block_size"], weights.block_size), tokenizer=kind,
@@ -154,7 +152,7 @@ class TrainConfig:
         for name in ("warmup_iters", "lr_decay_iters", "sample_chars"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"--{name} must not be negative, got {getattr(self, name)}")
-        for name in ("weight_decay", "grad_clip", "dropout"):  # `not >= 0` also refuses NaN
+        for name in ("weight_decay", "grad_clip"):  # `not >= 0` also refuses NaN (dropout: check_settings)
             if not getattr(self, name) >= 0:
                 raise ValueError(f"--{name} must be a non-negative number, got {getattr(self, name)}")
         if int(self.seed) < 0:
@@ -210,6 +208,14 @@ def saved_settings(state: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in state.get("train_config", {}).items() if k in TrainConfig.__dataclass_fields__}
 
 
+def floor_follows_rate(given: dict[str, Any], fine_tuning: bool) -> None:
+    """A --learning_rate given without --min_lr brings its floor along, in ``given``: a tenth of it
+    from scratch (the cosine decays to it), the rate itself when fine-tuning (the recipe's rate is
+    constant)."""
+    if "learning_rate" in given and "min_lr" not in given:
+        given["min_lr"] = given["learning_rate"] / (1 if fine_tuning else 10)
+
+
 def resume_config(out_dir: str | os.PathLike, **overrides: Any) -> TrainConfig:
     """The settings a run in ``out_dir`` was started with (from its latest.npz), with
     ``overrides`` (the flags given again, such as a larger --max_iters) on top."""
@@ -226,8 +232,7 @@ def resume_config(out_dir: str | os.PathLike, **overrides: Any) -> TrainConfig:
     if changed:
         raise ValueError("--resume continues the same model; these flags differ from the checkpoint's: " +
                          ", ".join(f"--{k} {given[k]} (checkpoint: {saved.get(k, default[k])})" for k in changed))
-    if "learning_rate" in given and "min_lr" not in given:  # the rule of a fresh start: the floor follows
-        given["min_lr"] = given["learning_rate"] / (1 if saved.get("init_from", "scratch") != "scratch" else 10)
+    floor_follows_rate(given, fine_tuning=saved.get("init_from", "scratch") != "scratch")  # as a fresh start
     if given.get("data") is None and saved.get("data") is None and state.get("data_source"):
         given["data"] = state["data_source"]  # the text the run was started on ($MINIGPT_DATA then)
     saved.update(given)
