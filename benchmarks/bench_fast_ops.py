@@ -66,6 +66,18 @@ def time_op(fn, arrays: list, repeats: int) -> float:
     return statistics.median(times)
 
 
+def median_seconds(fn, repeats: int, calls: int = 1) -> float:
+    """Median seconds of one ``fn()``, over ``repeats`` timings of ``calls`` calls each (several calls
+    per timing for a call too short for the clock alone)."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        times.append((time.perf_counter() - t0) / calls)
+    return statistics.median(times)
+
+
 def time_adamw(make, repeats: int) -> float:
     rng = np.random.default_rng(0)
     model = nn.GPT(nn.GPTConfig(block_size=64, n_layer=4, n_head=4, n_embd=128, bias=False))
@@ -75,12 +87,7 @@ def time_adamw(make, repeats: int) -> float:
     opt = make([{"params": [p for p in params if p.ndim >= 2], "weight_decay": 0.1},
                 {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}], lr=1e-3)
     opt.step()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        opt.step()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return median_seconds(opt.step, repeats)
 
 
 def pass_costs(repeats: int) -> dict[str, float]:
@@ -92,16 +99,8 @@ def pass_costs(repeats: int) -> dict[str, float]:
     operands = {"same shape (768, 128)": rng.standard_normal((768, 128)).astype(np.float32),
                 "a row (128,), broadcast": rng.standard_normal(128).astype(np.float32),
                 "a column (768, 1), broadcast": rng.standard_normal((768, 1)).astype(np.float32)}
-    costs = {}
-    for name, other in operands.items():
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            for _ in range(20):
-                np.multiply(x, other, out=out)
-            times.append((time.perf_counter() - t0) / 20)
-        costs[name] = statistics.median(times)
-    return costs
+    return {name: median_seconds(lambda: np.multiply(x, other, out=out), repeats, calls=20)
+            for name, other in operands.items()}
 
 
 def logits_costs(repeats: int) -> dict[str, float]:
@@ -109,16 +108,8 @@ def logits_costs(repeats: int) -> dict[str, float]:
     row (what the reference's softmax shifts by; NumPy reduces each short row on its own) and the
     exp of every element (what cross-entropy cannot do without). Median seconds."""
     z = np.random.default_rng(0).standard_normal((768, 65)).astype(np.float32)
-    costs = {}
-    for name, fn in (("the max of each row", lambda: z.max(axis=-1, keepdims=True)), ("exp", lambda: np.exp(z))):
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            for _ in range(20):
-                fn()
-            times.append((time.perf_counter() - t0) / 20)
-        costs[name] = statistics.median(times)
-    return costs
+    return {"the max of each row": median_seconds(lambda: z.max(axis=-1, keepdims=True), repeats, calls=20),
+            "exp": median_seconds(lambda: np.exp(z), repeats, calls=20)}
 
 
 def scatter_costs(repeats: int) -> dict[str, float]:
@@ -152,12 +143,7 @@ def scatter_costs(repeats: int) -> dict[str, float]:
     for name, fn in (("a one-hot matrix product (the twin)", one_hot_product), ("np.add.at, flat indices", add_at),
                      ("sorted rows, np.add.reduceat", sorted_reduceat)):
         np.testing.assert_allclose(fn(), one_hot_product(), rtol=1e-5, atol=1e-5, err_msg=name)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        costs[name] = statistics.median(times)
+        costs[name] = median_seconds(fn, repeats)
     return costs
 
 
@@ -181,15 +167,12 @@ def main() -> None:
     for name, r in results.items():
         ref_t, fast_t = statistics.median(r["reference"]), statistics.median(r["fast"])
         print(f"{name:36s} {ref_t * 1e3:8.3f}ms {fast_t * 1e3:8.3f}ms {ref_t / fast_t:8.2f}x")
-    print("one NumPy multiply over (768, 128) float32, by:")
-    for name, t in pass_costs(args.repeats * args.rounds).items():
-        print(f"  {name:34s} {t * 1e6:8.1f}us")
-    print("over the logits, (768, 65) float32:")
-    for name, t in logits_costs(args.repeats * args.rounds).items():
-        print(f"  {name:34s} {t * 1e6:8.1f}us")
-    print("the embedding's backward scatter, 768 rows of 128 into 65, by:")
-    for name, t in scatter_costs(args.repeats * args.rounds).items():
-        print(f"  {name:34s} {t * 1e6:8.1f}us")
+    for title, costs in (("one NumPy multiply over (768, 128) float32, by:", pass_costs),
+                         ("over the logits, (768, 65) float32:", logits_costs),
+                         ("the embedding's backward scatter, 768 rows of 128 into 65, by:", scatter_costs)):
+        print(title)
+        for name, t in costs(args.repeats * args.rounds).items():
+            print(f"  {name:34s} {t * 1e6:8.1f}us")
 
 
 if __name__ == "__main__":
