@@ -143,6 +143,17 @@ def test_cross_entropy_twin(mode, N, V, reduction, ignored, three_d, seed):
                            lambda x: F.cross_entropy(x, t, reduction=reduction), [z], seed)
 
 
+def cross_entropy_gradients(z, t, reduction, s):
+    """[the reference's gradient of z, the twin's], each from cross_entropy(z, t, reduction) and the
+    upstream gradient ``s`` (a fixed one: run_both draws a random one)."""
+    grads = []
+    for impl in (F, fast):
+        x = Tensor(z.copy(), requires_grad=True)
+        impl.cross_entropy(x, t, reduction=reduction).backward(s)
+        grads.append(x.grad)
+    return grads
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("reduction", ["none", "mean"])
 def test_cross_entropy_keeps_a_small_gradient_over_a_large_sum(dtype, reduction):
@@ -155,11 +166,7 @@ def test_cross_entropy_keeps_a_small_gradient_over_a_large_sum(dtype, reduction)
     t = np.array([0, 2])
     small = 1e-3 if dtype == np.float32 else 1e-9  # s / sum: a subnormal, not 0, in either dtype
     s = np.full(2, small, dtype=dtype) if reduction == "none" else np.asarray(small, dtype=dtype)
-    grads = []
-    for impl in (F, fast):
-        x = Tensor(z.copy(), requires_grad=True)
-        impl.cross_entropy(x, t, reduction=reduction).backward(s)
-        grads.append(x.grad)
+    grads = cross_entropy_gradients(z, t, reduction, s)
     rtol = 1e-6 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(grads[1], grads[0], rtol=rtol, atol=0)
     assert grads[1][0, 1] > 0 and abs(grads[1][0].sum()) <= rtol * abs(grads[1][0, 0])
@@ -170,11 +177,7 @@ def test_cross_entropy_twin_passes_an_infinite_gradient_as_the_reference(s):
     """An infinite upstream gradient: ±inf where softmax - onehot is non-zero, as the reference's
     (softmax - onehot) · s gives (the target's entry too, never inf - inf = NaN)."""
     z = np.array([[0.0, 1.0, 2.0]], dtype=np.float32)
-    grads = []
-    for impl in (F, fast):
-        x = Tensor(z.copy(), requires_grad=True)
-        impl.cross_entropy(x, np.array([0]), reduction="sum").backward(np.float32(s))
-        grads.append(x.grad)
+    grads = cross_entropy_gradients(z, np.array([0]), "sum", np.float32(s))
     np.testing.assert_array_equal(grads[1], grads[0])
     assert np.isinf(grads[1]).all()
 
