@@ -129,6 +129,8 @@ def test_softmax_twin(mode, shape, axis, seed):
 @pytest.mark.parametrize("mode", MODES)
 @given(N=sides, V=sides, reduction=st.sampled_from(["mean", "sum", "none"]), ignored=st.booleans(),
        three_d=st.booleans(), seed=seeds)
+# seed 0 draws a huge row whose max is its odd last logit, far above the target's: the redo must find that max
+@example(N=2, V=3, reduction="mean", ignored=False, three_d=False, seed=0)
 def test_cross_entropy_twin(mode, N, V, reduction, ignored, three_d, seed):
     rng = rng_from(seed)
     z = values(rng, (N, V), huge_rows=True, maybe_transposed=True)
