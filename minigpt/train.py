@@ -41,6 +41,7 @@ import minigpt
 from minigpt import backend, checkpoint, distributed, fast, files, nn, optim, pretrained
 from minigpt.tokenizers import CharTokenizer, Tokenizer
 from minigpt.data import get_batch
+from minigpt.nn.gpt import check_vocabulary
 from minigpt.training import expected, text
 from minigpt.training.config import (CPU_PRESET, GPU_PRESET, NANOGPT_CPU_PRESET, TrainConfig, resolve_device,
                                      resume_config)
@@ -308,9 +309,8 @@ def _set_up(cfg: TrainConfig, world: distributed.World, log: Callable[[str], Non
         if cfg.resume and cfg.init_from != "scratch":  # pretrained weights may have more outputs than tokens
             outputs = int(checkpoint.read_model_spec(Path(cfg.out_dir) / checkpoint.LATEST)["config"]["vocab_size"])
         model = build_model(cfg, outputs).to(device, numpy.dtype(cfg.dtype))
-        if isinstance(model, nn.GPT) and model.config.vocab_size < data.tokenizer.vocab_size:
-            raise ValueError(f"the tokenizer has {data.tokenizer.vocab_size} tokens but the model only "
-                             f"{model.config.vocab_size} outputs")
+        if isinstance(model, nn.GPT):
+            check_vocabulary(data.tokenizer.vocab_size, model.config.vocab_size)
         run = Run(cfg, Path(cfg.out_dir), data.tokenizer, data.train_ids, data.val_ids, data.bits_per_char,
                   data.chars_per_token, model, build_optimizer(model, cfg), numpy.random.default_rng(cfg.seed),
                   clock=time.time(), lock=lock)

@@ -19,6 +19,7 @@ from typing import Any
 
 import minigpt
 from minigpt import checkpoint, nn, pretrained
+from minigpt.nn.gpt import check_vocabulary
 from minigpt.training.config import resolve_device
 from minigpt.training.evaluate import default_prompt, evaluating
 from minigpt.training.metrics import warn_on_stderr
@@ -65,9 +66,7 @@ def run(args: argparse.Namespace) -> int:
     if args.init_from is not None:
         model = nn.GPT.from_pretrained(args.init_from).to(device)
         tokenizer = pretrained.load_tokenizer(args.init_from)
-        if tokenizer.vocab_size > model.config.vocab_size:
-            raise ValueError(f"{args.init_from}: its tokenizer has {tokenizer.vocab_size} tokens but the model only "
-                             f"{model.config.vocab_size} outputs")
+        check_vocabulary(tokenizer.vocab_size, model.config.vocab_size, where=str(args.init_from))
     else:
         ck = checkpoint.load(args.out_dir or "out", device=device)
         if ck.tokenizer is None:

@@ -108,6 +108,14 @@ def check_ids(idx: Any, block_size: int) -> None:
         raise ValueError(f"cannot forward a sequence of length {idx.shape[1]}: block_size is {block_size}")
 
 
+def check_vocabulary(vocab_size: int, outputs: int, where: str = "") -> None:
+    """A tokenizer of ``vocab_size`` tokens needs a model of at least as many outputs (more are
+    allowed: a row for every token, and rows no token reads)."""
+    if vocab_size > outputs:
+        raise ValueError(f"{where + ': ' if where else ''}the tokenizer has {vocab_size} tokens but the model only "
+                         f"{outputs} outputs")
+
+
 class GPT(Module):
     """GPT-2 as nanoGPT builds it (see the module docstring), with weight tying:
     ``lm_head.weight`` IS ``transformer.wte.weight``, so reading a token in and writing one
